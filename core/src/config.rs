@@ -1,0 +1,64 @@
+//! Tunables of the state machine, with the defaults the README documents.
+
+use std::time::Duration;
+
+use crate::frame::Limits;
+
+/// Configuration of one [`crate::Presence`] instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// A connection with no proof of life for this long is sent a probe (WebSocket ping). Default 15 s.
+    pub ping_interval: Duration,
+    /// A connection with no proof of life for this long is dead: its session ends ungracefully with
+    /// last_seen = its last proof of life. Default 30 s.
+    pub heartbeat_timeout: Duration,
+    /// Most users in one query (default 256; at most [`crate::frame::MAX_USERS_PER_FRAME`]).
+    pub max_query_users: usize,
+    /// Cap on pending last_seen writes (sessions whose end is not yet in the registry, plus users
+    /// whose durable write is not yet acknowledged). At the cap the server refuses new sessions
+    /// (close 1013) instead of dropping a write. Sessions live at that moment may still end, each
+    /// adding at most one registry end and one durable write, so the set is bounded by this cap
+    /// plus twice the connection limit. Default 100,000.
+    pub max_pending_writes: usize,
+    /// last_seen values read from the stores more than this far in this server's future (another
+    /// server's clock was ahead) are clamped to now + this bound in answers. Default 5 s.
+    pub max_clock_skew: Duration,
+    /// First retry delay of a failed store write. Default 100 ms.
+    pub retry_base: Duration,
+    /// Longest retry delay (before jitter). Default 10 s.
+    pub retry_max: Duration,
+    /// Sustained inbound frames per second per connection; past the burst the connection is closed
+    /// with 1008. Default 20/s.
+    pub frame_rate: u32,
+    /// Burst of inbound frames per connection. Default 100.
+    pub frame_burst: u32,
+    /// Sustained user lookups (users named in queries) per second per connection; past the burst the
+    /// request gets `rate_limited`. Default 100/s.
+    pub lookup_rate: u32,
+    /// Burst of user lookups per connection. Default 1,000.
+    pub lookup_burst: u32,
+    /// Most queries of one connection waiting for the stores at once; more get `rate_limited`. Default 8.
+    pub max_queries_in_flight: u32,
+    /// Decoder bounds (frame size, users per frame).
+    pub limits: Limits,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            ping_interval: Duration::from_secs(15),
+            heartbeat_timeout: Duration::from_secs(30),
+            max_query_users: crate::frame::MAX_USERS_PER_FRAME,
+            max_pending_writes: 100_000,
+            max_clock_skew: Duration::from_secs(5),
+            retry_base: Duration::from_millis(100),
+            retry_max: Duration::from_secs(10),
+            frame_rate: 20,
+            frame_burst: 100,
+            lookup_rate: 100,
+            lookup_burst: 1_000,
+            max_queries_in_flight: 8,
+            limits: Limits::default(),
+        }
+    }
+}

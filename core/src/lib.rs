@@ -1,0 +1,30 @@
+//! The presence service's core: the whole presence logic as a sans-IO state machine.
+//!
+//! "Is Bob online, and if not, when was he last seen?" This crate decides every answer and every
+//! write, and does no I/O: the runtime (`presence-runtime`) feeds it inputs with the time they
+//! happened and executes the effects it asks for; the simulation, the fuzzers and the property tests
+//! feed it the same way. Modules:
+//!
+//! - [`machine`]: the state machine ([`Presence`]): `handle(now, input)`, drain `poll_effect`,
+//!   `poll_timeout`. Heartbeat, session ends, retries, coalescing, queries.
+//! - [`frame`] and [`codec`]: the public wire protocol (`docs/PROTOCOL.md`), JSON and binary.
+//! - [`store`]: the operations the core asks of the registry (Redis) and the durable store (DynamoDB).
+//! - [`time`]: monotonic and wall-clock time as handed in; RFC 3339 formatting.
+//! - [`user`]: validated user and session ids.
+//! - [`config`]: tunables and their defaults.
+#![warn(missing_docs, unreachable_pub)]
+
+mod clock;
+pub mod codec;
+pub mod config;
+pub mod frame;
+pub mod machine;
+mod ratelimit;
+pub mod store;
+pub mod time;
+pub mod user;
+
+pub use config::Config;
+pub use machine::{
+    close_code, ConnId, Effect, EndReason, Input, OutMessage, Presence, Readiness, Stats,
+};

@@ -1,0 +1,282 @@
+//! Connections: open, frames, heartbeat, and the end of a session.
+
+use crate::codec;
+use crate::frame::{DecodeErrorKind, Encoding, ErrorCode, Frame};
+use crate::ratelimit::TokenBucket;
+use crate::time::{MonoTime, UnixMillis};
+use crate::user::{SessionId, UserId};
+
+use super::io::{close_code, ConnId, Effect, EndReason, OutMessage};
+use super::writes::{Session, Sid};
+use super::Presence;
+
+/// A live connection.
+#[derive(Debug)]
+pub(super) struct Conn {
+    pub(super) user: UserId,
+    pub(super) sid: Sid,
+    /// Last proof of life (any inbound frame, pong or ping), on both clocks: the monotonic time
+    /// drives the heartbeat, the wall time is the last_seen of an ungraceful end.
+    last_proof: MonoTime,
+    last_proof_wall: UnixMillis,
+    /// A probe was sent since the last proof of life.
+    pinged: bool,
+    /// When this connection's heartbeat check is armed in `Presence::timers`.
+    timer_at: MonoTime,
+    /// Encoding of the client's latest data frame; unsolicited frames use it.
+    encoding: Encoding,
+    frames: TokenBucket,
+    lookups: TokenBucket,
+    pub(super) queries_in_flight: u32,
+}
+
+impl Presence {
+    pub(super) fn on_open(&mut self, conn: ConnId, user: UserId, session: SessionId) {
+        if self.conns.contains_key(&conn) {
+            // A reused id is a driver bug; keep the existing session rather than corrupt it.
+            return;
+        }
+        if self.shutting_down || self.at_capacity() {
+            self.stats.sessions_refused += 1;
+            let reason = if self.shutting_down {
+                "server shutting down"
+            } else {
+                "server at capacity"
+            };
+            self.effects.push_back(Effect::Close {
+                conn,
+                code: close_code::TRY_AGAIN_LATER,
+                reason,
+            });
+            return;
+        }
+        self.next_sid += 1;
+        let sid = Sid(self.next_sid);
+        let timer_at = self.now.saturating_add(self.first_check_delay());
+        self.conns.insert(
+            conn,
+            Conn {
+                user: user.clone(),
+                sid,
+                last_proof: self.now,
+                last_proof_wall: self.wall,
+                pinged: false,
+                timer_at,
+                encoding: Encoding::Json,
+                frames: TokenBucket::full(self.config.frame_burst, self.now),
+                lookups: TokenBucket::full(self.config.lookup_burst, self.now),
+                queries_in_flight: 0,
+            },
+        );
+        self.timers.insert((timer_at, conn));
+        self.sessions
+            .insert(sid, Session::new(user.clone(), session));
+        self.users.entry(user.clone()).or_default().live += 1;
+        self.user_ref(&user);
+        self.stats.sessions_opened += 1;
+        self.dirty_sessions.insert(sid);
+    }
+
+    fn first_check_delay(&self) -> std::time::Duration {
+        self.config.ping_interval.min(self.config.heartbeat_timeout)
+    }
+
+    /// Records proof of life. Returns false if the connection is unknown (closed).
+    fn proof_of_life(&mut self, conn: ConnId) -> bool {
+        let (now, wall) = (self.now, self.wall);
+        match self.conns.get_mut(&conn) {
+            Some(c) => {
+                c.last_proof = now;
+                c.last_proof_wall = wall;
+                c.pinged = false;
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub(super) fn on_alive(&mut self, conn: ConnId) {
+        self.proof_of_life(conn);
+    }
+
+    pub(super) fn on_message(&mut self, conn: ConnId, encoding: Encoding, payload: &[u8]) {
+        if !self.proof_of_life(conn) {
+            return;
+        }
+        let (rate, burst, now) = (self.config.frame_rate, self.config.frame_burst, self.now);
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        c.encoding = encoding;
+        if !c.frames.try_take(1, rate, burst, now) {
+            self.close(
+                conn,
+                close_code::POLICY,
+                "frame rate limit exceeded",
+                EndReason::Policy,
+            );
+            return;
+        }
+        match codec::decode(payload, encoding, &self.config.limits) {
+            Ok(frame) => self.on_frame(conn, frame),
+            Err(e) if matches!(e.kind, DecodeErrorKind::Oversized { .. }) => {
+                self.close(
+                    conn,
+                    close_code::TOO_BIG,
+                    "message too big",
+                    EndReason::Policy,
+                );
+            }
+            Err(e) => self.send_error(conn, e.id, e.code(), &e.to_string()),
+        }
+    }
+
+    fn on_frame(&mut self, conn: ConnId, frame: Frame) {
+        match frame {
+            Frame::Ping { seq } => self.send(conn, &Frame::Pong { seq }),
+            Frame::Query { id, users } => self.start_query(conn, id, users),
+            Frame::Subscribe { id, .. } | Frame::Unsubscribe { id, .. } => self.send_error(
+                conn,
+                id,
+                ErrorCode::Unavailable,
+                "subscriptions are not available on this server version; use query",
+            ),
+            Frame::Bye => self.close(conn, close_code::NORMAL, "bye", EndReason::Close),
+            Frame::Pong { .. } | Frame::Presence { .. } | Frame::Error { .. } => self.send_error(
+                conn,
+                None,
+                ErrorCode::BadFrame,
+                "frame type is server-to-client only",
+            ),
+        }
+    }
+
+    pub(super) fn on_closed(&mut self, conn: ConnId, graceful: bool) {
+        let reason = if graceful {
+            EndReason::Close
+        } else {
+            EndReason::Abrupt
+        };
+        self.end_conn(conn, reason);
+    }
+
+    pub(super) fn on_shutdown(&mut self) {
+        self.shutting_down = true;
+        let mut conns: Vec<ConnId> = self.conns.keys().copied().collect();
+        conns.sort_unstable();
+        for conn in conns {
+            self.close(
+                conn,
+                close_code::GOING_AWAY,
+                "server shutting down",
+                EndReason::Shutdown,
+            );
+        }
+    }
+
+    /// The heartbeat check armed for `conn` fired.
+    pub(super) fn check_heartbeat(&mut self, conn: ConnId) {
+        let (ping, timeout, now) = (
+            self.config.ping_interval,
+            self.config.heartbeat_timeout,
+            self.now,
+        );
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let dead_at = c.last_proof.saturating_add(timeout);
+        let next = if now >= dead_at {
+            None
+        } else if !c.pinged && now >= c.last_proof.saturating_add(ping) {
+            c.pinged = true;
+            self.effects.push_back(Effect::Ping { conn });
+            Some(dead_at)
+        } else if c.pinged {
+            Some(dead_at)
+        } else {
+            Some(c.last_proof.saturating_add(ping).min(dead_at))
+        };
+        match next {
+            Some(at) => {
+                c.timer_at = at;
+                self.timers.insert((at, conn));
+            }
+            None => self.close(
+                conn,
+                close_code::GOING_AWAY,
+                "heartbeat timeout",
+                EndReason::Timeout,
+            ),
+        }
+    }
+
+    /// Server-initiated close: end the session, tell the driver to close.
+    pub(super) fn close(&mut self, conn: ConnId, code: u16, reason: &'static str, why: EndReason) {
+        if self.end_conn(conn, why) {
+            self.effects.push_back(Effect::Close { conn, code, reason });
+        }
+    }
+
+    /// Forgets the connection and ends its session. Returns false if it was already gone.
+    fn end_conn(&mut self, conn: ConnId, why: EndReason) -> bool {
+        let Some(c) = self.conns.remove(&conn) else {
+            return false;
+        };
+        self.timers.remove(&(c.timer_at, conn));
+        // Graceful and server-initiated ends happen now; a timeout or a reset means the peer may have
+        // been gone since its last proof of life, which is the more accurate last_seen.
+        let at = match why {
+            EndReason::Timeout | EndReason::Abrupt => c.last_proof_wall,
+            EndReason::Close | EndReason::Policy | EndReason::Shutdown => self.wall,
+        };
+        if let Some(u) = self.users.get_mut(&c.user) {
+            u.live = u.live.saturating_sub(1);
+        }
+        let value = self.record_value(&c.user, at);
+        self.end_session(c.sid, value);
+        self.stats.sessions_ended[why as usize] += 1;
+        true
+    }
+
+    pub(super) fn send(&mut self, conn: ConnId, frame: &Frame) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        let message = match c.encoding {
+            Encoding::Json => OutMessage::Text(codec::encode_json(frame)),
+            Encoding::Binary => OutMessage::Binary(codec::encode_binary(frame)),
+        };
+        self.effects.push_back(Effect::Send { conn, message });
+    }
+
+    pub(super) fn send_error(
+        &mut self,
+        conn: ConnId,
+        id: Option<u64>,
+        code: ErrorCode,
+        message: &str,
+    ) {
+        self.stats.errors_sent += 1;
+        let mut message = message.to_owned();
+        truncate_utf8(&mut message, crate::frame::MAX_ERROR_MESSAGE_BYTES);
+        self.send(conn, &Frame::Error { id, code, message });
+    }
+
+    /// Takes `n` lookups from the connection's budget.
+    pub(super) fn take_lookups(&mut self, conn: ConnId, n: usize) -> bool {
+        let (rate, burst, now) = (self.config.lookup_rate, self.config.lookup_burst, self.now);
+        self.conns
+            .get_mut(&conn)
+            .is_some_and(|c| c.lookups.try_take(n as u64, rate, burst, now))
+    }
+}
+
+fn truncate_utf8(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+}

@@ -1,0 +1,198 @@
+//! What goes into the state machine ([`Input`]) and what comes out ([`Effect`]).
+
+use crate::frame::Encoding;
+use crate::store::{EffectId, StoreError, StoreOp, StoreOutput};
+use crate::user::{SessionId, UserId};
+
+/// A connection, named by the driver. Ids must not be reused within one core's lifetime.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnId(pub u64);
+
+/// Something that happened, fed to [`crate::Presence::handle`] with the time it happened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input<'a> {
+    /// A WebSocket connection completed its handshake with an authenticated user.
+    Open {
+        /// The driver's name for the connection.
+        conn: ConnId,
+        /// The user, from a verified token (never from a frame).
+        user: UserId,
+        /// A session id unique across all servers.
+        session: SessionId,
+    },
+    /// A data message arrived: text (JSON) or binary.
+    Message {
+        /// Which connection.
+        conn: ConnId,
+        /// Text message = JSON, binary message = binary encoding.
+        encoding: Encoding,
+        /// The payload.
+        payload: &'a [u8],
+    },
+    /// Proof of life without data: a WebSocket pong (or ping) arrived.
+    Alive {
+        /// Which connection.
+        conn: ConnId,
+    },
+    /// The connection ended. `graceful`: a Close frame or an orderly TCP FIN; otherwise an I/O
+    /// error or reset, and last_seen is the last proof of life rather than now.
+    Closed {
+        /// Which connection.
+        conn: ConnId,
+        /// Whether the peer ended it in an orderly way.
+        graceful: bool,
+    },
+    /// Time passed (the deadline from `poll_timeout` was reached, or any wake-up).
+    Timeout,
+    /// A store operation finished.
+    StoreDone {
+        /// The id from [`Effect::Store`].
+        id: EffectId,
+        /// Its result.
+        result: Result<StoreOutput, StoreError>,
+    },
+    /// The registry (Redis) may have lost its data (restart, failover, reconnect): register every
+    /// live session again and re-send pending session ends.
+    RegistryRestarted,
+    /// The server is shutting down: close every connection with 1001 and record their last_seen.
+    Shutdown,
+}
+
+/// WebSocket close codes the core uses (RFC 6455 section 7.4.1).
+pub mod close_code {
+    /// Normal closure: after `bye`.
+    pub const NORMAL: u16 = 1000;
+    /// Going away: server shutdown, or a connection declared dead by the heartbeat.
+    pub const GOING_AWAY: u16 = 1001;
+    /// Policy violation: the frame rate limit was exceeded.
+    pub const POLICY: u16 = 1008;
+    /// Message too big.
+    pub const TOO_BIG: u16 = 1009;
+    /// Try again later: at connection or pending-write capacity, or shutting down.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+}
+
+/// A message for the driver to send on a connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OutMessage {
+    /// A WebSocket text message (JSON).
+    Text(String),
+    /// A WebSocket binary message.
+    Binary(Vec<u8>),
+}
+
+/// Something the driver must do, drained with [`crate::Presence::poll_effect`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// Send a message on a connection.
+    Send {
+        /// Which connection.
+        conn: ConnId,
+        /// What to send.
+        message: OutMessage,
+    },
+    /// Send a WebSocket ping (heartbeat probe).
+    Ping {
+        /// Which connection.
+        conn: ConnId,
+    },
+    /// Close the connection with this code (best effort) and drop it. The core has already ended
+    /// its session; it emits nothing more for this connection and ignores later inputs about it.
+    Close {
+        /// Which connection.
+        conn: ConnId,
+        /// WebSocket close code ([`close_code`]).
+        code: u16,
+        /// Short reason for the close frame.
+        reason: &'static str,
+    },
+    /// Execute a store operation and report back with [`Input::StoreDone`].
+    Store {
+        /// Correlates the result.
+        id: EffectId,
+        /// What to do.
+        op: StoreOp,
+    },
+}
+
+/// Why a session ended (for metrics).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum EndReason {
+    /// `bye`, a Close frame or a FIN.
+    Close,
+    /// Heartbeat timeout.
+    Timeout,
+    /// Connection error or reset.
+    Abrupt,
+    /// Closed by the server for a policy breach (rate, size).
+    Policy,
+    /// Server shutdown.
+    Shutdown,
+}
+
+impl EndReason {
+    /// Every reason, for metrics export.
+    pub const ALL: [EndReason; 5] = [
+        EndReason::Close,
+        EndReason::Timeout,
+        EndReason::Abrupt,
+        EndReason::Policy,
+        EndReason::Shutdown,
+    ];
+
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Close => "close",
+            EndReason::Timeout => "timeout",
+            EndReason::Abrupt => "abrupt",
+            EndReason::Policy => "policy",
+            EndReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Counters for metrics; only ever increase.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Sessions opened.
+    pub sessions_opened: u64,
+    /// Sessions ended, indexed like [`EndReason::ALL`].
+    pub sessions_ended: [u64; 5],
+    /// Connections refused at the pending-write cap or during shutdown.
+    pub sessions_refused: u64,
+    /// Store operations that failed and were scheduled again.
+    pub store_retries: u64,
+    /// Registry operations that failed.
+    pub registry_failures: u64,
+    /// Durable-store operations that failed.
+    pub durable_failures: u64,
+    /// Queries answered (including with an error).
+    pub queries: u64,
+    /// `error` frames sent.
+    pub errors_sent: u64,
+    /// Registry restarts seen.
+    pub registry_restarts: u64,
+}
+
+/// Whether the server should receive traffic (`/readyz`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Readiness {
+    /// New sessions are accepted (under the pending-write cap, not shutting down).
+    pub accepting: bool,
+    /// Pending last_seen writes (see `Config::max_pending_writes`).
+    pub pending_writes: usize,
+    /// The cap.
+    pub max_pending_writes: usize,
+    /// The last registry operation failed.
+    pub registry_failing: bool,
+    /// The last durable-store operation failed.
+    pub durable_failing: bool,
+}
+
+impl Readiness {
+    /// Ready = accepting and both stores answering.
+    pub fn is_ready(&self) -> bool {
+        self.accepting && !self.registry_failing && !self.durable_failing
+    }
+}

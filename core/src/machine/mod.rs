@@ -1,0 +1,272 @@
+//! The presence state machine: one instance per WS server.
+//!
+//! Shape (after quinn-proto and str0m): feed an [`Input`] with [`Presence::handle`], then drain
+//! [`Presence::poll_effect`] until it returns `None`, then sleep until [`Presence::poll_timeout`]
+//! (or the next input) and feed [`Input::Timeout`]. Nothing here reads a clock, touches a socket or
+//! draws randomness of its own: the same inputs give the same effects, byte for byte.
+//!
+//! Submodules: `conn` (connections, heartbeat, frames), `writes` (registry and durable writes with
+//! retries and coalescing), `query` (presence reads with the durable fallback).
+
+mod conn;
+pub(crate) mod io;
+mod query;
+mod writes;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+use rand_chacha::rand_core::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::clock::WallClock;
+use crate::config::Config;
+use crate::store::{EffectId, StoreOp};
+use crate::time::{MonoTime, Now, UnixMillis};
+use crate::user::UserId;
+
+pub use io::{close_code, ConnId, Effect, EndReason, Input, OutMessage, Readiness, Stats};
+
+use conn::Conn;
+use writes::{DurableWrite, InFlight, RetryKey, Session, Sid};
+
+/// The presence logic of one WS server. See the module docs for the calling contract.
+#[derive(Debug)]
+pub struct Presence {
+    config: Config,
+    /// Jitter for retry backoff; seeded by the caller so runs replay exactly.
+    rng: ChaCha8Rng,
+    clock: WallClock,
+    /// Time of the input being handled (monotonic, and the never-decreasing wall clock).
+    now: MonoTime,
+    wall: UnixMillis,
+    next_effect: u64,
+    next_sid: u64,
+    /// Live connections. Looked up on every frame; never iterated into an output without sorting.
+    conns: HashMap<ConnId, Conn>,
+    /// One heartbeat check per connection, (when, conn). Re-armed lazily when it fires, so a frame
+    /// costs a hash lookup and two stores, not a tree update.
+    timers: BTreeSet<(MonoTime, ConnId)>,
+    /// Sessions this server owns in the registry: live ones, and ended ones until their end is
+    /// acknowledged by the registry.
+    sessions: BTreeMap<Sid, Session>,
+    /// Per user: live local sessions and the highest last_seen this server asked to record.
+    users: HashMap<UserId, UserState>,
+    /// Pending durable (DynamoDB) writes, one per user, coalesced to the newest value.
+    durable: BTreeMap<UserId, DurableWrite>,
+    /// Work ready to be issued (dirty sessions and users).
+    dirty_sessions: BTreeSet<Sid>,
+    dirty_durable: BTreeSet<UserId>,
+    /// Failed writes waiting for their backoff to expire.
+    retries: BTreeSet<(MonoTime, RetryKey)>,
+    /// What each in-flight store operation was for.
+    in_flight: HashMap<EffectId, InFlight>,
+    /// Ended sessions whose registry end is not yet acknowledged (part of the pending-write count).
+    ending_sessions: usize,
+    /// Bumped on every registry restart; results of operations issued before are not trusted.
+    registry_epoch: u64,
+    registry_failing: bool,
+    durable_failing: bool,
+    shutting_down: bool,
+    effects: VecDeque<Effect>,
+    stats: Stats,
+}
+
+/// What the core remembers about a user while it has local sessions or pending writes.
+#[derive(Debug, Default)]
+pub(super) struct UserState {
+    /// Live local sessions.
+    live: u32,
+    /// Entries in `sessions` plus one if a durable write is pending: the state is dropped at zero.
+    refs: u32,
+    /// Highest last_seen this server asked to record; values asked later are never lower.
+    pub(super) max_recorded: Option<UnixMillis>,
+}
+
+impl Presence {
+    /// A new state machine. `seed` drives the retry jitter and nothing else.
+    pub fn new(config: Config, seed: u64) -> Self {
+        Presence {
+            config,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            clock: WallClock::new(),
+            now: MonoTime::ZERO,
+            wall: UnixMillis(0),
+            next_effect: 0,
+            next_sid: 0,
+            conns: HashMap::new(),
+            timers: BTreeSet::new(),
+            sessions: BTreeMap::new(),
+            users: HashMap::new(),
+            durable: BTreeMap::new(),
+            dirty_sessions: BTreeSet::new(),
+            dirty_durable: BTreeSet::new(),
+            retries: BTreeSet::new(),
+            in_flight: HashMap::new(),
+            ending_sessions: 0,
+            registry_epoch: 0,
+            registry_failing: false,
+            durable_failing: false,
+            shutting_down: false,
+            effects: VecDeque::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Feeds one input that happened at `now`. Drain [`Presence::poll_effect`] afterwards.
+    pub fn handle(&mut self, now: Now, input: Input<'_>) {
+        let (mono, wall) = self.clock.observe(now);
+        self.now = mono;
+        self.wall = wall;
+        match input {
+            Input::Open {
+                conn,
+                user,
+                session,
+            } => self.on_open(conn, user, session),
+            Input::Message {
+                conn,
+                encoding,
+                payload,
+            } => self.on_message(conn, encoding, payload),
+            Input::Alive { conn } => self.on_alive(conn),
+            Input::Closed { conn, graceful } => self.on_closed(conn, graceful),
+            Input::Timeout => {}
+            Input::StoreDone { id, result } => self.on_store_done(id, result),
+            Input::RegistryRestarted => self.on_registry_restarted(),
+            Input::Shutdown => self.on_shutdown(),
+        }
+        // Deadlines are checked on every input, not only on `Timeout`: a driver that wakes late
+        // still gets the same decisions, and a late `Timeout` is never required for progress.
+        self.fire_timers();
+        self.issue_writes();
+    }
+
+    /// The next effect to execute, or `None` when all are drained.
+    pub fn poll_effect(&mut self) -> Option<Effect> {
+        self.effects.pop_front()
+    }
+
+    /// When to feed [`Input::Timeout`] next (monotonic), or `None` if nothing is scheduled.
+    pub fn poll_timeout(&self) -> Option<MonoTime> {
+        let hb = self.timers.first().map(|(t, _)| *t);
+        let retry = self.retries.first().map(|(t, _)| *t);
+        match (hb, retry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Counters for metrics.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Readiness for `/readyz`.
+    pub fn readiness(&self) -> Readiness {
+        Readiness {
+            accepting: !self.shutting_down && !self.at_capacity(),
+            pending_writes: self.pending_writes(),
+            max_pending_writes: self.config.max_pending_writes,
+            registry_failing: self.registry_failing,
+            durable_failing: self.durable_failing,
+        }
+    }
+
+    /// Pending last_seen writes: ended sessions not yet acknowledged by the registry plus users
+    /// whose durable write is not yet acknowledged.
+    pub fn pending_writes(&self) -> usize {
+        self.ending_sessions + self.durable.len()
+    }
+
+    /// Live sessions whose registration the registry has not acknowledged yet (failing store,
+    /// or just after a registry restart). O(sessions): for metrics and tests, not hot paths.
+    pub fn registry_backlog(&self) -> usize {
+        self.sessions
+            .values()
+            .filter(|s| s.is_unregistered())
+            .count()
+    }
+
+    /// Live connections.
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Nothing left to do: no connection, no pending write, no store operation in flight.
+    /// The driver's shutdown waits for this (up to its deadline).
+    pub fn is_idle(&self) -> bool {
+        self.conns.is_empty()
+            && self.sessions.is_empty()
+            && self.durable.is_empty()
+            && self.in_flight.is_empty()
+    }
+
+    /// Whether the user has a live session on this server.
+    pub fn is_locally_online(&self, user: &UserId) -> bool {
+        self.users.get(user).is_some_and(|u| u.live > 0)
+    }
+
+    fn at_capacity(&self) -> bool {
+        self.pending_writes() >= self.config.max_pending_writes
+    }
+
+    fn next_effect_id(&mut self) -> EffectId {
+        self.next_effect += 1;
+        EffectId(self.next_effect)
+    }
+
+    fn emit_store(&mut self, op: StoreOp, what: InFlight) -> EffectId {
+        let id = self.next_effect_id();
+        self.in_flight.insert(id, what);
+        self.effects.push_back(Effect::Store { id, op });
+        id
+    }
+
+    /// Raises a user's recorded maximum and returns the value to record: never below a value this
+    /// server already asked to record for the user.
+    fn record_value(&mut self, user: &UserId, candidate: UnixMillis) -> UnixMillis {
+        let state = self.users.entry(user.clone()).or_default();
+        let v = state.max_recorded.map_or(candidate, |m| m.max(candidate));
+        state.max_recorded = Some(v);
+        v
+    }
+
+    fn user_ref(&mut self, user: &UserId) {
+        self.users.entry(user.clone()).or_default().refs += 1;
+    }
+
+    fn user_unref(&mut self, user: &UserId) {
+        if let Some(state) = self.users.get_mut(user) {
+            state.refs = state.refs.saturating_sub(1);
+            if state.refs == 0 && state.live == 0 {
+                self.users.remove(user);
+            }
+        }
+    }
+
+    fn fire_timers(&mut self) {
+        while let Some(&(at, conn)) = self.timers.first() {
+            if at > self.now {
+                break;
+            }
+            self.timers.pop_first();
+            self.check_heartbeat(conn);
+        }
+        while let Some(&(at, ref key)) = self.retries.first() {
+            if at > self.now {
+                break;
+            }
+            let key = key.clone();
+            self.retries.pop_first();
+            self.retry_due(key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,184 @@
+//! Presence queries: one registry read per request, a durable read for the users the registry has
+//! no last_seen for (lost in a restart, or never cached), a backfill of those into the registry,
+//! and one reply frame.
+
+use crate::frame::{ErrorCode, Frame, PresenceEntry};
+use crate::store::{DurableOp, RegistryEntry, RegistryOp, StoreError, StoreOp, StoreOutput};
+use crate::time::UnixMillis;
+use crate::user::UserId;
+
+use super::io::ConnId;
+use super::writes::{InFlight, Sid};
+use super::Presence;
+
+/// A query between its request and its reply.
+#[derive(Debug)]
+pub(super) struct QueryState {
+    conn: ConnId,
+    /// The session that asked: a reply goes out only if the connection still carries it.
+    sid: Sid,
+    request: Option<u64>,
+    users: Vec<UserId>,
+    entries: Vec<RegistryEntry>,
+}
+
+impl Presence {
+    pub(super) fn start_query(&mut self, conn: ConnId, request: Option<u64>, users: Vec<UserId>) {
+        let max = self.config.max_query_users;
+        if users.len() > max {
+            let msg = format!("{} users exceed the limit of {max} per query", users.len());
+            return self.send_error(conn, request, ErrorCode::TooManyUsers, &msg);
+        }
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        if c.queries_in_flight >= self.config.max_queries_in_flight {
+            return self.send_error(
+                conn,
+                request,
+                ErrorCode::RateLimited,
+                "too many queries in flight",
+            );
+        }
+        if !self.take_lookups(conn, users.len()) {
+            return self.send_error(
+                conn,
+                request,
+                ErrorCode::RateLimited,
+                "lookup rate limit exceeded",
+            );
+        }
+        self.stats.queries += 1;
+        if users.is_empty() {
+            return self.send(
+                conn,
+                &Frame::Presence {
+                    id: request,
+                    users: Vec::new(),
+                },
+            );
+        }
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        c.queries_in_flight += 1;
+        let sid = c.sid;
+        let op = StoreOp::Registry(RegistryOp::Read {
+            users: users.clone(),
+        });
+        let state = QueryState {
+            conn,
+            sid,
+            request,
+            users,
+            entries: Vec::new(),
+        };
+        self.emit_store(op, InFlight::QueryRegistry(Box::new(state)));
+    }
+
+    pub(super) fn query_registry_done(
+        &mut self,
+        mut q: QueryState,
+        result: Result<StoreOutput, StoreError>,
+    ) {
+        let entries = match result {
+            Ok(StoreOutput::Registry(e)) if e.len() == q.users.len() => e,
+            Ok(_) => return self.fail_query(q, "registry answered with the wrong shape"),
+            Err(e) => return self.fail_query(q, &format!("registry: {e}")),
+        };
+        q.entries = entries;
+        let missing: Vec<usize> = (0..q.users.len())
+            .filter(|&i| q.entries[i].last_seen.is_none())
+            .collect();
+        if missing.is_empty() {
+            return self.reply(q);
+        }
+        let users = missing.iter().map(|&i| q.users[i].clone()).collect();
+        self.emit_store(
+            StoreOp::Durable(DurableOp::Read { users }),
+            InFlight::QueryDurable(Box::new(q), missing),
+        );
+    }
+
+    pub(super) fn query_durable_done(
+        &mut self,
+        mut q: QueryState,
+        missing: Vec<usize>,
+        result: Result<StoreOutput, StoreError>,
+    ) {
+        let values = match result {
+            Ok(StoreOutput::Durable(v)) if v.len() == missing.len() => v,
+            Ok(_) => return self.fail_query(q, "durable store answered with the wrong shape"),
+            Err(e) => return self.fail_query(q, &format!("durable store: {e}")),
+        };
+        for (&i, value) in missing.iter().zip(values) {
+            let Some(v) = value else { continue };
+            q.entries[i].last_seen = Some(v);
+            // Refill the cache (max-register, so a racing newer end is kept). Best effort: the value
+            // is safe in the durable store whatever happens to this write.
+            let op = RegistryOp::SetLastSeen {
+                user: q.users[i].clone(),
+                last_seen: v,
+            };
+            self.emit_store(StoreOp::Registry(op), InFlight::Backfill);
+        }
+        self.reply(q);
+    }
+
+    fn fail_query(&mut self, q: QueryState, why: &str) {
+        if self.finish_query(&q) {
+            self.send_error(q.conn, q.request, ErrorCode::Unavailable, why);
+        }
+    }
+
+    /// Releases the connection's in-flight slot; returns whether the asking session is still there.
+    fn finish_query(&mut self, q: &QueryState) -> bool {
+        match self.conns.get_mut(&q.conn) {
+            Some(c) if c.sid == q.sid => {
+                c.queries_in_flight = c.queries_in_flight.saturating_sub(1);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn reply(&mut self, q: QueryState) {
+        if !self.finish_query(&q) {
+            return;
+        }
+        // Another server's clock may be ahead; never show a time further ahead than the skew bound.
+        let ceiling = self.wall.saturating_add(self.config.max_clock_skew);
+        let users = q
+            .users
+            .iter()
+            .zip(&q.entries)
+            .map(|(user, e)| {
+                let local = self.users.get(user);
+                // A live session here is online even if its registration has not landed yet, and a
+                // value this server recorded is visible even if its write is still pending.
+                let online = e.online || local.is_some_and(|u| u.live > 0);
+                let recorded = local.and_then(|u| u.max_recorded);
+                let last_seen = max_opt(e.last_seen, recorded).map(|v| v.min(ceiling));
+                PresenceEntry {
+                    user: user.clone(),
+                    online,
+                    last_seen,
+                }
+            })
+            .collect();
+        self.send(
+            q.conn,
+            &Frame::Presence {
+                id: q.request,
+                users,
+            },
+        );
+    }
+}
+
+fn max_opt(a: Option<UnixMillis>, b: Option<UnixMillis>) -> Option<UnixMillis> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
+}

@@ -1,0 +1,331 @@
+//! Writes to the stores: registering sessions, ending them, and durable last_seen, with retries.
+//!
+//! Each session is a small reconciliation loop: its *wanted* state (live, or ended with a value)
+//! against what the registry has *acknowledged*. At most one registry operation per session is in
+//! flight, so a late `Register` can never land after its own `EndSession` and leave a ghost.
+//! Durable writes are one per user and coalesce: a max-register loses nothing when only the newest
+//! value is sent. Failures back off exponentially with seeded jitter; nothing is ever dropped.
+
+use std::time::Duration;
+
+use rand_chacha::rand_core::RngCore;
+
+use crate::store::{DurableOp, EffectId, RegistryOp, StoreError, StoreOp, StoreOutput};
+use crate::time::{MonoTime, UnixMillis};
+use crate::user::{SessionId, UserId};
+
+use super::query::QueryState;
+use super::Presence;
+
+/// The core's own handle of a session (the `SessionId` is the registry's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(super) struct Sid(pub(super) u64);
+
+/// A session this server owns in the registry.
+#[derive(Debug)]
+pub(super) struct Session {
+    user: UserId,
+    id: SessionId,
+    /// `Some(last_seen)` once the session ended.
+    ended: Option<UnixMillis>,
+    /// The registry holds our entry (acknowledged since the last registry restart).
+    registered: bool,
+    in_flight: Option<EffectId>,
+    attempts: u32,
+    retry_at: Option<MonoTime>,
+}
+
+impl Session {
+    pub(super) fn new(user: UserId, id: SessionId) -> Self {
+        Session {
+            user,
+            id,
+            ended: None,
+            registered: false,
+            in_flight: None,
+            attempts: 0,
+            retry_at: None,
+        }
+    }
+
+    pub(super) fn is_unregistered(&self) -> bool {
+        self.ended.is_none() && !self.registered
+    }
+}
+
+/// A pending durable write for one user.
+#[derive(Debug)]
+pub(super) struct DurableWrite {
+    /// Newest value wanted in the store.
+    value: UnixMillis,
+    /// The value of the write in flight, if one is.
+    in_flight: Option<(EffectId, UnixMillis)>,
+    attempts: u32,
+    retry_at: Option<MonoTime>,
+}
+
+/// What a store operation in flight was for.
+#[derive(Debug)]
+pub(super) enum InFlight {
+    /// Register (`end == false`) or end of a session, issued in this registry epoch.
+    Session { sid: Sid, epoch: u64, end: bool },
+    /// Durable write for this user.
+    Durable(UserId),
+    /// Registry backfill after a cache miss: best effort, the durable store still has the value.
+    Backfill,
+    /// A query waiting for the registry read.
+    QueryRegistry(Box<QueryState>),
+    /// A query waiting for the durable read of the users the registry had no last_seen for.
+    QueryDurable(Box<QueryState>, Vec<usize>),
+}
+
+/// Which write a retry timer belongs to.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum RetryKey {
+    Session(Sid),
+    Durable(UserId),
+}
+
+impl Presence {
+    /// Marks a session ended with `last_seen` and queues its registry end and durable write.
+    pub(super) fn end_session(&mut self, sid: Sid, last_seen: UnixMillis) {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        if s.ended.is_some() {
+            return;
+        }
+        s.ended = Some(last_seen);
+        // A failed Register waiting for its retry is moot now: send the end at once.
+        if let Some(at) = s.retry_at.take() {
+            self.retries.remove(&(at, RetryKey::Session(sid)));
+            s.attempts = 0;
+        }
+        let user = s.user.clone();
+        self.ending_sessions += 1;
+        self.dirty_sessions.insert(sid);
+        self.queue_durable(user, last_seen);
+    }
+
+    fn queue_durable(&mut self, user: UserId, value: UnixMillis) {
+        match self.durable.get_mut(&user) {
+            Some(w) => w.value = w.value.max(value),
+            None => {
+                self.user_ref(&user);
+                self.durable.insert(
+                    user.clone(),
+                    DurableWrite {
+                        value,
+                        in_flight: None,
+                        attempts: 0,
+                        retry_at: None,
+                    },
+                );
+            }
+        }
+        self.dirty_durable.insert(user);
+    }
+
+    /// Issues every write that is ready (not in flight, not waiting for a retry).
+    pub(super) fn issue_writes(&mut self) {
+        while let Some(sid) = self.dirty_sessions.pop_first() {
+            let Some(s) = self.sessions.get(&sid) else {
+                continue;
+            };
+            if s.in_flight.is_some() || s.retry_at.is_some() {
+                continue;
+            }
+            let op = match s.ended {
+                Some(ended) => {
+                    // Another session of the user may have recorded a later value since this one
+                    // ended (this end waited for its Register): send the user's maximum, so the
+                    // values asked for a user never go down.
+                    let max = self.users.get(&s.user).and_then(|u| u.max_recorded);
+                    let last_seen = max.map_or(ended, |m| m.max(ended));
+                    RegistryOp::EndSession {
+                        user: s.user.clone(),
+                        session: s.id.clone(),
+                        last_seen,
+                    }
+                }
+                None if !s.registered => RegistryOp::Register {
+                    user: s.user.clone(),
+                    session: s.id.clone(),
+                },
+                None => continue,
+            };
+            let (epoch, end) = (self.registry_epoch, s.ended.is_some());
+            let id = self.emit_store(StoreOp::Registry(op), InFlight::Session { sid, epoch, end });
+            if let Some(s) = self.sessions.get_mut(&sid) {
+                s.in_flight = Some(id);
+            }
+        }
+        while let Some(user) = self.dirty_durable.pop_first() {
+            let Some(w) = self.durable.get(&user) else {
+                continue;
+            };
+            if w.in_flight.is_some() || w.retry_at.is_some() {
+                continue;
+            }
+            let value = w.value;
+            let op = DurableOp::Write {
+                user: user.clone(),
+                last_seen: value,
+            };
+            let id = self.emit_store(StoreOp::Durable(op), InFlight::Durable(user.clone()));
+            if let Some(w) = self.durable.get_mut(&user) {
+                w.in_flight = Some((id, value));
+            }
+        }
+    }
+
+    pub(super) fn on_store_done(&mut self, id: EffectId, result: Result<StoreOutput, StoreError>) {
+        let Some(what) = self.in_flight.remove(&id) else {
+            return;
+        };
+        match what {
+            InFlight::Session { sid, epoch, end } => {
+                self.registry_failing = result.is_err();
+                self.session_done(sid, epoch, end, result.is_ok());
+            }
+            InFlight::Durable(user) => {
+                self.durable_failing = result.is_err();
+                self.durable_done(user, result.is_ok());
+            }
+            InFlight::Backfill => self.registry_failing = result.is_err(),
+            InFlight::QueryRegistry(q) => {
+                self.registry_failing = result.is_err();
+                self.query_registry_done(*q, result);
+            }
+            InFlight::QueryDurable(q, missing) => {
+                self.durable_failing = result.is_err();
+                self.query_durable_done(*q, missing, result);
+            }
+        }
+    }
+
+    fn session_done(&mut self, sid: Sid, epoch: u64, end: bool, ok: bool) {
+        let current = self.registry_epoch;
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        s.in_flight = None;
+        if !ok {
+            self.stats.registry_failures += 1;
+            self.schedule_retry(RetryKey::Session(sid));
+            return;
+        }
+        s.attempts = 0;
+        if epoch != current {
+            // Issued before a registry restart: it may have landed before the data was lost.
+            self.dirty_sessions.insert(sid);
+            return;
+        }
+        if end {
+            let user = s.user.clone();
+            self.sessions.remove(&sid);
+            self.ending_sessions -= 1;
+            self.user_unref(&user);
+            return;
+        }
+        s.registered = true;
+        if s.ended.is_some() {
+            // Ended while the Register was in flight: now send the end.
+            self.dirty_sessions.insert(sid);
+        }
+    }
+
+    fn durable_done(&mut self, user: UserId, ok: bool) {
+        let Some(w) = self.durable.get_mut(&user) else {
+            return;
+        };
+        let Some((_, sent)) = w.in_flight.take() else {
+            return;
+        };
+        if !ok {
+            self.stats.durable_failures += 1;
+            self.schedule_retry(RetryKey::Durable(user));
+            return;
+        }
+        w.attempts = 0;
+        if w.value > sent {
+            // A newer value arrived while this one was in flight.
+            self.dirty_durable.insert(user);
+        } else {
+            self.durable.remove(&user);
+            self.user_unref(&user);
+        }
+    }
+
+    fn schedule_retry(&mut self, key: RetryKey) {
+        self.stats.store_retries += 1;
+        let attempts = match &key {
+            RetryKey::Session(sid) => self.sessions.get_mut(sid).map(|s| &mut s.attempts),
+            RetryKey::Durable(u) => self.durable.get_mut(u).map(|w| &mut w.attempts),
+        };
+        let Some(attempts) = attempts else { return };
+        *attempts = attempts.saturating_add(1);
+        let n = *attempts;
+        let delay = self.backoff(n);
+        let at = self.now.saturating_add(delay);
+        match &key {
+            RetryKey::Session(sid) => {
+                if let Some(s) = self.sessions.get_mut(sid) {
+                    s.retry_at = Some(at);
+                }
+            }
+            RetryKey::Durable(u) => {
+                if let Some(w) = self.durable.get_mut(u) {
+                    w.retry_at = Some(at);
+                }
+            }
+        }
+        self.retries.insert((at, key));
+    }
+
+    /// Exponential backoff with "equal jitter": half the capped exponential delay, plus a seeded
+    /// random share of the other half (AWS architecture blog, "Exponential Backoff And Jitter").
+    fn backoff(&mut self, attempt: u32) -> Duration {
+        let base = self.config.retry_base.as_nanos() as u64;
+        let max = self.config.retry_max.as_nanos() as u64;
+        let exp = base
+            .saturating_mul(1u64 << attempt.saturating_sub(1).min(32))
+            .min(max)
+            .max(1);
+        let half = exp / 2;
+        Duration::from_nanos(half + self.rng.next_u64() % (exp - half + 1))
+    }
+
+    pub(super) fn retry_due(&mut self, key: RetryKey) {
+        match key {
+            RetryKey::Session(sid) => {
+                if let Some(s) = self.sessions.get_mut(&sid) {
+                    s.retry_at = None;
+                    self.dirty_sessions.insert(sid);
+                }
+            }
+            RetryKey::Durable(user) => {
+                if let Some(w) = self.durable.get_mut(&user) {
+                    w.retry_at = None;
+                    self.dirty_durable.insert(user);
+                }
+            }
+        }
+    }
+
+    /// The registry lost (or may have lost) its data: everything must be written again.
+    pub(super) fn on_registry_restarted(&mut self) {
+        self.registry_epoch += 1;
+        self.stats.registry_restarts += 1;
+        self.registry_failing = false;
+        for (sid, s) in self.sessions.iter_mut() {
+            s.registered = false;
+            s.attempts = 0;
+            // The store is back: retry at once instead of waiting out the backoff.
+            if let Some(at) = s.retry_at.take() {
+                self.retries.remove(&(at, RetryKey::Session(*sid)));
+            }
+            self.dirty_sessions.insert(*sid);
+        }
+    }
+}

@@ -1,0 +1,562 @@
+//! Model-based property test of the state machine.
+//!
+//! Random interleavings of opens, frames (valid and garbage), closes, proofs of life, time advances
+//! (with wall-clock jumps both ways), store results (ok, failed, applied-but-timed-out, out of order)
+//! and registry restarts drive the core against fake stores with Redis and DynamoDB semantics. A
+//! reference model of which sessions are live checks, at every step and after a healing phase:
+//!
+//! - last_seen values the core asks to record never regress per user;
+//! - every ended session ends up in the durable store with a value >= its last proof of life;
+//! - the core's local online/offline agrees with the model, and heartbeat deadlines are exact;
+//! - the registry converges to exactly the live sessions (no session removes another's entry, no
+//!   ghost registration lands after an end);
+//! - no effect names a connection after it closed;
+//! - pending writes stay under the cap plus the live sessions;
+//! - the core never panics.
+//!
+//! `PROPTEST_CASES` overrides the 10,000 cases.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use presence_core::frame::Encoding;
+use presence_core::store::{
+    DurableOp, EffectId, RegistryEntry, RegistryOp, StoreError, StoreOp, StoreOutput,
+};
+use presence_core::time::{MonoTime, Now, UnixMillis};
+use presence_core::user::{SessionId, UserId};
+use presence_core::{Config, ConnId, Effect, Input, Presence};
+use proptest::prelude::*;
+
+const USERS: [&str; 4] = ["bob", "alice", "carol", "dave"];
+const WALL0: i64 = 1_700_000_000_000;
+
+#[derive(Clone, Debug)]
+enum Step {
+    Open(usize),
+    Ping(usize),
+    Query(usize, Vec<usize>),
+    Bye(usize),
+    Garbage(usize, bool, Vec<u8>),
+    Alive(usize),
+    Close(usize, bool),
+    /// Advance monotonic time by ms; the wall clock additionally jumps by the given ms.
+    Advance(u64, i64),
+    /// Complete the in-flight op at this index: 0 ok, 1 failed, 2 applied but reported timed out.
+    Complete(usize, u8),
+    RegistryRestart,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        4 => (0..USERS.len()).prop_map(Step::Open),
+        2 => any::<usize>().prop_map(Step::Ping),
+        2 => (any::<usize>(), prop::collection::vec(0..USERS.len(), 0..4)).prop_map(|(c, u)| Step::Query(c, u)),
+        1 => any::<usize>().prop_map(Step::Bye),
+        1 => (any::<usize>(), any::<bool>(), prop::collection::vec(any::<u8>(), 0..40))
+            .prop_map(|(c, b, g)| Step::Garbage(c, b, g)),
+        3 => any::<usize>().prop_map(Step::Alive),
+        3 => (any::<usize>(), any::<bool>()).prop_map(|(c, g)| Step::Close(c, g)),
+        4 => (prop_oneof![0..50u64, 0..2_000u64, 0..40_000u64],
+              prop_oneof![8 => Just(0i64), 1 => -3_600_000..3_600_000i64])
+            .prop_map(|(ms, j)| Step::Advance(ms, j)),
+        8 => (any::<usize>(), prop_oneof![6 => Just(0u8), 2 => Just(1u8), 1 => Just(2u8)])
+            .prop_map(|(i, o)| Step::Complete(i, o)),
+        1 => Just(Step::RegistryRestart),
+    ]
+}
+
+/// Redis and DynamoDB semantics, in memory.
+#[derive(Default)]
+struct FakeStores {
+    ws: BTreeMap<UserId, BTreeSet<SessionId>>,
+    redis_last_seen: BTreeMap<UserId, UnixMillis>,
+    durable: BTreeMap<UserId, UnixMillis>,
+}
+
+fn max_set(m: &mut BTreeMap<UserId, UnixMillis>, u: &UserId, v: UnixMillis) {
+    let e = m.entry(u.clone()).or_insert(v);
+    *e = (*e).max(v);
+}
+
+impl FakeStores {
+    fn apply(&mut self, op: &StoreOp) -> StoreOutput {
+        match op {
+            StoreOp::Registry(RegistryOp::Register { user, session }) => {
+                self.ws
+                    .entry(user.clone())
+                    .or_default()
+                    .insert(session.clone());
+                StoreOutput::Done
+            }
+            StoreOp::Registry(RegistryOp::EndSession {
+                user,
+                session,
+                last_seen,
+            }) => {
+                if let Some(set) = self.ws.get_mut(user) {
+                    set.remove(session);
+                    if set.is_empty() {
+                        self.ws.remove(user);
+                    }
+                }
+                max_set(&mut self.redis_last_seen, user, *last_seen);
+                StoreOutput::Done
+            }
+            StoreOp::Registry(RegistryOp::SetLastSeen { user, last_seen }) => {
+                max_set(&mut self.redis_last_seen, user, *last_seen);
+                StoreOutput::Done
+            }
+            StoreOp::Registry(RegistryOp::Read { users }) => StoreOutput::Registry(
+                users
+                    .iter()
+                    .map(|u| RegistryEntry {
+                        online: self.ws.contains_key(u),
+                        last_seen: self.redis_last_seen.get(u).copied(),
+                    })
+                    .collect(),
+            ),
+            StoreOp::Durable(DurableOp::Write { user, last_seen }) => {
+                max_set(&mut self.durable, user, *last_seen);
+                StoreOutput::Done
+            }
+            StoreOp::Durable(DurableOp::Read { users }) => {
+                StoreOutput::Durable(users.iter().map(|u| self.durable.get(u).copied()).collect())
+            }
+        }
+    }
+}
+
+struct ModelConn {
+    user: UserId,
+    session: SessionId,
+    last_proof_mono: u64,
+    last_proof_wall: i64,
+}
+
+/// A session that ended: who, the least last_seen it may record, and the registry restarts seen
+/// before it ended.
+struct Ended {
+    user: UserId,
+    session: SessionId,
+    min_last_seen: i64,
+    restarts: u64,
+}
+
+struct Harness {
+    p: Presence,
+    config: Config,
+    mono_ms: u64,
+    wall_ms: i64,
+    next_conn: u64,
+    /// Every connection ever opened (closed ones stay, to send them late inputs).
+    all_conns: Vec<ConnId>,
+    live: BTreeMap<ConnId, ModelConn>,
+    ended: Vec<Ended>,
+    ended_sessions: BTreeSet<SessionId>,
+    in_flight: Vec<(EffectId, StoreOp)>,
+    stores: FakeStores,
+    max_recorded: BTreeMap<UserId, UnixMillis>,
+    restarts: u64,
+    peak_live: usize,
+}
+
+impl Harness {
+    fn new() -> Self {
+        let config = Config {
+            ping_interval: Duration::from_secs(15),
+            heartbeat_timeout: Duration::from_secs(30),
+            retry_max: Duration::from_secs(1),
+            max_pending_writes: 6,
+            frame_burst: 30,
+            ..Config::default()
+        };
+        Harness {
+            p: Presence::new(config.clone(), 42),
+            config,
+            mono_ms: 0,
+            wall_ms: WALL0,
+            next_conn: 0,
+            all_conns: Vec::new(),
+            live: BTreeMap::new(),
+            ended: Vec::new(),
+            ended_sessions: BTreeSet::new(),
+            in_flight: Vec::new(),
+            stores: FakeStores::default(),
+            max_recorded: BTreeMap::new(),
+            restarts: 0,
+            peak_live: 0,
+        }
+    }
+
+    fn now(&self) -> Now {
+        Now {
+            mono: MonoTime::from_nanos(self.mono_ms * 1_000_000),
+            wall: UnixMillis(self.wall_ms),
+        }
+    }
+
+    fn pick(&self, i: usize) -> Option<ConnId> {
+        (!self.all_conns.is_empty()).then(|| self.all_conns[i % self.all_conns.len()])
+    }
+
+    fn proof(&mut self, conn: ConnId) {
+        let (m, w) = (self.mono_ms, self.wall_ms);
+        if let Some(c) = self.live.get_mut(&conn) {
+            c.last_proof_mono = m;
+            c.last_proof_wall = w;
+        }
+    }
+
+    fn feed(&mut self, input: Input<'_>) -> Result<(), TestCaseError> {
+        let now = self.now();
+        if std::env::var_os("MODEL_TRACE").is_some() {
+            eprintln!("{} {:?}", self.mono_ms, input);
+        }
+        self.p.handle(now, input);
+        while let Some(e) = self.p.poll_effect() {
+            if std::env::var_os("MODEL_TRACE").is_some() {
+                eprintln!("    {e:?}");
+            }
+            self.check_effect(e)?;
+        }
+        self.check_state()
+    }
+
+    /// Ends a live session in the model; `at` is the input wall time for ends that happen now,
+    /// `None` for ends that record the last proof of life.
+    fn end_in_model(&mut self, conn: ConnId, at: Option<i64>) {
+        if let Some(c) = self.live.remove(&conn) {
+            self.ended_sessions.insert(c.session.clone());
+            self.ended.push(Ended {
+                user: c.user,
+                session: c.session,
+                min_last_seen: at.unwrap_or(c.last_proof_wall),
+                restarts: self.restarts,
+            });
+        }
+    }
+
+    fn check_effect(&mut self, e: Effect) -> Result<(), TestCaseError> {
+        match e {
+            Effect::Send { conn, .. } | Effect::Ping { conn } => {
+                prop_assert!(
+                    self.live.contains_key(&conn),
+                    "effect for closed connection {:?}",
+                    conn
+                );
+            }
+            Effect::Close { conn, reason, .. } => match self.live.get(&conn) {
+                Some(c) if reason == "heartbeat timeout" => {
+                    let idle = self.mono_ms - c.last_proof_mono;
+                    prop_assert!(
+                        idle >= self.config.heartbeat_timeout.as_millis() as u64,
+                        "closed after {} ms idle",
+                        idle
+                    );
+                    self.end_in_model(conn, None);
+                }
+                Some(_) => self.end_in_model(conn, Some(self.wall_ms)),
+                // A refused open (1013) never became live.
+                None => prop_assert_eq!(
+                    reason,
+                    "server at capacity",
+                    "close of unknown connection {:?}",
+                    conn
+                ),
+            },
+            Effect::Store { id, op } => {
+                match &op {
+                    StoreOp::Registry(RegistryOp::Register { session, .. }) => {
+                        prop_assert!(
+                            !self.ended_sessions.contains(session),
+                            "register after end of {}",
+                            session
+                        );
+                    }
+                    StoreOp::Registry(RegistryOp::EndSession {
+                        user,
+                        session,
+                        last_seen,
+                    }) => {
+                        prop_assert!(
+                            self.ended_sessions.contains(session),
+                            "end of a session not ended: {}",
+                            session
+                        );
+                        self.check_monotone(user, *last_seen)?;
+                    }
+                    StoreOp::Durable(DurableOp::Write { user, last_seen }) => {
+                        self.check_monotone(user, *last_seen)?
+                    }
+                    _ => {}
+                }
+                self.in_flight.push((id, op));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_monotone(&mut self, user: &UserId, v: UnixMillis) -> Result<(), TestCaseError> {
+        if let Some(prev) = self.max_recorded.get(user) {
+            prop_assert!(
+                v >= *prev,
+                "last_seen regression for {}: {:?} then {:?}",
+                user,
+                prev,
+                v
+            );
+        }
+        max_set(&mut self.max_recorded, user, v);
+        Ok(())
+    }
+
+    fn check_state(&mut self) -> Result<(), TestCaseError> {
+        self.peak_live = self.peak_live.max(self.live.len());
+        for u in USERS {
+            let u = UserId::new(u).unwrap();
+            let model_online = self.live.values().any(|c| c.user == u);
+            prop_assert_eq!(
+                self.p.is_locally_online(&u),
+                model_online,
+                "online state of {}",
+                u
+            );
+        }
+        prop_assert_eq!(self.p.connections(), self.live.len());
+        let timeout = self.config.heartbeat_timeout.as_millis() as u64;
+        for (conn, c) in &self.live {
+            prop_assert!(
+                self.mono_ms - c.last_proof_mono < timeout,
+                "{:?} should have timed out",
+                conn
+            );
+        }
+        // At the cap no session opens; each session live then adds at most a registry end and a
+        // durable write when it ends.
+        prop_assert!(
+            self.p.pending_writes() <= self.config.max_pending_writes + 2 * self.peak_live
+        );
+        Ok(())
+    }
+
+    fn complete(&mut self, idx: usize, outcome: u8) -> Result<(), TestCaseError> {
+        if self.in_flight.is_empty() {
+            return Ok(());
+        }
+        let (id, op) = self.in_flight.remove(idx % self.in_flight.len());
+        let result = match outcome {
+            0 => Ok(self.stores.apply(&op)),
+            1 => Err(StoreError::Unavailable("injected".into())),
+            _ => {
+                self.stores.apply(&op);
+                Err(StoreError::Timeout)
+            }
+        };
+        self.feed(Input::StoreDone { id, result })
+    }
+
+    fn message(
+        &mut self,
+        c: usize,
+        encoding: Encoding,
+        payload: &[u8],
+    ) -> Result<(), TestCaseError> {
+        let Some(conn) = self.pick(c) else {
+            return Ok(());
+        };
+        self.proof(conn);
+        self.feed(Input::Message {
+            conn,
+            encoding,
+            payload,
+        })
+    }
+
+    fn run(&mut self, s: Step) -> Result<(), TestCaseError> {
+        match s {
+            Step::Open(u) => {
+                self.next_conn += 1;
+                let conn = ConnId(self.next_conn);
+                let user = UserId::new(USERS[u]).unwrap();
+                let session = SessionId::new(format!("srv-{}", self.next_conn));
+                if self.p.readiness().accepting {
+                    let (m, w) = (self.mono_ms, self.wall_ms);
+                    let c = ModelConn {
+                        user: user.clone(),
+                        session: session.clone(),
+                        last_proof_mono: m,
+                        last_proof_wall: w,
+                    };
+                    self.live.insert(conn, c);
+                }
+                self.all_conns.push(conn);
+                self.feed(Input::Open {
+                    conn,
+                    user,
+                    session,
+                })
+            }
+            Step::Ping(c) => self.message(c, Encoding::Json, br#"{"type":"ping","seq":1}"#),
+            Step::Query(c, users) => {
+                let list: Vec<String> =
+                    users.iter().map(|&u| format!("\"{}\"", USERS[u])).collect();
+                let text = format!(r#"{{"type":"query","id":5,"users":[{}]}}"#, list.join(","));
+                self.message(c, Encoding::Json, text.as_bytes())
+            }
+            Step::Bye(c) => self.message(c, Encoding::Json, br#"{"type":"bye"}"#),
+            Step::Garbage(c, binary, bytes) => {
+                let encoding = if binary {
+                    Encoding::Binary
+                } else {
+                    Encoding::Json
+                };
+                self.message(c, encoding, &bytes)
+            }
+            Step::Alive(c) => match self.pick(c) {
+                Some(conn) => {
+                    self.proof(conn);
+                    self.feed(Input::Alive { conn })
+                }
+                None => Ok(()),
+            },
+            Step::Close(c, graceful) => match self.pick(c) {
+                Some(conn) => {
+                    let at = graceful.then_some(self.wall_ms);
+                    self.end_in_model(conn, at);
+                    self.feed(Input::Closed { conn, graceful })
+                }
+                None => Ok(()),
+            },
+            Step::Advance(ms, jump) => {
+                self.mono_ms += ms;
+                self.wall_ms += ms as i64 + jump;
+                self.feed(Input::Timeout)
+            }
+            Step::Complete(i, o) => self.complete(i, o),
+            Step::RegistryRestart => {
+                self.stores.ws.clear();
+                self.stores.redis_last_seen.clear();
+                self.restarts += 1;
+                self.feed(Input::RegistryRestarted)
+            }
+        }
+    }
+
+    /// Faults stop: every operation succeeds and time passes with live connections heartbeating.
+    fn heal(&mut self) -> Result<(), TestCaseError> {
+        for _ in 0..200 {
+            while !self.in_flight.is_empty() {
+                self.complete(0, 0)?;
+            }
+            if self.p.pending_writes() == 0 && self.p.registry_backlog() == 0 {
+                break;
+            }
+            for conn in self.live.keys().copied().collect::<Vec<_>>() {
+                self.proof(conn);
+                self.feed(Input::Alive { conn })?;
+            }
+            self.mono_ms += 500;
+            self.wall_ms += 500;
+            self.feed(Input::Timeout)?;
+        }
+        while !self.in_flight.is_empty() {
+            self.complete(0, 0)?;
+        }
+        prop_assert_eq!(
+            self.p.pending_writes(),
+            0,
+            "writes still pending after healing"
+        );
+        prop_assert_eq!(
+            self.p.registry_backlog(),
+            0,
+            "registrations still pending after healing"
+        );
+        // Every ended session is durable with at least its last proof of life (I2); if it ended
+        // after the last registry restart, the registry's last_seen has it too.
+        for e in &self.ended {
+            let d = self.stores.durable.get(&e.user).copied();
+            prop_assert!(
+                d.is_some_and(|d| d.0 >= e.min_last_seen),
+                "{}/{}: durable {:?} < {}",
+                e.user,
+                e.session,
+                d,
+                e.min_last_seen
+            );
+            if e.restarts == self.restarts {
+                let r = self.stores.redis_last_seen.get(&e.user).copied();
+                prop_assert!(
+                    r.is_some_and(|r| r.0 >= e.min_last_seen),
+                    "{}/{}: redis {:?} < {}",
+                    e.user,
+                    e.session,
+                    r,
+                    e.min_last_seen
+                );
+            }
+        }
+        // The registry holds exactly the live sessions (I6, I7).
+        let mut want: BTreeMap<UserId, BTreeSet<SessionId>> = BTreeMap::new();
+        for c in self.live.values() {
+            want.entry(c.user.clone())
+                .or_default()
+                .insert(c.session.clone());
+        }
+        prop_assert_eq!(&self.stores.ws, &want);
+        Ok(())
+    }
+}
+
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10_000)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(), max_shrink_iters: 2_000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn core_agrees_with_the_model(steps in prop::collection::vec(step(), 1..120)) {
+        let mut h = Harness::new();
+        for s in steps {
+            h.run(s)?;
+        }
+        h.heal()?;
+    }
+}
+
+fn replay(steps: Vec<Step>) {
+    let mut h = Harness::new();
+    for s in steps {
+        h.run(s).unwrap();
+    }
+    h.heal().unwrap();
+}
+
+/// Found by the property test: an abrupt end recording an older proof of life after another
+/// device's graceful end of the same user.
+#[test]
+fn regression_older_proof_after_graceful_end() {
+    use Step::*;
+    replay(vec![
+        Open(0),
+        Open(0),
+        Open(0),
+        Open(2),
+        Open(0),
+        Open(0),
+        Open(2),
+        Advance(1, 0),
+        Bye(5011081419602855408),
+        Ping(5915716020863887227),
+        Close(8020950694521155180, false),
+        Open(0),
+        Close(5830268819710473683, false),
+        Open(0),
+        Open(0),
+    ]);
+}
