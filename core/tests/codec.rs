@@ -34,7 +34,7 @@ fn dec_bin(b: &[u8]) -> Result<Frame, DecodeError> {
 /// Parses `"01 0a ff"` (whitespace ignored) into bytes.
 fn hex(s: &str) -> Vec<u8> {
     let digits: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    assert!(digits.len() % 2 == 0, "odd number of hex digits in {s:?}");
+    assert!(digits.len().is_multiple_of(2), "odd number of hex digits in {s:?}");
     digits
         .chunks(2)
         .map(|pair| {

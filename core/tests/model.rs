@@ -239,6 +239,7 @@ impl Harness {
 
     fn check_effect(&mut self, e: Effect) -> Result<(), TestCaseError> {
         match e {
+            Effect::LookupDone { .. } => {}
             Effect::Send { conn, .. } | Effect::Ping { conn } => {
                 prop_assert!(
                     self.live.contains_key(&conn),

@@ -1,12 +1,16 @@
 //! What goes into the state machine ([`Input`]) and what comes out ([`Effect`]).
 
-use crate::frame::Encoding;
+use crate::frame::{Encoding, ErrorCode, PresenceEntry};
 use crate::store::{EffectId, StoreError, StoreOp, StoreOutput};
 use crate::user::{SessionId, UserId};
 
 /// A connection, named by the driver. Ids must not be reused within one core's lifetime.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ConnId(pub u64);
+
+/// A lookup from outside any connection (the HTTP API), named by the driver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LookupId(pub u64);
 
 /// Something that happened, fed to [`crate::Presence::handle`] with the time it happened.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,6 +45,14 @@ pub enum Input<'a> {
         conn: ConnId,
         /// Whether the peer ended it in an orderly way.
         graceful: bool,
+    },
+    /// Presence of these users, asked from outside any connection (validated, rate-limited and
+    /// authenticated by the driver). Answered with [`Effect::LookupDone`].
+    Lookup {
+        /// Correlates the answer.
+        lookup: LookupId,
+        /// The users (at most `Config::max_query_users`).
+        users: Vec<UserId>,
     },
     /// Time passed (the deadline from `poll_timeout` was reached, or any wake-up).
     Timeout,
@@ -105,6 +117,13 @@ pub enum Effect {
         code: u16,
         /// Short reason for the close frame.
         reason: &'static str,
+    },
+    /// The answer to [`Input::Lookup`]: one entry per user in order, or an error code and message.
+    LookupDone {
+        /// From the input.
+        lookup: LookupId,
+        /// The presence entries, or why there are none.
+        result: Result<Vec<PresenceEntry>, (ErrorCode, String)>,
     },
     /// Execute a store operation and report back with [`Input::StoreDone`].
     Store {

@@ -24,7 +24,7 @@ use crate::store::{EffectId, StoreOp};
 use crate::time::{MonoTime, Now, UnixMillis};
 use crate::user::UserId;
 
-pub use io::{close_code, ConnId, Effect, EndReason, Input, OutMessage, Readiness, Stats};
+pub use io::{close_code, ConnId, Effect, EndReason, Input, LookupId, OutMessage, Readiness, Stats};
 
 use conn::Conn;
 use writes::{DurableWrite, InFlight, RetryKey, Session, Sid};
@@ -135,6 +135,7 @@ impl Presence {
             } => self.on_message(conn, encoding, payload),
             Input::Alive { conn } => self.on_alive(conn),
             Input::Closed { conn, graceful } => self.on_closed(conn, graceful),
+            Input::Lookup { lookup, users } => self.start_lookup(lookup, users),
             Input::Timeout => {}
             Input::StoreDone { id, result } => self.on_store_done(id, result),
             Input::RegistryRestarted => self.on_registry_restarted(),

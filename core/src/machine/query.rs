@@ -1,25 +1,33 @@
 //! Presence queries: one registry read per request, a durable read for the users the registry has
 //! no last_seen for (lost in a restart, or never cached), a backfill of those into the registry,
-//! and one reply frame.
+//! and one reply: a `presence` frame for a connection's query, or [`Effect::LookupDone`] for a
+//! lookup from outside a connection (the HTTP API).
 
 use crate::frame::{ErrorCode, Frame, PresenceEntry};
 use crate::store::{DurableOp, RegistryEntry, RegistryOp, StoreError, StoreOp, StoreOutput};
 use crate::time::UnixMillis;
 use crate::user::UserId;
 
-use super::io::ConnId;
+use super::io::{ConnId, Effect, LookupId};
 use super::writes::{InFlight, Sid};
 use super::Presence;
 
 /// A query between its request and its reply.
 #[derive(Debug)]
 pub(super) struct QueryState {
-    conn: ConnId,
-    /// The session that asked: a reply goes out only if the connection still carries it.
-    sid: Sid,
-    request: Option<u64>,
+    asker: Asker,
     users: Vec<UserId>,
     entries: Vec<RegistryEntry>,
+}
+
+/// Who gets the answer.
+#[derive(Debug)]
+enum Asker {
+    /// A connection's `query` frame. `sid`: the session that asked; a reply goes out only if the
+    /// connection still carries it.
+    Conn { conn: ConnId, sid: Sid, request: Option<u64> },
+    /// A lookup from outside any connection.
+    Lookup(LookupId),
 }
 
 impl Presence {
@@ -63,16 +71,25 @@ impl Presence {
         };
         c.queries_in_flight += 1;
         let sid = c.sid;
-        let op = StoreOp::Registry(RegistryOp::Read {
-            users: users.clone(),
-        });
-        let state = QueryState {
-            conn,
-            sid,
-            request,
-            users,
-            entries: Vec::new(),
-        };
+        self.read_registry(Asker::Conn { conn, sid, request }, users);
+    }
+
+    /// A lookup from outside any connection: validated and rate-limited by the caller (the HTTP
+    /// front end); answered with [`Effect::LookupDone`].
+    pub(super) fn start_lookup(&mut self, lookup: LookupId, users: Vec<UserId>) {
+        if users.len() > self.config.max_query_users {
+            let err = (ErrorCode::TooManyUsers, format!("at most {} users per lookup", self.config.max_query_users));
+            return self.effects.push_back(Effect::LookupDone { lookup, result: Err(err) });
+        }
+        if users.is_empty() {
+            return self.effects.push_back(Effect::LookupDone { lookup, result: Ok(Vec::new()) });
+        }
+        self.read_registry(Asker::Lookup(lookup), users);
+    }
+
+    fn read_registry(&mut self, asker: Asker, users: Vec<UserId>) {
+        let op = StoreOp::Registry(RegistryOp::Read { users: users.clone() });
+        let state = QueryState { asker, users, entries: Vec::new() };
         self.emit_store(op, InFlight::QueryRegistry(Box::new(state)));
     }
 
@@ -126,15 +143,23 @@ impl Presence {
     }
 
     fn fail_query(&mut self, q: QueryState, why: &str) {
-        if self.finish_query(&q) {
-            self.send_error(q.conn, q.request, ErrorCode::Unavailable, why);
+        match q.asker {
+            Asker::Conn { conn, sid, request } => {
+                if self.finish_query(conn, sid) {
+                    self.send_error(conn, request, ErrorCode::Unavailable, why);
+                }
+            }
+            Asker::Lookup(lookup) => {
+                let result = Err((ErrorCode::Unavailable, why.to_owned()));
+                self.effects.push_back(Effect::LookupDone { lookup, result });
+            }
         }
     }
 
     /// Releases the connection's in-flight slot; returns whether the asking session is still there.
-    fn finish_query(&mut self, q: &QueryState) -> bool {
-        match self.conns.get_mut(&q.conn) {
-            Some(c) if c.sid == q.sid => {
+    fn finish_query(&mut self, conn: ConnId, sid: Sid) -> bool {
+        match self.conns.get_mut(&conn) {
+            Some(c) if c.sid == sid => {
                 c.queries_in_flight = c.queries_in_flight.saturating_sub(1);
                 true
             }
@@ -143,8 +168,10 @@ impl Presence {
     }
 
     fn reply(&mut self, q: QueryState) {
-        if !self.finish_query(&q) {
-            return;
+        if let Asker::Conn { conn, sid, .. } = q.asker {
+            if !self.finish_query(conn, sid) {
+                return;
+            }
         }
         // Another server's clock may be ahead; never show a time further ahead than the skew bound.
         let ceiling = self.wall.saturating_add(self.config.max_clock_skew);
@@ -166,13 +193,10 @@ impl Presence {
                 }
             })
             .collect();
-        self.send(
-            q.conn,
-            &Frame::Presence {
-                id: q.request,
-                users,
-            },
-        );
+        match q.asker {
+            Asker::Conn { conn, request, .. } => self.send(conn, &Frame::Presence { id: request, users }),
+            Asker::Lookup(lookup) => self.effects.push_back(Effect::LookupDone { lookup, result: Ok(users) }),
+        }
     }
 }
 

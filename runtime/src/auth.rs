@@ -1,0 +1,159 @@
+//! Identity at the edge: HS256 JWTs whose `sub` is the user id.
+//!
+//! The only way a connection gets a user is a token verified here; no frame can name its sender.
+//! Tokens are never logged: errors carry only the reason.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use presence_core::user::UserId;
+use serde::{Deserialize, Serialize};
+
+/// The claims the server reads and the `token` subcommand writes.
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    exp: u64,
+}
+
+/// Why a request was not authenticated (HTTP 401).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No `Authorization: Bearer` header and no `access_token` parameter.
+    #[error("missing bearer token")]
+    Missing,
+    /// Expired, forged, malformed, wrong algorithm (including `alg: none`) or without `exp`.
+    #[error("invalid token: {0}")]
+    Invalid(String),
+    /// Signature fine but `sub` is not a valid user id.
+    #[error("token subject is not a valid user id")]
+    BadSubject,
+}
+
+/// Verifies and issues tokens with one shared secret.
+#[derive(Clone)]
+pub struct Auth {
+    decoding: DecodingKey,
+    encoding: EncodingKey,
+    validation: Validation,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Auth { secret: <redacted> }")
+    }
+}
+
+impl Auth {
+    /// An authenticator for HS256 tokens signed with `secret`.
+    pub fn new(secret: &[u8]) -> Auth {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        // Tolerate small clock differences between the token issuer and this server.
+        validation.leeway = 30;
+        Auth { decoding: DecodingKey::from_secret(secret), encoding: EncodingKey::from_secret(secret), validation }
+    }
+
+    /// Verifies `token` and returns its user.
+    pub fn verify(&self, token: &str) -> Result<UserId, AuthError> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|e| AuthError::Invalid(e.kind_description()))?;
+        UserId::new(&data.claims.sub).map_err(|_| AuthError::BadSubject)
+    }
+
+    /// Issues a token for `user`, valid for `ttl` from now.
+    pub fn issue(&self, user: &UserId, ttl: Duration) -> String {
+        let exp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default() + ttl;
+        let claims = Claims { sub: user.as_str().to_owned(), exp: exp.as_secs() };
+        // HS256 signing with an in-memory key cannot fail.
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).unwrap_or_default()
+    }
+
+    /// Finds the token in an `Authorization` header value or the request's query string.
+    pub fn token_from<'a>(authorization: Option<&'a str>, query: Option<&'a str>) -> Option<String> {
+        if let Some(v) = authorization {
+            if let Some(t) = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")) {
+                return Some(t.trim().to_owned());
+            }
+        }
+        query_param(query?, "access_token")
+    }
+}
+
+/// A short description of a jsonwebtoken error, without the token.
+trait KindDescription {
+    fn kind_description(&self) -> String;
+}
+
+impl KindDescription for jsonwebtoken::errors::Error {
+    fn kind_description(&self) -> String {
+        use jsonwebtoken::errors::ErrorKind;
+        match self.kind() {
+            ErrorKind::ExpiredSignature => "expired".into(),
+            ErrorKind::InvalidSignature => "bad signature".into(),
+            ErrorKind::InvalidAlgorithm => "algorithm not allowed".into(),
+            ErrorKind::MissingRequiredClaim(c) => format!("missing claim {c}"),
+            _ => "malformed".into(),
+        }
+    }
+}
+
+/// The percent-decoded value of `name` in a query string.
+pub fn query_param(query: &str, name: &str) -> Option<String> {
+    url::form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+}
+
+/// A random 256-bit secret, hex-encoded, for dev mode.
+pub fn generate_secret() -> String {
+    let bytes: [u8; 32] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine;
+
+    fn b64(s: &str) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
+    }
+
+    #[test]
+    fn issues_and_verifies() {
+        let auth = Auth::new(b"secret");
+        let bob = UserId::new("bob").unwrap();
+        let t = auth.issue(&bob, Duration::from_secs(60));
+        assert_eq!(auth.verify(&t), Ok(bob));
+    }
+
+    #[test]
+    fn refuses_forged_expired_none_and_bad_subject() {
+        let auth = Auth::new(b"secret");
+        let bob = UserId::new("bob").unwrap();
+        let forged = Auth::new(b"other").issue(&bob, Duration::from_secs(60));
+        assert_eq!(auth.verify(&forged), Err(AuthError::Invalid("bad signature".into())));
+
+        let claims = Claims { sub: "bob".into(), exp: 1_000 };
+        let expired =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(b"secret"))
+                .unwrap();
+        assert_eq!(auth.verify(&expired), Err(AuthError::Invalid("expired".into())));
+
+        let none = format!("{}.{}.", b64(r#"{"alg":"none","typ":"JWT"}"#), b64(r#"{"sub":"bob","exp":99999999999}"#));
+        assert!(matches!(auth.verify(&none), Err(AuthError::Invalid(_))));
+
+        let claims = Claims { sub: "bob smith".into(), exp: 99_999_999_999 };
+        let bad =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(b"secret"))
+                .unwrap();
+        assert_eq!(auth.verify(&bad), Err(AuthError::BadSubject));
+        assert!(matches!(auth.verify("garbage"), Err(AuthError::Invalid(_))));
+    }
+
+    #[test]
+    fn finds_the_token() {
+        assert_eq!(Auth::token_from(Some("Bearer abc"), None), Some("abc".into()));
+        assert_eq!(Auth::token_from(None, Some("x=1&access_token=a%2Eb")), Some("a.b".into()));
+        assert_eq!(Auth::token_from(Some("Basic xyz"), Some("y=2")), None);
+    }
+}

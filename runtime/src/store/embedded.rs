@@ -1,0 +1,481 @@
+//! The embedded defaults: what `cargo run` uses when no Redis and no DynamoDB are configured.
+//!
+//! - [`MemoryRegistry`] plays Redis: per user a map session id -> server id, and a cached
+//!   last_seen, with the same semantics as the Lua scripts (owner-only removal, max-register).
+//!   It lives in this process, so it can never lose its data while the process runs:
+//!   [`RegistryStore::restarts`] never changes.
+//! - [`RedbDurable`] plays DynamoDB: a [`redb`] file `<data_dir>/presence.redb` with one table
+//!   `last_seen: user_id -> i64 epoch millis`. Every write is a max-register done inside one write
+//!   transaction (read, compare, insert, commit), so it is atomic against concurrent writers, and
+//!   each commit is durable (fsync'd) before the op reports success: last_seen survives a crash or
+//!   restart of the process.
+//!
+//! redb's API is blocking, so each op runs on tokio's blocking pool (`spawn_blocking`) and the
+//! async side only waits for it, bounded by the op timeout. A timed-out op keeps running on the
+//! blocking pool and may still commit; that is the documented meaning of
+//! [`StoreError::Timeout`] ("may or may not have been applied").
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use presence_core::store::{DurableOp, RegistryEntry, RegistryOp, StoreError, StoreOutput};
+use presence_core::time::UnixMillis;
+use presence_core::user::UserId;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::watch;
+
+use super::{with_timeout, DurableStore, RegistryStore, StoreFuture};
+
+/// One user's registry state, mirroring the two Redis keys.
+#[derive(Default)]
+struct UserState {
+    /// `ws:{user}`: session id -> server id. A `BTreeMap` so inspection output is ordered.
+    sessions: BTreeMap<String, String>,
+    /// `last_seen:{user}`, already clamped to the wire range like the Redis string is.
+    last_seen: Option<UnixMillis>,
+}
+
+/// In-process registry with the Redis executor's semantics. The default when no Redis is set.
+///
+/// Every op completes synchronously under a mutex, so it can neither hang nor fail.
+pub struct MemoryRegistry {
+    /// The value stored for each session this process registers (like `ws:{u}`'s hash values).
+    server_id: Arc<str>,
+    /// All users with any state. Entries whose hash and last_seen are both empty are removed so
+    /// the map stays bounded by the users that were ever seen (like Redis keys).
+    users: Mutex<HashMap<UserId, UserState>>,
+    /// Kept alive (never sent on) so receivers never observe a closed channel.
+    restarts: watch::Sender<u64>,
+}
+
+impl MemoryRegistry {
+    /// A new, empty registry. `server_id` is the value stored under each registered session.
+    pub fn new(server_id: impl Into<Arc<str>>) -> MemoryRegistry {
+        MemoryRegistry {
+            server_id: server_id.into(),
+            users: Mutex::new(HashMap::new()),
+            restarts: watch::Sender::new(0),
+        }
+    }
+
+    /// The sessions registered for `user` (session id, server id), in session id order:
+    /// the equivalent of `HGETALL ws:{user}`, for tests and debugging endpoints.
+    pub fn sessions(&self, user: &UserId) -> Vec<(String, String)> {
+        self.lock()
+            .get(user)
+            .map(|u| {
+                u.sessions
+                    .iter()
+                    .map(|(s, v)| (s.clone(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<UserId, UserState>> {
+        // A panic while holding the lock cannot leave a half-applied op behind (each op is a
+        // couple of map operations), so a poisoned lock is safe to keep using.
+        self.users.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Applies one op; the whole semantics of the registry in one place.
+    fn apply(&self, op: RegistryOp) -> StoreOutput {
+        let mut users = self.lock();
+        match op {
+            RegistryOp::Register { user, session } => {
+                users
+                    .entry(user)
+                    .or_default()
+                    .sessions
+                    .insert(session.as_str().to_owned(), self.server_id.to_string());
+                StoreOutput::Done
+            }
+            RegistryOp::EndSession {
+                user,
+                session,
+                last_seen,
+            } => {
+                let state = users.entry(user.clone()).or_default();
+                state.sessions.remove(session.as_str());
+                max_register(&mut state.last_seen, last_seen);
+                StoreOutput::Done
+            }
+            RegistryOp::SetLastSeen { user, last_seen } => {
+                max_register(&mut users.entry(user).or_default().last_seen, last_seen);
+                StoreOutput::Done
+            }
+            RegistryOp::Read { users: wanted } => StoreOutput::Registry(
+                wanted
+                    .iter()
+                    .map(|u| match users.get(u) {
+                        Some(state) => RegistryEntry {
+                            online: !state.sessions.is_empty(),
+                            last_seen: state.last_seen,
+                        },
+                        None => RegistryEntry {
+                            online: false,
+                            last_seen: None,
+                        },
+                    })
+                    .collect(),
+            ),
+        }
+    }
+}
+
+/// `slot = max(slot, new)`, with the value clamped to what the Redis string can represent, so the
+/// embedded registry answers exactly what Redis would.
+fn max_register(slot: &mut Option<UnixMillis>, new: UnixMillis) {
+    let new = new.clamp_to_wire();
+    if slot.is_none_or(|old| old < new) {
+        *slot = Some(new);
+    }
+}
+
+impl RegistryStore for MemoryRegistry {
+    fn execute(&self, op: RegistryOp) -> StoreFuture {
+        let out = self.apply(op);
+        Box::pin(async move { Ok(out) })
+    }
+
+    fn restarts(&self) -> watch::Receiver<u64> {
+        self.restarts.subscribe()
+    }
+
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+}
+
+/// The redb table: user id -> last_seen in Unix epoch milliseconds.
+const LAST_SEEN: TableDefinition<'static, &str, i64> = TableDefinition::new("last_seen");
+
+/// The file name inside the data directory.
+pub const REDB_FILE_NAME: &str = "presence.redb";
+
+/// Why [`RedbDurable::open`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The data directory could not be created.
+    #[error("cannot create data directory {path}: {source}")]
+    CreateDir {
+        /// The directory.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// redb could not open or initialise the file (already open by another process, corrupt,
+    /// unreadable, ...).
+    #[error("cannot open {path}: {source}")]
+    Redb {
+        /// The database file.
+        path: PathBuf,
+        /// redb's error.
+        source: redb::Error,
+    },
+}
+
+/// Durable last_seen store in a local redb file. The default when no DynamoDB is set.
+///
+/// One process at a time: redb locks the file, so a second open of the same file (by another
+/// process, or this one before the first handle is dropped) fails with
+/// [`OpenError::Redb`] (`DatabaseAlreadyOpen`).
+pub struct RedbDurable {
+    /// Shared with the blocking tasks; the file closes when the last clone drops.
+    db: Arc<Database>,
+    /// Bound on each op, including the wait for a blocking-pool thread.
+    op_timeout: Duration,
+}
+
+impl RedbDurable {
+    /// Default bound on each op.
+    pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(2);
+
+    /// Opens (creating if needed) `<data_dir>/presence.redb`, creating `data_dir` too.
+    ///
+    /// Blocking (file I/O): call it at startup, or from `spawn_blocking`.
+    pub fn open(data_dir: &Path) -> Result<RedbDurable, OpenError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| OpenError::CreateDir {
+            path: data_dir.to_owned(),
+            source,
+        })?;
+        RedbDurable::open_file(&data_dir.join(REDB_FILE_NAME))
+    }
+
+    /// Opens (creating if needed) the redb file at `path`.
+    pub fn open_file(path: &Path) -> Result<RedbDurable, OpenError> {
+        let wrap = |source: redb::Error| OpenError::Redb {
+            path: path.to_owned(),
+            source,
+        };
+        let db = Database::create(path).map_err(|e| wrap(e.into()))?;
+        // Create the table up front so reads of a fresh file find it (a read transaction cannot
+        // create tables).
+        (|| -> Result<(), redb::Error> {
+            let txn = db.begin_write()?;
+            txn.open_table(LAST_SEEN)?;
+            txn.commit()?;
+            Ok(())
+        })()
+        .map_err(wrap)?;
+        Ok(RedbDurable {
+            db: Arc::new(db),
+            op_timeout: RedbDurable::DEFAULT_OP_TIMEOUT,
+        })
+    }
+
+    /// Sets the bound on each op (default [`RedbDurable::DEFAULT_OP_TIMEOUT`]).
+    pub fn with_op_timeout(mut self, op_timeout: Duration) -> RedbDurable {
+        self.op_timeout = op_timeout;
+        self
+    }
+}
+
+/// Max-register write in one write transaction: nothing can interleave between the read and the
+/// insert, and the commit is durable before we return.
+fn redb_write(db: &Database, user: &UserId, last_seen: UnixMillis) -> Result<(), redb::Error> {
+    let txn = db.begin_write()?;
+    let changed = {
+        let mut table = txn.open_table(LAST_SEEN)?;
+        let current = table.get(user.as_str())?.map(|v| v.value());
+        if current.is_none_or(|old| old < last_seen.0) {
+            table.insert(user.as_str(), last_seen.0)?;
+            true
+        } else {
+            false
+        }
+    };
+    if changed {
+        txn.commit()?;
+    } else {
+        // Nothing to persist: skip the fsync a commit would cost.
+        txn.abort()?;
+    }
+    Ok(())
+}
+
+/// Reads all users from one read snapshot, in request order.
+fn redb_read(db: &Database, users: &[UserId]) -> Result<Vec<Option<UnixMillis>>, redb::Error> {
+    let txn = db.begin_read()?;
+    let table = txn.open_table(LAST_SEEN)?;
+    users
+        .iter()
+        .map(|u| Ok(table.get(u.as_str())?.map(|v| UnixMillis(v.value()))))
+        .collect()
+}
+
+impl DurableStore for RedbDurable {
+    fn execute(&self, op: DurableOp) -> StoreFuture {
+        let db = Arc::clone(&self.db);
+        let limit = self.op_timeout;
+        Box::pin(with_timeout(limit, async move {
+            let task = tokio::task::spawn_blocking(move || match op {
+                DurableOp::Write { user, last_seen } => {
+                    redb_write(&db, &user, last_seen).map(|()| StoreOutput::Done)
+                }
+                DurableOp::Read { users } => redb_read(&db, &users).map(StoreOutput::Durable),
+            });
+            match task.await {
+                Ok(Ok(out)) => Ok(out),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "redb operation failed");
+                    Err(StoreError::Unavailable(format!("redb: {e}")))
+                }
+                // A panic inside redb (or the runtime shutting down): report, never propagate.
+                Err(e) => Err(StoreError::Unavailable(format!("redb task failed: {e}"))),
+            }
+        }))
+    }
+
+    fn kind(&self) -> &'static str {
+        "redb"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use presence_core::user::SessionId;
+
+    fn user(s: &str) -> UserId {
+        UserId::new(s).unwrap()
+    }
+
+    fn entry(online: bool, last_seen: Option<i64>) -> RegistryEntry {
+        RegistryEntry {
+            online,
+            last_seen: last_seen.map(UnixMillis),
+        }
+    }
+
+    async fn read(reg: &MemoryRegistry, users: &[&str]) -> Vec<RegistryEntry> {
+        let op = RegistryOp::Read {
+            users: users.iter().map(|u| user(u)).collect(),
+        };
+        match reg.execute(op).await.unwrap() {
+            StoreOutput::Registry(v) => v,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn memory_end_session_removes_only_that_session() {
+        let reg = MemoryRegistry::new("srv-1");
+        for s in ["s1", "s2"] {
+            let op = RegistryOp::Register {
+                user: user("bob"),
+                session: SessionId::new(s),
+            };
+            assert_eq!(reg.execute(op).await, Ok(StoreOutput::Done));
+        }
+        assert_eq!(read(&reg, &["bob"]).await, vec![entry(true, None)]);
+
+        let end = RegistryOp::EndSession {
+            user: user("bob"),
+            session: SessionId::new("s1"),
+            last_seen: UnixMillis(1_000),
+        };
+        assert_eq!(reg.execute(end.clone()).await, Ok(StoreOutput::Done));
+        assert_eq!(
+            reg.sessions(&user("bob")),
+            vec![("s2".to_owned(), "srv-1".to_owned())]
+        );
+        assert_eq!(read(&reg, &["bob"]).await, vec![entry(true, Some(1_000))]);
+
+        // Idempotent, and ending the last session makes the user offline.
+        assert_eq!(reg.execute(end).await, Ok(StoreOutput::Done));
+        let end2 = RegistryOp::EndSession {
+            user: user("bob"),
+            session: SessionId::new("s2"),
+            last_seen: UnixMillis(2_000),
+        };
+        assert_eq!(reg.execute(end2).await, Ok(StoreOutput::Done));
+        assert_eq!(read(&reg, &["bob"]).await, vec![entry(false, Some(2_000))]);
+    }
+
+    #[tokio::test]
+    async fn memory_last_seen_never_regresses_and_read_keeps_order() {
+        let reg = MemoryRegistry::new("srv-1");
+        let set = |u: &str, t: i64| RegistryOp::SetLastSeen {
+            user: user(u),
+            last_seen: UnixMillis(t),
+        };
+        reg.execute(set("bob", 5_000)).await.unwrap();
+        reg.execute(set("bob", 4_000)).await.unwrap();
+        // An older EndSession removes the field but must not lower last_seen either.
+        reg.execute(RegistryOp::EndSession {
+            user: user("bob"),
+            session: SessionId::new("gone"),
+            last_seen: UnixMillis(3_000),
+        })
+        .await
+        .unwrap();
+        reg.execute(set("amy", 7)).await.unwrap();
+        // Values outside the wire range are clamped exactly as the Redis string would be.
+        reg.execute(set("neg", -5)).await.unwrap();
+
+        assert_eq!(
+            read(&reg, &["carl", "bob", "amy", "bob", "neg"]).await,
+            vec![
+                entry(false, None),
+                entry(false, Some(5_000)),
+                entry(false, Some(7)),
+                entry(false, Some(5_000)),
+                entry(false, Some(0)),
+            ]
+        );
+        assert_eq!(*reg.restarts().borrow(), 0);
+    }
+
+    async fn durable_read(db: &RedbDurable, users: &[&str]) -> Vec<Option<i64>> {
+        let op = DurableOp::Read {
+            users: users.iter().map(|u| user(u)).collect(),
+        };
+        match db.execute(op).await.unwrap() {
+            StoreOutput::Durable(v) => v.into_iter().map(|o| o.map(|t| t.0)).collect(),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    async fn durable_write(db: &RedbDurable, u: &str, t: i64) {
+        let op = DurableOp::Write {
+            user: user(u),
+            last_seen: UnixMillis(t),
+        };
+        assert_eq!(db.execute(op).await, Ok(StoreOutput::Done));
+    }
+
+    #[tokio::test]
+    async fn redb_max_register_and_persistence_across_reopen() {
+        let dir = TempDir::new("redb-persist");
+        {
+            let db = RedbDurable::open(dir.path()).unwrap();
+            assert_eq!(durable_read(&db, &["bob"]).await, vec![None]);
+            durable_write(&db, "bob", 2_000).await;
+            durable_write(&db, "bob", 1_000).await; // older: refused, still success
+            durable_write(&db, "amy", 10).await;
+            assert_eq!(
+                durable_read(&db, &["bob", "zed", "amy"]).await,
+                vec![Some(2_000), None, Some(10)]
+            );
+            // The file is locked while open.
+            assert!(matches!(
+                RedbDurable::open(dir.path()),
+                Err(OpenError::Redb { .. })
+            ));
+        }
+        // Reopen: the values survived closing the file, and the max-register still holds.
+        let db = RedbDurable::open(dir.path()).unwrap();
+        assert!(dir.path().join(REDB_FILE_NAME).is_file());
+        durable_write(&db, "bob", 1_500).await;
+        assert_eq!(
+            durable_read(&db, &["amy", "bob"]).await,
+            vec![Some(10), Some(2_000)]
+        );
+        durable_write(&db, "bob", 2_001).await;
+        assert_eq!(durable_read(&db, &["bob"]).await, vec![Some(2_001)]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redb_concurrent_writes_keep_the_max() {
+        let dir = TempDir::new("redb-concurrent");
+        let db = Arc::new(RedbDurable::open(dir.path()).unwrap());
+        let tasks: Vec<_> = (0..50i64)
+            .map(|i| {
+                let db = Arc::clone(&db);
+                // Interleave high and low values so the max is not simply the last write.
+                let t = if i % 2 == 0 { 1_000 + i } else { 1_000 - i };
+                tokio::spawn(async move { durable_write(&db, "bob", t).await })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(durable_read(&db, &["bob"]).await, vec![Some(1_048)]);
+    }
+
+    /// A unique directory under the system temp dir, removed on drop (no extra dev-dependency).
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(tag: &str) -> TempDir {
+            static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let p = std::env::temp_dir().join(format!("presence-{tag}-{}-{n}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&p);
+            TempDir(p)
+        }
+
+        fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}

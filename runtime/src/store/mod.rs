@@ -1,0 +1,91 @@
+//! Store executors: run the core's [`RegistryOp`]s and [`DurableOp`]s against real stores.
+//!
+//! The core decides *what* to write and when to retry; an executor only runs one operation and
+//! reports how it went. The driver holds executors behind `Arc<dyn RegistryStore>` /
+//! `Arc<dyn DurableStore>`, so production, the embedded default and the simulator can swap them.
+//!
+//! | module       | role                                                                     |
+//! |--------------|--------------------------------------------------------------------------|
+//! | [`redis`]    | the registry on Redis (single node over any byte stream, or Redis Cluster) |
+//! | [`dynamo`]   | the durable store on DynamoDB (or a DynamoDB-compatible server)          |
+//! | [`embedded`] | the zero-install defaults: in-process registry, `redb` file for last_seen |
+//!
+//! Contract every executor honours (the core's retry logic depends on it):
+//!
+//! - **Bounded.** A call never hangs: each one finishes within the executor's op timeout, and a
+//!   call that did not finish in time is reported as [`StoreError::Timeout`] (it may or may not
+//!   have been applied, which is fine: every op is idempotent).
+//! - **Max-register.** `last_seen` writes never make a stored value go back in time, in either
+//!   store, whatever order they arrive in (clock skew, retries, two servers racing).
+//! - **Owner-only removal.** Ending a session removes only that session's field of the registry
+//!   hash (the session id is the field name), never another device's or another server's entry.
+//! - **Errors are not answers.** A failed read is an error, never "offline" or "never seen"; a value
+//!   that exists but cannot be parsed is logged at `warn` and reported as absent.
+//! - **Order.** Batch reads answer one entry per requested user, in the request's order
+//!   (duplicates included).
+//!
+//! The public schema the Redis and DynamoDB executors write is described in each module's docs; it is
+//! read by operators with `redis-cli` and the AWS CLI, so it never changes.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use presence_core::store::{DurableOp, RegistryOp, StoreError, StoreOutput};
+
+pub mod dynamo;
+pub mod embedded;
+pub mod redis;
+
+pub use self::dynamo::{DynamoConfig, DynamoDurable};
+pub use self::embedded::{MemoryRegistry, OpenError, RedbDurable};
+pub use self::redis::{
+    open_redis, AsyncStream, ConnectFuture, RedisClusterRegistry, RedisConfig, RedisConnector,
+    RedisRegistry, RedisTarget, RedisUrlError, TcpConnector,
+};
+
+/// What an executor's `execute` returns: a boxed, `Send` future, so the traits stay object safe
+/// and the driver can spawn each operation on its own task.
+pub type StoreFuture =
+    Pin<Box<dyn Future<Output = Result<StoreOutput, StoreError>> + Send + 'static>>;
+
+/// Executes registry operations (the online hash and the cached last_seen).
+pub trait RegistryStore: Send + Sync + 'static {
+    /// Executes one op. Must never hang: each call is bounded by the executor's op timeout
+    /// (-> [`StoreError::Timeout`]).
+    ///
+    /// The returned future owns everything it needs (`'static`): the driver may spawn it and drop
+    /// its handle to the executor.
+    fn execute(&self, op: RegistryOp) -> StoreFuture;
+
+    /// A generation counter bumped every time the executor detects that the store may have lost
+    /// its data (reconnected after a lost connection, or a new Redis `run_id`). The driver feeds
+    /// `Input::RegistryRestarted` on every change, and the core re-registers its live sessions.
+    ///
+    /// The value starts at 0; only changes mean anything.
+    fn restarts(&self) -> tokio::sync::watch::Receiver<u64>;
+
+    /// Short label for logs and metrics (`"redis"`, `"redis-cluster"`, `"memory"`).
+    fn kind(&self) -> &'static str;
+}
+
+/// Executes durable-store operations (the source of truth for last_seen).
+pub trait DurableStore: Send + Sync + 'static {
+    /// Executes one op. Must never hang: each call is bounded by the executor's op timeout
+    /// (-> [`StoreError::Timeout`]).
+    fn execute(&self, op: DurableOp) -> StoreFuture;
+
+    /// Short label for logs and metrics (`"dynamodb"`, `"redb"`).
+    fn kind(&self) -> &'static str;
+}
+
+/// Runs `fut` with a deadline: the one place that turns "no answer in time" into
+/// [`StoreError::Timeout`], so every executor reports it the same way.
+pub(crate) async fn with_timeout<T>(
+    limit: std::time::Duration,
+    fut: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(result) => result,
+        Err(_elapsed) => Err(StoreError::Timeout),
+    }
+}

@@ -1,0 +1,1186 @@
+//! The registry on Redis: one node over any byte stream ([`RedisRegistry`]) or Redis Cluster
+//! ([`RedisClusterRegistry`]).
+//!
+//! # Schema (public: operators read it with `redis-cli`; never change it)
+//!
+//! - `ws:{<user>}`: a hash, field = session id, value = the server id holding the session.
+//!   Absent or empty = offline.
+//! - `last_seen:{<user>}`: a string, RFC 3339 UTC with milliseconds, fixed width
+//!   (`2024-01-15T09:42:00.000Z`), so string order is time order.
+//!
+//! The braces are literal Redis Cluster hash tags: both keys of one user live in the same slot, so
+//! one script can touch both atomically, on a single node and on a cluster alike.
+//!
+//! # Operations
+//!
+//! | op                        | Redis                                                             |
+//! |---------------------------|-------------------------------------------------------------------|
+//! | `Register`                | `HSET ws:{u} <session> <server_id>` (one command is atomic already) |
+//! | `EndSession`              | script [`END_SESSION_LUA`]: `HDEL ws:{u} <session>` + max-register |
+//! | `SetLastSeen`             | script [`MAX_REGISTER_LUA`]                                       |
+//! | `Read` (single node)      | one pipeline of `HLEN ws:{u}` + `GET last_seen:{u}` for all users |
+//! | `Read` (cluster)          | one `HLEN` + `GET` pipeline per user (same slot), all in parallel |
+//!
+//! Scripts run with `EVALSHA`; after a Redis restart (or `SCRIPT FLUSH`) the script cache is empty
+//! and Redis answers `NOSCRIPT`, on which [`redis::Script::invoke_async`] loads the script and
+//! retries once, transparently.
+//!
+//! The max-register writes only when `last_seen:{u}` is absent, is not a well-formed fixed-width
+//! timestamp (an unparseable value reads as absent, so overwriting it loses nothing), or is older
+//! than the new value. Redis compares the strings in Lua; both sides have the same fixed shape and
+//! differ only in digits, so the comparison is time order under any collation locale.
+//!
+//! A cluster pipeline must stay within one slot, hence the per-user pipelines on a cluster; the
+//! cluster connection multiplexes them, so a read of N users costs about one round trip per node.
+//!
+//! # Connection and restarts (single node)
+//!
+//! The executor owns its reconnect loop (a background "supervisor" task) and runs over any
+//! [`AsyncStream`] a [`RedisConnector`] hands it: TCP or a Unix socket in production
+//! ([`TcpConnector`]), a simulated stream in the simulator. On connect it reads `INFO server`
+//! `run_id`. From then on:
+//!
+//! - an op that sees an I/O or protocol error marks the connection broken, and the supervisor
+//!   drops it and reconnects with exponential backoff (with a per-server deterministic jitter, so a
+//!   fleet does not reconnect in lockstep, and the simulator stays reproducible);
+//! - an op that times out, and a periodic health check (every
+//!   [`RedisConfig::health_check_interval`]), re-read `run_id`; no answer within the op timeout
+//!   means the connection is hung (a partition does not always reset TCP) and it is replaced;
+//! - while disconnected, ops fail at once with [`StoreError::Unavailable`]: they never wait for
+//!   the reconnect, so they can never hang.
+//!
+//! **The restart generation is bumped on every reconnection** (every successful connect after the
+//! first), and when the health check sees a new `run_id` on the same connection (a proxy that
+//! failed over). We cannot know whether the data survived a lost connection (a restarted Redis
+//! without persistence has lost it; a network blip has not), and re-registering live sessions is
+//! idempotent and cheap, so we assume the worst. A server that does not implement `INFO` (a test
+//! double) is accepted: run_id is then unknown and only reconnections count.
+//!
+//! # Redis Cluster
+//!
+//! URL form: `redis+cluster://[user:password@]host1:port1,host2:port2,...` (seed nodes; the rest of
+//! the topology is discovered). It uses [`redis::cluster_async::ClusterConnection`], which manages
+//! its own per-node TCP connections, redirects and reconnects, so it does not run over a custom
+//! [`RedisConnector`]. Restart detection is therefore coarser and documented as a limitation: the
+//! generation is bumped (a) when an op or health check failed with a connection-level error or a
+//! timeout and a later health check succeeds, and (b) when the set of `run_id`s reported by
+//! `INFO server` across all nodes changes (a node restarted, failed over or was replaced). A node
+//! that restarts and comes back between two health checks without any op failing in between is
+//! still caught by (b). The bump can come before the crate has reconnected to every node: the
+//! re-registrations it triggers may then fail for a moment, and the core retries them like any
+//! failed write.
+
+use std::collections::hash_map::DefaultHasher;
+use std::future::Future;
+use std::hash::{Hash, Hasher};
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use presence_core::store::{RegistryEntry, RegistryOp, StoreError, StoreOutput};
+use presence_core::time::UnixMillis;
+use presence_core::user::UserId;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{
+    AsyncConnectionConfig, ConnectionAddr, ConnectionInfo, ErrorKind, IntoConnectionInfo,
+    RedisConnectionInfo, RedisError, RedisResult, Script, Value,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+
+use super::{RegistryStore, StoreFuture};
+
+// ---------------------------------------------------------------------------------------------
+// Schema and scripts
+// ---------------------------------------------------------------------------------------------
+
+/// The registry hash key of `user`: `ws:{<user>}`.
+pub fn ws_key(user: &UserId) -> String {
+    format!("ws:{{{user}}}")
+}
+
+/// The cached last_seen key of `user`: `last_seen:{<user>}`.
+pub fn last_seen_key(user: &UserId) -> String {
+    format!("last_seen:{{{user}}}")
+}
+
+/// The max-register body shared by both scripts: set `KEYS[ls]` to `ARGV[ts]` unless it already
+/// holds a well-formed timestamp that is not older. Returns 1 if it wrote, 0 if not.
+macro_rules! max_register_lua {
+    ($ls:literal, $ts:literal) => {
+        concat!(
+            "local cur = redis.call('GET', KEYS[",
+            $ls,
+            "])\n",
+            "if cur and string.len(cur) == 24 and ",
+            "string.find(cur, '^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d%.%d%d%dZ$') and ",
+            "cur >= ARGV[",
+            $ts,
+            "] then\n",
+            "  return 0\n",
+            "end\n",
+            "redis.call('SET', KEYS[",
+            $ls,
+            "], ARGV[",
+            $ts,
+            "])\n",
+            "return 1\n",
+        )
+    };
+}
+
+/// `SetLastSeen`: `KEYS[1]` = `last_seen:{u}`, `ARGV[1]` = the fixed-width timestamp.
+///
+/// Public so a test double (the simulator's Redis) can recognise it by its SHA-1.
+pub const MAX_REGISTER_LUA: &str = max_register_lua!("1", "1");
+
+/// `EndSession`: `KEYS[1]` = `ws:{u}`, `KEYS[2]` = `last_seen:{u}`, `ARGV[1]` = session id,
+/// `ARGV[2]` = the fixed-width timestamp. `HDEL` of this session's field only, then the
+/// max-register, atomically (one script, one slot).
+pub const END_SESSION_LUA: &str = concat!(
+    "redis.call('HDEL', KEYS[1], ARGV[1])\n",
+    max_register_lua!("2", "2")
+);
+
+/// The compiled scripts (`Script` precomputes the SHA-1 `EVALSHA` needs).
+struct Scripts {
+    max_register: Script,
+    end_session: Script,
+}
+
+impl Scripts {
+    fn new() -> Scripts {
+        Scripts {
+            max_register: Script::new(MAX_REGISTER_LUA),
+            end_session: Script::new(END_SESSION_LUA),
+        }
+    }
+}
+
+/// Single node: one pipeline for the whole batch. Cluster: one pipeline per user (a cluster
+/// pipeline may not span slots), run concurrently.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Topology {
+    Single,
+    Cluster,
+}
+
+/// Runs one op on `conn`. Shared by both executors; the caller applies the timeout.
+async fn run_op<C>(
+    mut conn: C,
+    scripts: &Scripts,
+    server_id: &str,
+    op: RegistryOp,
+    topology: Topology,
+) -> RedisResult<StoreOutput>
+where
+    C: ConnectionLike + Clone + Send + 'static,
+{
+    match op {
+        RegistryOp::Register { user, session } => {
+            redis::cmd("HSET")
+                .arg(ws_key(&user))
+                .arg(session.as_str())
+                .arg(server_id)
+                .query_async::<i64>(&mut conn)
+                .await?;
+            Ok(StoreOutput::Done)
+        }
+        RegistryOp::EndSession {
+            user,
+            session,
+            last_seen,
+        } => {
+            scripts
+                .end_session
+                .key(ws_key(&user))
+                .key(last_seen_key(&user))
+                .arg(session.as_str())
+                .arg(last_seen.to_rfc3339())
+                .invoke_async::<i64>(&mut conn)
+                .await?;
+            Ok(StoreOutput::Done)
+        }
+        RegistryOp::SetLastSeen { user, last_seen } => {
+            scripts
+                .max_register
+                .key(last_seen_key(&user))
+                .arg(last_seen.to_rfc3339())
+                .invoke_async::<i64>(&mut conn)
+                .await?;
+            Ok(StoreOutput::Done)
+        }
+        RegistryOp::Read { users } => {
+            if users.is_empty() {
+                return Ok(StoreOutput::Registry(Vec::new()));
+            }
+            let values = match topology {
+                Topology::Single => {
+                    let mut pipe = redis::pipe();
+                    for user in &users {
+                        pipe.cmd("HLEN").arg(ws_key(user));
+                        pipe.cmd("GET").arg(last_seen_key(user));
+                    }
+                    pipe.query_async::<Vec<Value>>(&mut conn).await?
+                }
+                Topology::Cluster => {
+                    let reads = users.iter().map(|user| {
+                        let mut conn = conn.clone();
+                        let mut pipe = redis::pipe();
+                        pipe.cmd("HLEN").arg(ws_key(user));
+                        pipe.cmd("GET").arg(last_seen_key(user));
+                        async move { pipe.query_async::<Vec<Value>>(&mut conn).await }
+                    });
+                    futures_util::future::try_join_all(reads)
+                        .await?
+                        .into_iter()
+                        .flatten()
+                        .collect()
+                }
+            };
+            if values.len() != users.len() * 2 {
+                return Err(RedisError::from((
+                    ErrorKind::UnexpectedReturnType,
+                    "registry read: wrong number of replies",
+                    format!("expected {}, got {}", users.len() * 2, values.len()),
+                )));
+            }
+            let entries = users
+                .iter()
+                .zip(values.chunks_exact(2))
+                .map(|(user, pair)| parse_entry(user, &pair[0], &pair[1]))
+                .collect::<RedisResult<Vec<_>>>()?;
+            Ok(StoreOutput::Registry(entries))
+        }
+    }
+}
+
+/// Turns the `HLEN` and `GET` replies of one user into an entry.
+///
+/// A wrong `HLEN` reply type is an error (something else owns the key: do not guess "offline");
+/// a `last_seen` that is not a fixed-width timestamp is logged and reported as absent, so the core
+/// falls back to the durable store and the backfill overwrites it.
+fn parse_entry(user: &UserId, hlen: &Value, last_seen: &Value) -> RedisResult<RegistryEntry> {
+    let online = match hlen {
+        Value::Int(n) => *n > 0,
+        other => {
+            return Err(RedisError::from((
+                ErrorKind::UnexpectedReturnType,
+                "registry read: HLEN did not return an integer",
+                format!("{}: {other:?}", ws_key(user)),
+            )))
+        }
+    };
+    let text = match last_seen {
+        Value::Nil => None,
+        Value::BulkString(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::VerbatimString { text, .. } => Some(text.clone()),
+        other => Some(format!("{other:?}")),
+    };
+    let last_seen = text.and_then(|s| {
+        let parsed = UnixMillis::parse_rfc3339(&s);
+        if parsed.is_none() {
+            tracing::warn!(
+                key = %last_seen_key(user),
+                value = %s.escape_debug(),
+                "unparseable last_seen in redis: treated as absent"
+            );
+        }
+        parsed
+    });
+    Ok(RegistryEntry { online, last_seen })
+}
+
+/// How a failed command maps to the core's error, and whether the connection is now suspect.
+fn classify(e: &RedisError) -> (StoreError, bool) {
+    // I/O errors, dropped connections and protocol desyncs (`Parse`) all mean the byte stream can
+    // no longer be trusted; server errors (`OOM`, `BUSY`, `WRONGTYPE`, ...) leave it usable.
+    let broken = e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error();
+    let err = if e.is_timeout() {
+        StoreError::Timeout
+    } else {
+        StoreError::Unavailable(format!("redis: {e}"))
+    };
+    (err, broken)
+}
+
+/// Extracts every `run_id:` line of an `INFO server` reply (one per node on a cluster), sorted.
+fn run_ids(reply: &Value) -> Vec<String> {
+    fn walk(v: &Value, out: &mut Vec<String>) {
+        let text = match v {
+            Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+            Value::SimpleString(s) => s.clone(),
+            Value::VerbatimString { text, .. } => text.clone(),
+            Value::Array(items) | Value::Set(items) => {
+                items.iter().for_each(|i| walk(i, out));
+                return;
+            }
+            Value::Map(pairs) => {
+                pairs.iter().for_each(|(_, v)| walk(v, out));
+                return;
+            }
+            _ => return,
+        };
+        out.extend(
+            text.lines()
+                .filter_map(|l| l.strip_prefix("run_id:"))
+                .map(|id| id.trim().to_owned()),
+        );
+    }
+    let mut out = Vec::new();
+    walk(reply, &mut out);
+    out.sort();
+    out
+}
+
+/// Reads the run ids. `Ok(None)` when the server does not support `INFO` (a test double): the
+/// connection works, only the restart check is unavailable.
+async fn read_run_ids<C: ConnectionLike + Send>(conn: &mut C) -> RedisResult<Option<Vec<String>>> {
+    match redis::cmd("INFO")
+        .arg("server")
+        .query_async::<Value>(conn)
+        .await
+    {
+        Ok(v) => {
+            let ids = run_ids(&v);
+            Ok((!ids.is_empty()).then_some(ids))
+        }
+        Err(e) if matches!(e.kind(), ErrorKind::Server(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Configuration and URLs
+// ---------------------------------------------------------------------------------------------
+
+/// Settings shared by both Redis executors.
+#[derive(Clone, Debug)]
+pub struct RedisConfig {
+    /// Stored as the value of each session this server registers (`HSET ws:{u} <session> <id>`),
+    /// so an operator can see which server holds a session.
+    pub server_id: String,
+    /// Bound on every op, from call to answer (default 2 s). A late answer is
+    /// [`StoreError::Timeout`].
+    pub op_timeout: Duration,
+    /// Bound on opening a connection, including the handshake (default 2 s).
+    pub connect_timeout: Duration,
+    /// First reconnect delay (default 50 ms); doubles per failed attempt.
+    pub reconnect_backoff_min: Duration,
+    /// Largest reconnect delay (default 2 s).
+    pub reconnect_backoff_max: Duration,
+    /// How often an idle connection is checked (`INFO server`: liveness and run_id; default 5 s).
+    pub health_check_interval: Duration,
+}
+
+impl RedisConfig {
+    /// Defaults for everything but the server id.
+    pub fn new(server_id: impl Into<String>) -> RedisConfig {
+        RedisConfig {
+            server_id: server_id.into(),
+            op_timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(2),
+            reconnect_backoff_min: Duration::from_millis(50),
+            reconnect_backoff_max: Duration::from_secs(2),
+            health_check_interval: Duration::from_secs(5),
+        }
+    }
+
+    /// The delay before reconnect attempt `attempt` (0-based): exponential, capped, with a jitter
+    /// of up to -50% derived from the server id and the attempt (deterministic, no RNG, yet
+    /// different servers spread out).
+    fn backoff(&self, attempt: u32) -> Duration {
+        let base = self
+            .reconnect_backoff_min
+            .saturating_mul(1u32 << attempt.min(16))
+            .min(self.reconnect_backoff_max);
+        let mut h = DefaultHasher::new();
+        (&self.server_id, attempt).hash(&mut h);
+        let frac = (h.finish() % 1000) as u32; // 0..1000
+        base - base.mul_f64(f64::from(frac) / 2000.0)
+    }
+}
+
+/// Where a Redis URL points.
+#[derive(Clone, Debug)]
+pub enum RedisTarget {
+    /// `redis://[user:password@]host:port[/db]`, or a Unix socket:
+    /// `redis+unix:///path/to/redis.sock[?db=N]` (also `unix://`).
+    Single(ConnectionInfo),
+    /// `redis+cluster://[user:password@]host1:port1,host2:port2,...`: seed nodes of a cluster.
+    Cluster(Vec<ConnectionInfo>),
+}
+
+/// The URL scheme that selects Redis Cluster.
+pub const CLUSTER_SCHEME: &str = "redis+cluster://";
+
+/// Why a Redis URL was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisUrlError {
+    /// The redis crate could not parse it (bad scheme, host, port or db).
+    #[error("invalid redis url: {0}")]
+    Invalid(String),
+    /// A `redis+cluster://` URL without any host.
+    #[error("redis+cluster url lists no nodes")]
+    NoClusterNodes,
+    /// TLS (`rediss://`) or another transport this build does not support.
+    #[error("unsupported redis address (TLS is not enabled in this build): {0}")]
+    Unsupported(String),
+    /// A cluster URL where a single node is expected, or the reverse.
+    #[error("{0}")]
+    WrongTopology(&'static str),
+}
+
+impl RedisTarget {
+    /// Parses a Redis URL (see the variants for the accepted forms).
+    ///
+    /// Credentials are kept in the result but never logged.
+    pub fn parse(url: &str) -> Result<RedisTarget, RedisUrlError> {
+        if let Some(rest) = url.strip_prefix(CLUSTER_SCHEME) {
+            // Split "user:pass@" off the host list: a password may itself contain '@' or ',',
+            // so the last '@' before the first '/' ends the credentials.
+            let rest = rest.split('/').next().unwrap_or("");
+            let (auth, hosts) = match rest.rfind('@') {
+                Some(i) => (&rest[..=i], &rest[i + 1..]),
+                None => ("", rest),
+            };
+            let nodes = hosts
+                .split(',')
+                .filter(|h| !h.trim().is_empty())
+                .map(|h| {
+                    format!("redis://{auth}{}", h.trim())
+                        .into_connection_info()
+                        .map_err(|e| RedisUrlError::Invalid(e.to_string()))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            if nodes.is_empty() {
+                return Err(RedisUrlError::NoClusterNodes);
+            }
+            for n in &nodes {
+                check_addr(n.addr())?;
+            }
+            return Ok(RedisTarget::Cluster(nodes));
+        }
+        let info = url
+            .into_connection_info()
+            .map_err(|e| RedisUrlError::Invalid(e.to_string()))?;
+        check_addr(info.addr())?;
+        Ok(RedisTarget::Single(info))
+    }
+}
+
+fn check_addr(addr: &ConnectionAddr) -> Result<(), RedisUrlError> {
+    match addr {
+        ConnectionAddr::Tcp(..) => Ok(()),
+        #[cfg(unix)]
+        ConnectionAddr::Unix(..) => Ok(()),
+        other => Err(RedisUrlError::Unsupported(other.to_string())),
+    }
+}
+
+/// Opens the right executor for `url`: [`RedisClusterRegistry`] for `redis+cluster://`,
+/// [`RedisRegistry`] over TCP or a Unix socket otherwise.
+///
+/// Returns at once: connecting happens in the background (see [`RedisRegistry::wait_connected`]).
+/// Must be called inside a tokio runtime.
+pub fn open_redis(url: &str, config: RedisConfig) -> Result<Arc<dyn RegistryStore>, RedisUrlError> {
+    Ok(match RedisTarget::parse(url)? {
+        RedisTarget::Single(info) => Arc::new(RedisRegistry::for_target(&info, config)?),
+        RedisTarget::Cluster(nodes) => Arc::new(RedisClusterRegistry::new(nodes, config)?),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streams and connectors
+// ---------------------------------------------------------------------------------------------
+
+/// A byte stream Redis can run over: TCP, a Unix socket, a simulated stream, ...
+pub trait AsyncStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncStream for T {}
+
+/// What [`RedisConnector::connect`] returns.
+pub type ConnectFuture =
+    Pin<Box<dyn Future<Output = io::Result<Box<dyn AsyncStream>>> + Send + 'static>>;
+
+/// Opens a fresh byte stream to the Redis server; called by the reconnect loop for every attempt.
+///
+/// The executor bounds each call with [`RedisConfig::connect_timeout`], so an implementation need
+/// not (but may) time out by itself.
+pub trait RedisConnector: Send + Sync + 'static {
+    /// Opens a new stream.
+    fn connect(&self) -> ConnectFuture;
+}
+
+/// Connects over TCP (`redis://host:port`) or a Unix socket (`redis+unix:///path`).
+#[derive(Clone, Debug)]
+pub struct TcpConnector {
+    addr: ConnectionAddr,
+}
+
+impl TcpConnector {
+    /// A TCP connector to `host:port`.
+    pub fn tcp(host: impl Into<String>, port: u16) -> TcpConnector {
+        TcpConnector {
+            addr: ConnectionAddr::Tcp(host.into(), port),
+        }
+    }
+
+    /// The connector for a parsed URL's address (TCP or Unix socket; TLS is rejected).
+    pub fn for_addr(addr: &ConnectionAddr) -> Result<TcpConnector, RedisUrlError> {
+        check_addr(addr)?;
+        Ok(TcpConnector { addr: addr.clone() })
+    }
+}
+
+impl RedisConnector for TcpConnector {
+    fn connect(&self) -> ConnectFuture {
+        let addr = self.addr.clone();
+        Box::pin(async move {
+            match addr {
+                ConnectionAddr::Tcp(host, port) => {
+                    let s = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+                    // Requests are small and latency-bound: do not let Nagle batch them.
+                    s.set_nodelay(true)?;
+                    Ok(Box::new(s) as Box<dyn AsyncStream>)
+                }
+                #[cfg(unix)]
+                ConnectionAddr::Unix(path) => {
+                    let s = tokio::net::UnixStream::connect(path).await?;
+                    Ok(Box::new(s) as Box<dyn AsyncStream>)
+                }
+                other => Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    format!("unsupported redis address {other}"),
+                )),
+            }
+        })
+    }
+}
+
+/// Aborts a spawned task when dropped, so no background task outlives its owner.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Single node
+// ---------------------------------------------------------------------------------------------
+
+/// The registry on one Redis node, over a stream from a [`RedisConnector`], with its own
+/// reconnect loop. See the module docs for the restart policy.
+///
+/// Dropping it stops the background task and closes the connection.
+pub struct RedisRegistry {
+    inner: Arc<Single>,
+    _supervisor: AbortOnDrop,
+}
+
+/// State shared by the executor's ops and its supervisor task.
+struct Single {
+    config: RedisConfig,
+    scripts: Scripts,
+    /// The connection ops use, `None` while (re)connecting. A std mutex: held only to clone or
+    /// swap, never across an await.
+    live: Mutex<Option<Live>>,
+    /// Ops wake the supervisor: the connection broke, or an op timed out (probe it).
+    events: Notify,
+    /// Set with `events` when an op timed out: the supervisor health-checks the connection.
+    probe: AtomicBool,
+    /// The restart generation (see [`RegistryStore::restarts`]).
+    restarts: watch::Sender<u64>,
+    /// Whether a connection is up, for readiness and [`RedisRegistry::wait_connected`].
+    connected: watch::Sender<bool>,
+}
+
+/// One established connection. `epoch` tells connections apart, so an op that fails on an old
+/// connection cannot tear down its replacement.
+struct Live {
+    conn: MultiplexedConnection,
+    epoch: u64,
+}
+
+impl Single {
+    fn current(&self) -> Option<(MultiplexedConnection, u64)> {
+        let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        live.as_ref().map(|l| (l.conn.clone(), l.epoch))
+    }
+
+    fn is_current(&self, epoch: u64) -> bool {
+        let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        live.as_ref().is_some_and(|l| l.epoch == epoch)
+    }
+
+    /// Withdraws connection `epoch` (if it is still the live one) and wakes the supervisor.
+    fn mark_broken(&self, epoch: u64) {
+        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        if live.as_ref().is_some_and(|l| l.epoch == epoch) {
+            *live = None;
+            drop(live);
+            self.connected.send_replace(false);
+            self.events.notify_one();
+        }
+    }
+
+    fn request_probe(&self) {
+        self.probe.store(true, Ordering::Relaxed);
+        self.events.notify_one();
+    }
+}
+
+impl RedisRegistry {
+    /// A registry on the single node of `url` (`redis://...` or `redis+unix://...`), connecting
+    /// over TCP or the Unix socket. Use [`open_redis`] to also accept cluster URLs.
+    ///
+    /// Returns at once and connects in the background. Must be called inside a tokio runtime.
+    pub fn from_url(url: &str, config: RedisConfig) -> Result<RedisRegistry, RedisUrlError> {
+        match RedisTarget::parse(url)? {
+            RedisTarget::Single(info) => RedisRegistry::for_target(&info, config),
+            RedisTarget::Cluster(_) => Err(RedisUrlError::WrongTopology(
+                "a redis+cluster:// url needs RedisClusterRegistry (or open_redis)",
+            )),
+        }
+    }
+
+    fn for_target(
+        info: &ConnectionInfo,
+        config: RedisConfig,
+    ) -> Result<RedisRegistry, RedisUrlError> {
+        let connector = TcpConnector::for_addr(info.addr())?;
+        Ok(RedisRegistry::with_connector(
+            Arc::new(connector),
+            info.redis_settings().clone(),
+            config,
+        ))
+    }
+
+    /// A registry over streams from `connector`; `redis` holds the handshake settings (database,
+    /// credentials, protocol; `RedisConnectionInfo::default()` is db 0, no auth, RESP2).
+    ///
+    /// Returns at once and connects in the background. Must be called inside a tokio runtime.
+    pub fn with_connector(
+        connector: Arc<dyn RedisConnector>,
+        redis: RedisConnectionInfo,
+        config: RedisConfig,
+    ) -> RedisRegistry {
+        let inner = Arc::new(Single {
+            config,
+            scripts: Scripts::new(),
+            live: Mutex::new(None),
+            events: Notify::new(),
+            probe: AtomicBool::new(false),
+            restarts: watch::Sender::new(0),
+            connected: watch::Sender::new(false),
+        });
+        let task = tokio::spawn(supervise_single(Arc::clone(&inner), connector, redis));
+        RedisRegistry {
+            inner,
+            _supervisor: AbortOnDrop(task),
+        }
+    }
+
+    /// Whether a connection is currently up (for readiness probes).
+    pub fn is_connected(&self) -> bool {
+        *self.inner.connected.borrow()
+    }
+
+    /// Waits up to `limit` for a connection; `true` if connected.
+    pub async fn wait_connected(&self, limit: Duration) -> bool {
+        wait_true(self.inner.connected.subscribe(), limit).await
+    }
+}
+
+async fn wait_true(mut rx: watch::Receiver<bool>, limit: Duration) -> bool {
+    tokio::time::timeout(limit, rx.wait_for(|c| *c))
+        .await
+        .is_ok_and(|r| r.is_ok())
+}
+
+impl RegistryStore for RedisRegistry {
+    fn execute(&self, op: RegistryOp) -> StoreFuture {
+        let inner = Arc::clone(&self.inner);
+        Box::pin(async move {
+            let Some((conn, epoch)) = inner.current() else {
+                return Err(StoreError::Unavailable(
+                    "redis: not connected (reconnecting)".into(),
+                ));
+            };
+            let run = run_op(
+                conn,
+                &inner.scripts,
+                &inner.config.server_id,
+                op,
+                Topology::Single,
+            );
+            match tokio::time::timeout(inner.config.op_timeout, run).await {
+                Ok(Ok(out)) => Ok(out),
+                Ok(Err(e)) => {
+                    let (err, broken) = classify(&e);
+                    if broken {
+                        tracing::warn!(error = %e, "redis connection failed; reconnecting");
+                        inner.mark_broken(epoch);
+                    }
+                    Err(err)
+                }
+                Err(_) => {
+                    inner.request_probe();
+                    Err(StoreError::Timeout)
+                }
+            }
+        })
+    }
+
+    fn restarts(&self) -> watch::Receiver<u64> {
+        self.inner.restarts.subscribe()
+    }
+
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+}
+
+/// Opens one connection: stream, handshake, driver task, run_id.
+async fn connect_single(
+    connector: &dyn RedisConnector,
+    redis: &RedisConnectionInfo,
+    config: &RedisConfig,
+) -> Result<(MultiplexedConnection, AbortOnDrop, Option<Vec<String>>), String> {
+    let limit = config.connect_timeout;
+    let stream = tokio::time::timeout(limit, connector.connect())
+        .await
+        .map_err(|_| "connect timed out".to_owned())?
+        .map_err(|e| format!("connect: {e}"))?;
+    // Our own timeouts bound every op; the crate's default 500 ms response timeout would only add
+    // a second, shorter deadline.
+    let cfg = AsyncConnectionConfig::new()
+        .set_response_timeout(None)
+        .set_connection_timeout(None);
+    let (mut conn, driver) = tokio::time::timeout(
+        limit,
+        MultiplexedConnection::new_with_config(redis, stream, cfg),
+    )
+    .await
+    .map_err(|_| "handshake timed out".to_owned())?
+    .map_err(|e| format!("handshake: {e}"))?;
+    // The driver moves bytes between the socket and the connection handles: it must run before
+    // any command can complete. It ends when the socket closes.
+    let driver = AbortOnDrop(tokio::spawn(driver));
+    let ids = tokio::time::timeout(config.op_timeout, read_run_ids(&mut conn))
+        .await
+        .map_err(|_| "INFO server timed out".to_owned())?
+        .map_err(|e| format!("INFO server: {e}"))?;
+    Ok((conn, driver, ids))
+}
+
+/// Health check: `Ok(ids)` if the connection answered in time.
+async fn health_check(
+    conn: &mut MultiplexedConnection,
+    limit: Duration,
+) -> Result<Option<Vec<String>>, String> {
+    match tokio::time::timeout(limit, read_run_ids(conn)).await {
+        Ok(Ok(ids)) => Ok(ids),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("no answer within the op timeout".to_owned()),
+    }
+}
+
+/// The reconnect loop: connect (with backoff), publish, watch, tear down, repeat. Runs until the
+/// registry is dropped.
+async fn supervise_single(
+    inner: Arc<Single>,
+    connector: Arc<dyn RedisConnector>,
+    redis: RedisConnectionInfo,
+) {
+    let config = inner.config.clone();
+    let mut attempt: u32 = 0;
+    let mut epoch: u64 = 0;
+    let mut ever_connected = false;
+    let mut last_ids: Option<Vec<String>> = None;
+    loop {
+        let (conn, mut driver, ids) = match connect_single(&*connector, &redis, &config).await {
+            Ok(c) => c,
+            Err(e) => {
+                let delay = config.backoff(attempt);
+                // Warn on the first failure of an outage and then now and again, not every 50 ms.
+                if attempt.is_multiple_of(20) {
+                    tracing::warn!(error = %e, attempt, ?delay, "redis connect failed; retrying");
+                } else {
+                    tracing::debug!(error = %e, attempt, ?delay, "redis connect failed; retrying");
+                }
+                attempt = attempt.saturating_add(1);
+                tokio::time::sleep(delay).await;
+                continue;
+            }
+        };
+        attempt = 0;
+        epoch += 1;
+        *inner.live.lock().unwrap_or_else(|e| e.into_inner()) = Some(Live {
+            conn: conn.clone(),
+            epoch,
+        });
+        inner.connected.send_replace(true);
+        if ever_connected {
+            // Publish first, then bump: the re-registrations the bump triggers find a connection.
+            let run_id_changed = ids.is_none() || last_ids.is_none() || ids != last_ids;
+            tracing::warn!(
+                run_id_changed,
+                "redis reconnected; assuming its data may be lost (restart generation bumped)"
+            );
+            inner.restarts.send_modify(|g| *g += 1);
+        } else {
+            tracing::info!("redis connected");
+        }
+        ever_connected = true;
+        if ids.is_some() {
+            last_ids = ids;
+        }
+
+        // Watch the connection until it breaks.
+        let mut tick = tokio::time::interval(config.health_check_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await; // the first tick is immediate; we just checked
+        let mut conn = conn;
+        loop {
+            let check = tokio::select! {
+                _ = &mut driver.0 => {
+                    tracing::warn!("redis connection closed");
+                    break;
+                }
+                _ = inner.events.notified() => {
+                    if !inner.is_current(epoch) {
+                        break; // an op marked it broken
+                    }
+                    inner.probe.swap(false, Ordering::Relaxed)
+                }
+                _ = tick.tick() => true,
+            };
+            if !check {
+                continue;
+            }
+            match health_check(&mut conn, config.op_timeout).await {
+                Ok(Some(ids)) if last_ids.as_ref().is_some_and(|old| *old != ids) => {
+                    tracing::warn!(
+                        "redis run_id changed without a reconnect (restart generation bumped)"
+                    );
+                    last_ids = Some(ids);
+                    inner.restarts.send_modify(|g| *g += 1);
+                }
+                Ok(Some(ids)) => last_ids = Some(ids),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "redis health check failed; reconnecting");
+                    break;
+                }
+            }
+        }
+        inner.mark_broken(epoch);
+        drop(driver); // aborts the driver task, closing the socket
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cluster
+// ---------------------------------------------------------------------------------------------
+
+/// The registry on a Redis Cluster (`redis+cluster://h1:p1,h2:p2`). See the module docs for how
+/// restarts are detected and the limitation that comes with the crate-managed connections.
+///
+/// Dropping it stops the background task and closes the connections.
+pub struct RedisClusterRegistry {
+    inner: Arc<Cluster>,
+    _supervisor: AbortOnDrop,
+}
+
+struct Cluster {
+    config: RedisConfig,
+    scripts: Scripts,
+    /// `None` until the first successful connection; the crate reconnects it by itself after.
+    conn: Mutex<Option<ClusterConnection>>,
+    /// An op failed in a way that may mean a node was lost (connection error, timeout).
+    suspect: AtomicBool,
+    /// Ops wake the supervisor for an early health check.
+    events: Notify,
+    restarts: watch::Sender<u64>,
+    /// The last health check (or first connect) succeeded.
+    connected: watch::Sender<bool>,
+}
+
+impl RedisClusterRegistry {
+    /// A registry on the cluster whose seed nodes are `nodes` (see [`RedisTarget::Cluster`]).
+    ///
+    /// Returns at once and connects in the background. Must be called inside a tokio runtime.
+    pub fn new(
+        nodes: Vec<ConnectionInfo>,
+        config: RedisConfig,
+    ) -> Result<RedisClusterRegistry, RedisUrlError> {
+        if nodes.is_empty() {
+            return Err(RedisUrlError::NoClusterNodes);
+        }
+        let client = ClusterClient::builder(nodes)
+            .connection_timeout(config.connect_timeout)
+            .response_timeout(config.op_timeout)
+            .build()
+            .map_err(|e| RedisUrlError::Invalid(e.to_string()))?;
+        let inner = Arc::new(Cluster {
+            config,
+            scripts: Scripts::new(),
+            conn: Mutex::new(None),
+            suspect: AtomicBool::new(false),
+            events: Notify::new(),
+            restarts: watch::Sender::new(0),
+            connected: watch::Sender::new(false),
+        });
+        let task = tokio::spawn(supervise_cluster(Arc::clone(&inner), client));
+        Ok(RedisClusterRegistry {
+            inner,
+            _supervisor: AbortOnDrop(task),
+        })
+    }
+
+    /// A registry on the cluster of a `redis+cluster://` URL.
+    pub fn from_url(url: &str, config: RedisConfig) -> Result<RedisClusterRegistry, RedisUrlError> {
+        match RedisTarget::parse(url)? {
+            RedisTarget::Cluster(nodes) => RedisClusterRegistry::new(nodes, config),
+            RedisTarget::Single(_) => Err(RedisUrlError::WrongTopology(
+                "RedisClusterRegistry needs a redis+cluster:// url",
+            )),
+        }
+    }
+
+    /// Whether the cluster answered the last health check (for readiness probes).
+    pub fn is_connected(&self) -> bool {
+        *self.inner.connected.borrow()
+    }
+
+    /// Waits up to `limit` for a working connection; `true` if connected.
+    pub async fn wait_connected(&self, limit: Duration) -> bool {
+        wait_true(self.inner.connected.subscribe(), limit).await
+    }
+}
+
+impl RegistryStore for RedisClusterRegistry {
+    fn execute(&self, op: RegistryOp) -> StoreFuture {
+        let inner = Arc::clone(&self.inner);
+        Box::pin(async move {
+            let conn = inner.conn.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let Some(conn) = conn else {
+                return Err(StoreError::Unavailable(
+                    "redis cluster: not connected yet".into(),
+                ));
+            };
+            let run = run_op(
+                conn,
+                &inner.scripts,
+                &inner.config.server_id,
+                op,
+                Topology::Cluster,
+            );
+            match tokio::time::timeout(inner.config.op_timeout, run).await {
+                Ok(Ok(out)) => Ok(out),
+                Ok(Err(e)) => {
+                    let (err, broken) = classify(&e);
+                    if broken || e.is_cluster_error() {
+                        tracing::warn!(error = %e, "redis cluster op failed");
+                        inner.suspect.store(true, Ordering::Relaxed);
+                        inner.events.notify_one();
+                    }
+                    Err(err)
+                }
+                Err(_) => {
+                    inner.suspect.store(true, Ordering::Relaxed);
+                    inner.events.notify_one();
+                    Err(StoreError::Timeout)
+                }
+            }
+        })
+    }
+
+    fn restarts(&self) -> watch::Receiver<u64> {
+        self.inner.restarts.subscribe()
+    }
+
+    fn kind(&self) -> &'static str {
+        "redis-cluster"
+    }
+}
+
+/// Connects (with backoff) once, then health-checks forever; bumps the generation per the
+/// module docs.
+async fn supervise_cluster(inner: Arc<Cluster>, client: ClusterClient) {
+    let config = inner.config.clone();
+    let mut attempt: u32 = 0;
+    let mut conn = loop {
+        match tokio::time::timeout(config.connect_timeout, client.get_async_connection()).await {
+            Ok(Ok(c)) => break c,
+            Ok(Err(e)) => {
+                if attempt.is_multiple_of(20) {
+                    tracing::warn!(error = %e, attempt, "redis cluster connect failed; retrying");
+                }
+            }
+            Err(_) => {
+                if attempt.is_multiple_of(20) {
+                    tracing::warn!(attempt, "redis cluster connect timed out; retrying");
+                }
+            }
+        }
+        tokio::time::sleep(config.backoff(attempt)).await;
+        attempt = attempt.saturating_add(1);
+    };
+    let mut last_ids = match tokio::time::timeout(config.op_timeout, read_run_ids(&mut conn)).await
+    {
+        Ok(Ok(ids)) => ids,
+        _ => {
+            inner.suspect.store(true, Ordering::Relaxed);
+            None
+        }
+    };
+    *inner.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
+    inner.connected.send_replace(true);
+    tracing::info!("redis cluster connected");
+
+    let mut tick = tokio::time::interval(config.health_check_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = inner.events.notified() => {}
+        }
+        match tokio::time::timeout(config.op_timeout, read_run_ids(&mut conn)).await {
+            Ok(Ok(ids)) => {
+                inner.connected.send_replace(true);
+                let changed = ids.is_some() && last_ids.is_some() && ids != last_ids;
+                let recovered = inner.suspect.swap(false, Ordering::Relaxed);
+                if changed || recovered {
+                    tracing::warn!(
+                        run_ids_changed = changed,
+                        recovered,
+                        "redis cluster may have lost data (restart generation bumped)"
+                    );
+                    inner.restarts.send_modify(|g| *g += 1);
+                }
+                if ids.is_some() {
+                    last_ids = ids;
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "redis cluster health check failed");
+                inner.suspect.store(true, Ordering::Relaxed);
+                inner.connected.send_replace(false);
+            }
+            Err(_) => {
+                tracing::warn!("redis cluster health check timed out");
+                inner.suspect.store(true, Ordering::Relaxed);
+                inner.connected.send_replace(false);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_use_hash_tags() {
+        let bob = UserId::new("bob").unwrap();
+        assert_eq!(ws_key(&bob), "ws:{bob}");
+        assert_eq!(last_seen_key(&bob), "last_seen:{bob}");
+    }
+
+    #[test]
+    fn scripts_are_what_we_think() {
+        assert!(END_SESSION_LUA.starts_with("redis.call('HDEL', KEYS[1], ARGV[1])\n"));
+        assert!(END_SESSION_LUA.contains("GET', KEYS[2]"));
+        assert!(MAX_REGISTER_LUA.contains("cur >= ARGV[1]"));
+        assert!(!MAX_REGISTER_LUA.contains("KEYS[2]"));
+    }
+
+    #[test]
+    fn parses_urls() {
+        assert!(matches!(
+            RedisTarget::parse("redis://127.0.0.1:6379/2").unwrap(),
+            RedisTarget::Single(i) if i.redis_settings().db() == 2
+        ));
+        assert!(matches!(
+            RedisTarget::parse("redis+unix:///tmp/r.sock").unwrap(),
+            RedisTarget::Single(_)
+        ));
+        match RedisTarget::parse("redis+cluster://u:p@ss@h1:7000,h2:7001").unwrap() {
+            RedisTarget::Cluster(nodes) => {
+                assert_eq!(nodes.len(), 2);
+                assert_eq!(nodes[1].addr(), &ConnectionAddr::Tcp("h2".into(), 7001));
+                assert_eq!(nodes[0].redis_settings().password(), Some("p@ss"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            RedisTarget::parse("redis+cluster://"),
+            Err(RedisUrlError::NoClusterNodes)
+        ));
+        assert!(RedisTarget::parse("http://x").is_err());
+    }
+
+    #[test]
+    fn parses_entries() {
+        let bob = UserId::new("bob").unwrap();
+        let ts = Value::BulkString(b"2024-01-15T09:42:00.000Z".to_vec());
+        assert_eq!(
+            parse_entry(&bob, &Value::Int(2), &ts).unwrap(),
+            RegistryEntry {
+                online: true,
+                last_seen: Some(UnixMillis(1_705_311_720_000))
+            }
+        );
+        let garbage = Value::BulkString(b"yesterday".to_vec());
+        assert_eq!(
+            parse_entry(&bob, &Value::Int(0), &garbage).unwrap(),
+            RegistryEntry {
+                online: false,
+                last_seen: None
+            }
+        );
+        assert!(parse_entry(&bob, &Value::Nil, &Value::Nil).is_err());
+    }
+
+    #[test]
+    fn extracts_run_ids() {
+        let single = Value::BulkString(b"# Server\r\nredis_version:7.0\r\nrun_id:abc\r\n".to_vec());
+        assert_eq!(run_ids(&single), vec!["abc".to_owned()]);
+        let cluster = Value::Map(vec![
+            (
+                Value::BulkString(b"n2".to_vec()),
+                Value::BulkString(b"run_id:zz\r\n".to_vec()),
+            ),
+            (
+                Value::BulkString(b"n1".to_vec()),
+                Value::BulkString(b"run_id:aa\r\n".to_vec()),
+            ),
+        ]);
+        assert_eq!(run_ids(&cluster), vec!["aa".to_owned(), "zz".to_owned()]);
+    }
+
+    #[test]
+    fn backoff_grows_caps_and_jitters_deterministically() {
+        let c = RedisConfig::new("srv-1");
+        for a in 0..30 {
+            let d = c.backoff(a);
+            let cap = c
+                .reconnect_backoff_min
+                .saturating_mul(1 << a.min(16))
+                .min(c.reconnect_backoff_max);
+            assert!(d <= cap && d >= cap / 2, "{a}: {d:?}");
+            assert_eq!(d, c.backoff(a));
+        }
+    }
+}

@@ -1,0 +1,494 @@
+//! The Redis registry executor against a real redis-server.
+//!
+//! The tests that need a server are `#[ignore]`d so a plain `cargo test` stays green without
+//! services; `scripts/test` starts redis-server and runs them with `--include-ignored`. By hand:
+//!
+//! ```text
+//! redis-server --port 6390 --save '' --appendonly no --daemonize yes
+//! PRESENCE_TEST_REDIS_URL=redis://127.0.0.1:6390 \
+//!     cargo test -p presence-runtime --test redis_store -- --include-ignored
+//! ```
+//!
+//! The URL must be TCP (`redis://host:port`): the reconnect test kills our own connection by its
+//! client address. Tests never flush the server; each uses its own user ids. They run one at a
+//! time (`SERIAL`) because some kill connections or pause clients.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use presence_core::store::{RegistryEntry, RegistryOp, StoreError, StoreOutput};
+use presence_core::time::UnixMillis;
+use presence_core::user::{SessionId, UserId};
+use presence_runtime::store::redis::{last_seen_key, ws_key};
+use presence_runtime::store::{
+    AsyncStream, ConnectFuture, RedisConfig, RedisConnector, RedisRegistry, RegistryStore,
+};
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncCommands, IntoConnectionInfo};
+
+const NEEDS: &str = "PRESENCE_TEST_REDIS_URL is not set: this test needs a real redis-server, \
+                     e.g. PRESENCE_TEST_REDIS_URL=redis://127.0.0.1:6379 (run it via scripts/test)";
+
+/// One test at a time: some tests kill connections or pause all clients.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn redis_url() -> String {
+    std::env::var("PRESENCE_TEST_REDIS_URL").unwrap_or_else(|_| panic!("{NEEDS}"))
+}
+
+/// A user id no other test run uses.
+fn fresh_user(tag: &str) -> UserId {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    UserId::new(&format!("t-{tag}-{}-{nanos}", std::process::id())).unwrap()
+}
+
+fn config() -> RedisConfig {
+    let mut c = RedisConfig::new("srv-test");
+    c.op_timeout = Duration::from_millis(800);
+    c.connect_timeout = Duration::from_millis(800);
+    c
+}
+
+async fn admin() -> MultiplexedConnection {
+    redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+async fn connected(config: RedisConfig) -> RedisRegistry {
+    let r = RedisRegistry::from_url(&redis_url(), config).unwrap();
+    assert!(
+        r.wait_connected(Duration::from_secs(5)).await,
+        "could not connect to {}",
+        redis_url()
+    );
+    r
+}
+
+async fn ok(reg: &dyn RegistryStore, op: RegistryOp) {
+    assert_eq!(reg.execute(op).await, Ok(StoreOutput::Done));
+}
+
+async fn read(reg: &dyn RegistryStore, users: &[UserId]) -> Vec<RegistryEntry> {
+    match reg
+        .execute(RegistryOp::Read {
+            users: users.to_vec(),
+        })
+        .await
+    {
+        Ok(StoreOutput::Registry(v)) => v,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+async fn read1(reg: &dyn RegistryStore, user: &UserId) -> Vec<RegistryEntry> {
+    read(reg, std::slice::from_ref(user)).await
+}
+
+fn register(user: &UserId, session: &str) -> RegistryOp {
+    RegistryOp::Register {
+        user: user.clone(),
+        session: SessionId::new(session),
+    }
+}
+
+fn end(user: &UserId, session: &str, ms: i64) -> RegistryOp {
+    RegistryOp::EndSession {
+        user: user.clone(),
+        session: SessionId::new(session),
+        last_seen: UnixMillis(ms),
+    }
+}
+
+fn set(user: &UserId, ms: i64) -> RegistryOp {
+    RegistryOp::SetLastSeen {
+        user: user.clone(),
+        last_seen: UnixMillis(ms),
+    }
+}
+
+fn entry(online: bool, ms: Option<i64>) -> RegistryEntry {
+    RegistryEntry {
+        online,
+        last_seen: ms.map(UnixMillis),
+    }
+}
+
+const T0: i64 = 1_705_311_720_000; // 2024-01-15T09:42:00.000Z
+
+#[tokio::test]
+#[ignore = "needs redis: run via scripts/test"]
+async fn end_session_removes_only_its_field_and_sets_last_seen() {
+    let _serial = SERIAL.lock().await;
+    let reg = connected(config()).await;
+    let mut admin = admin().await;
+    let bob = fresh_user("end");
+
+    ok(&reg, register(&bob, "s1")).await;
+    ok(&reg, register(&bob, "s2")).await;
+    let hash: BTreeMap<String, String> = admin.hgetall(ws_key(&bob)).await.unwrap();
+    assert_eq!(
+        hash,
+        BTreeMap::from([
+            ("s1".to_owned(), "srv-test".to_owned()),
+            ("s2".to_owned(), "srv-test".to_owned())
+        ])
+    );
+    assert_eq!(read1(&reg, &bob).await, vec![entry(true, None)]);
+
+    ok(&reg, end(&bob, "s1", T0)).await;
+    let hash: BTreeMap<String, String> = admin.hgetall(ws_key(&bob)).await.unwrap();
+    assert_eq!(
+        hash,
+        BTreeMap::from([("s2".to_owned(), "srv-test".to_owned())])
+    );
+    let stored: Option<String> = admin.get(last_seen_key(&bob)).await.unwrap();
+    assert_eq!(stored.as_deref(), Some("2024-01-15T09:42:00.000Z"));
+    assert_eq!(read1(&reg, &bob).await, vec![entry(true, Some(T0))]);
+
+    // Idempotent, and an older end of the last session removes it without lowering last_seen.
+    ok(&reg, end(&bob, "s1", T0)).await;
+    ok(&reg, end(&bob, "s2", T0 - 60_000)).await;
+    let exists: bool = admin.exists(ws_key(&bob)).await.unwrap();
+    assert!(!exists, "the empty hash is gone");
+    let stored: Option<String> = admin.get(last_seen_key(&bob)).await.unwrap();
+    assert_eq!(stored.as_deref(), Some("2024-01-15T09:42:00.000Z"));
+    assert_eq!(read1(&reg, &bob).await, vec![entry(false, Some(T0))]);
+
+    let _: () = admin
+        .del(&[ws_key(&bob), last_seen_key(&bob)])
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+#[ignore = "needs redis: run via scripts/test"]
+async fn set_last_seen_is_a_max_register() {
+    let _serial = SERIAL.lock().await;
+    let reg = connected(config()).await;
+    let mut admin = admin().await;
+    let bob = fresh_user("max");
+    let key = last_seen_key(&bob);
+
+    ok(&reg, set(&bob, T0)).await;
+    ok(&reg, set(&bob, T0 - 1)).await; // older: refused
+    let stored: String = admin.get(&key).await.unwrap();
+    assert_eq!(stored, "2024-01-15T09:42:00.000Z");
+    ok(&reg, set(&bob, T0 + 1)).await;
+    let stored: String = admin.get(&key).await.unwrap();
+    assert_eq!(stored, "2024-01-15T09:42:00.001Z");
+    // Across a digit-count boundary of the seconds field: string order is still time order.
+    ok(&reg, set(&bob, T0 + 9_999)).await;
+    ok(&reg, set(&bob, T0 + 10_000)).await;
+    ok(&reg, set(&bob, T0 + 9_998)).await;
+    assert_eq!(
+        read1(&reg, &bob).await,
+        vec![entry(false, Some(T0 + 10_000))]
+    );
+
+    // A value that is not a fixed-width timestamp reads as absent and is overwritten by the
+    // next write, even an old one (it would otherwise block the register forever).
+    let _: () = admin.set(&key, "zzz not a time").await.unwrap();
+    assert_eq!(read1(&reg, &bob).await, vec![entry(false, None)]);
+    ok(&reg, set(&bob, 5)).await;
+    let stored: String = admin.get(&key).await.unwrap();
+    assert_eq!(stored, "1970-01-01T00:00:00.005Z");
+
+    let _: () = admin.del(&key).await.unwrap();
+}
+
+#[tokio::test]
+#[ignore = "needs redis: run via scripts/test"]
+async fn batch_read_answers_in_request_order() {
+    let _serial = SERIAL.lock().await;
+    let reg = connected(config()).await;
+    let mut admin = admin().await;
+    let online = fresh_user("ord-on");
+    let offline = fresh_user("ord-off");
+    let never = fresh_user("ord-never");
+    ok(&reg, register(&online, "a")).await;
+    ok(&reg, set(&online, T0)).await;
+    ok(&reg, end(&offline, "x", T0 + 5)).await;
+
+    assert_eq!(
+        read(
+            &reg,
+            &[
+                never.clone(),
+                offline.clone(),
+                online.clone(),
+                offline.clone()
+            ]
+        )
+        .await,
+        vec![
+            entry(false, None),
+            entry(false, Some(T0 + 5)),
+            entry(true, Some(T0)),
+            entry(false, Some(T0 + 5)),
+        ]
+    );
+    assert_eq!(read(&reg, &[]).await, vec![]);
+
+    // A large batch in one pipeline.
+    let many: Vec<UserId> = (0..300)
+        .map(|i| UserId::new(&format!("{}-{i}", never.as_str())).unwrap())
+        .collect();
+    for (i, u) in many.iter().enumerate().filter(|(i, _)| i % 3 == 0) {
+        ok(&reg, set(u, T0 + i as i64)).await;
+    }
+    let got = read(&reg, &many).await;
+    let want: Vec<_> = (0..300)
+        .map(|i| entry(false, (i % 3 == 0).then_some(T0 + i as i64)))
+        .collect();
+    assert_eq!(got, want);
+
+    let mut keys = vec![
+        ws_key(&online),
+        last_seen_key(&online),
+        last_seen_key(&offline),
+    ];
+    keys.extend(many.iter().map(last_seen_key));
+    let _: () = admin.del(keys).await.unwrap();
+}
+
+#[tokio::test]
+#[ignore = "needs redis: run via scripts/test"]
+async fn scripts_survive_script_flush() {
+    let _serial = SERIAL.lock().await;
+    let reg = connected(config()).await;
+    let mut admin = admin().await;
+    let bob = fresh_user("noscript");
+    ok(&reg, register(&bob, "s1")).await;
+    ok(&reg, set(&bob, T0)).await; // loads the scripts
+
+    // What a Redis restart does to the script cache: the next EVALSHA gets NOSCRIPT.
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    ok(&reg, end(&bob, "s1", T0 + 1)).await;
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    ok(&reg, set(&bob, T0 + 2)).await;
+    assert_eq!(read1(&reg, &bob).await, vec![entry(false, Some(T0 + 2))]);
+
+    let _: () = admin.del(last_seen_key(&bob)).await.unwrap();
+}
+
+/// A TCP connector that records the local address of each stream, so the test can kill exactly
+/// our connection with `CLIENT KILL ADDR`.
+struct RecordingConnector {
+    addr: SocketAddr,
+    locals: Arc<Mutex<Vec<SocketAddr>>>,
+}
+
+impl RedisConnector for RecordingConnector {
+    fn connect(&self) -> ConnectFuture {
+        let addr = self.addr;
+        let locals = Arc::clone(&self.locals);
+        Box::pin(async move {
+            let s = tokio::net::TcpStream::connect(addr).await?;
+            locals.lock().unwrap().push(s.local_addr()?);
+            Ok(Box::new(s) as Box<dyn AsyncStream>)
+        })
+    }
+}
+
+async fn recording_registry(config: RedisConfig) -> (RedisRegistry, Arc<Mutex<Vec<SocketAddr>>>) {
+    let info = redis_url().into_connection_info().unwrap();
+    let addr = match info.addr() {
+        redis::ConnectionAddr::Tcp(host, port) => tokio::net::lookup_host((host.as_str(), *port))
+            .await
+            .unwrap()
+            .next()
+            .unwrap(),
+        other => panic!("this test needs a TCP redis url, got {other}"),
+    };
+    let locals = Arc::new(Mutex::new(Vec::new()));
+    let reg = RedisRegistry::with_connector(
+        Arc::new(RecordingConnector {
+            addr,
+            locals: Arc::clone(&locals),
+        }),
+        info.redis_settings().clone(),
+        config,
+    );
+    assert!(reg.wait_connected(Duration::from_secs(5)).await);
+    (reg, locals)
+}
+
+/// Retries `op` until it succeeds (the first op after a kill may still see the old connection).
+async fn eventually_ok(reg: &dyn RegistryStore, op: RegistryOp) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match reg.execute(op.clone()).await {
+            Ok(StoreOutput::Done) => return,
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("retrying after {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("still failing after 5 s: {e}"),
+        }
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs redis: run via scripts/test"]
+async fn restart_generation_bumps_when_our_connection_is_killed() {
+    let _serial = SERIAL.lock().await;
+    let (reg, locals) = recording_registry(config()).await;
+    let mut admin = admin().await;
+    let mut restarts = reg.restarts();
+    assert_eq!(*restarts.borrow_and_update(), 0);
+    let bob = fresh_user("kill");
+    ok(&reg, register(&bob, "s1")).await;
+
+    for round in 1..=2u64 {
+        let local = *locals.lock().unwrap().last().unwrap();
+        let killed: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("ADDR")
+            .arg(local.to_string())
+            .arg("SKIPME")
+            .arg("yes")
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        assert_eq!(killed, 1, "our connection {local} was not found");
+
+        // Like a restart without persistence: the data is gone too.
+        let _: () = admin.del(ws_key(&bob)).await.unwrap();
+
+        tokio::time::timeout(Duration::from_secs(5), restarts.changed())
+            .await
+            .expect("no restart signalled within 5 s")
+            .unwrap();
+        assert_eq!(*restarts.borrow_and_update(), round);
+        assert!(reg.is_connected());
+        assert_eq!(locals.lock().unwrap().len() as u64, round + 1);
+
+        // What the driver does on the signal: re-register; it works on the new connection.
+        eventually_ok(&reg, register(&bob, "s1")).await;
+        assert_eq!(read1(&reg, &bob).await, vec![entry(true, None)]);
+    }
+    // No spurious bumps afterwards.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!restarts.has_changed().unwrap());
+
+    let _: () = admin.del(ws_key(&bob)).await.unwrap();
+}
+
+#[tokio::test]
+#[ignore = "needs redis: run via scripts/test"]
+async fn a_hung_server_times_out_and_the_connection_is_replaced() {
+    let _serial = SERIAL.lock().await;
+    let mut cfg = config();
+    cfg.op_timeout = Duration::from_millis(300);
+    cfg.connect_timeout = Duration::from_millis(300);
+    let (reg, locals) = recording_registry(cfg).await;
+    let mut admin = admin().await;
+    let mut restarts = reg.restarts();
+    restarts.borrow_and_update();
+    let bob = fresh_user("pause");
+
+    // Every client's commands stall, as in a network partition that does not reset TCP.
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(1500)
+        .arg("ALL")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    assert_eq!(
+        reg.execute(register(&bob, "s1")).await,
+        Err(StoreError::Timeout)
+    );
+    assert!(started.elapsed() < Duration::from_millis(1000));
+    // While the replacement connection cannot be made, ops fail fast instead of hanging.
+    let started = Instant::now();
+    let r = reg.execute(set(&bob, T0)).await;
+    assert!(r.is_err(), "{r:?}");
+    assert!(started.elapsed() < Duration::from_millis(1000));
+
+    // After the pause, the connection is replaced and the generation bumped.
+    tokio::time::timeout(Duration::from_secs(6), restarts.changed())
+        .await
+        .expect("no restart signalled after the hang")
+        .unwrap();
+    assert!(locals.lock().unwrap().len() >= 2);
+    eventually_ok(&reg, register(&bob, "s1")).await;
+    assert_eq!(read1(&reg, &bob).await, vec![entry(true, None)]);
+
+    let _: () = admin.del(ws_key(&bob)).await.unwrap();
+}
+
+/// Needs no server: nothing listens on the port, and ops must fail fast rather than hang.
+#[tokio::test]
+async fn ops_fail_fast_while_redis_is_unreachable() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut cfg = config();
+    cfg.op_timeout = Duration::from_millis(200);
+    let reg = RedisRegistry::from_url(&format!("redis://127.0.0.1:{port}"), cfg).unwrap();
+    assert!(!reg.wait_connected(Duration::from_millis(300)).await);
+    let bob = UserId::new("bob").unwrap();
+    let started = Instant::now();
+    for op in [
+        register(&bob, "s1"),
+        end(&bob, "s1", T0),
+        RegistryOp::Read { users: vec![bob] },
+    ] {
+        assert!(matches!(
+            reg.execute(op).await,
+            Err(StoreError::Unavailable(_))
+        ));
+    }
+    assert!(started.elapsed() < Duration::from_millis(200));
+    assert_eq!(*reg.restarts().borrow(), 0);
+    assert_eq!(reg.kind(), "redis");
+}
+
+/// Needs no server: a peer that accepts but never answers must not make anything hang.
+#[tokio::test]
+async fn a_silent_peer_never_makes_ops_hang() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let sockets = Arc::new(Mutex::new(Vec::new()));
+    let keep = Arc::clone(&sockets);
+    let accept = tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            keep.lock().unwrap().push(s); // hold it open, never reply
+        }
+    });
+    let mut cfg = config();
+    cfg.connect_timeout = Duration::from_millis(100);
+    let reg = RedisRegistry::from_url(&format!("redis://127.0.0.1:{port}"), cfg).unwrap();
+    // The handshake times out (connect_timeout) and is retried with a fresh stream.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sockets.lock().unwrap().len() < 2 {
+        assert!(Instant::now() < deadline, "the handshake was not retried");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!reg.is_connected());
+    assert!(matches!(
+        reg.execute(set(&UserId::new("bob").unwrap(), T0)).await,
+        Err(StoreError::Unavailable(_))
+    ));
+    accept.abort();
+}
