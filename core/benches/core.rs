@@ -13,10 +13,7 @@ use presence_core::{Config, ConnId, Effect, Input, Presence};
 const SESSIONS: u64 = 100_000;
 
 fn at(ns: u64) -> Now {
-    Now {
-        mono: MonoTime::from_nanos(ns),
-        wall: UnixMillis(1_700_000_000_000 + (ns / 1_000_000) as i64),
-    }
+    Now { mono: MonoTime::from_nanos(ns), wall: UnixMillis(1_700_000_000_000 + (ns / 1_000_000) as i64) }
 }
 
 /// Drains effects, acknowledging every store operation as successful.
@@ -28,32 +25,17 @@ fn ack_all(p: &mut Presence, now: Now) {
         }
     }
     for id in acks {
-        p.handle(
-            now,
-            Input::StoreDone {
-                id,
-                result: Ok(StoreOutput::Done),
-            },
-        );
+        p.handle(now, Input::StoreDone { id, result: Ok(StoreOutput::Done) });
         while p.poll_effect().is_some() {}
     }
 }
 
 fn with_sessions(n: u64) -> Presence {
     let mut p = Presence::new(Config::default(), 1);
-    let users: Vec<UserId> = (0..n)
-        .map(|i| UserId::new(&format!("user{i}")).unwrap())
-        .collect();
+    let users: Vec<UserId> = (0..n).map(|i| UserId::new(&format!("user{i}")).unwrap()).collect();
     for (i, user) in users.into_iter().enumerate() {
         let session = SessionId::new(format!("s-{i}"));
-        p.handle(
-            at(1),
-            Input::Open {
-                conn: ConnId(i as u64),
-                user,
-                session,
-            },
-        );
+        p.handle(at(1), Input::Open { conn: ConnId(i as u64), user, session });
     }
     ack_all(&mut p, at(1));
     p
@@ -69,12 +51,7 @@ fn heartbeat(c: &mut Criterion) {
             // Within one ping interval: proof of life for every session, no effects expected.
             t += 1;
             for i in 0..SESSIONS {
-                p.handle(
-                    at(t),
-                    Input::Alive {
-                        conn: ConnId(black_box(i)),
-                    },
-                );
+                p.handle(at(t), Input::Alive { conn: ConnId(black_box(i)) });
             }
             debug_assert!(p.poll_effect().is_none());
         })
@@ -84,9 +61,7 @@ fn heartbeat(c: &mut Criterion) {
 
 fn churn(c: &mut Criterion) {
     let mut p = with_sessions(10_000);
-    let users: Vec<UserId> = (0..1_000)
-        .map(|i| UserId::new(&format!("churn{i}")).unwrap())
-        .collect();
+    let users: Vec<UserId> = (0..1_000).map(|i| UserId::new(&format!("churn{i}")).unwrap()).collect();
     let mut next = 1_000_000u64;
     let mut t = Duration::from_secs(1).as_nanos() as u64;
     let mut group = c.benchmark_group("churn");
@@ -97,22 +72,9 @@ fn churn(c: &mut Criterion) {
             t += 1_000;
             let conn = ConnId(next);
             let user = users[(next % 1_000) as usize].clone();
-            p.handle(
-                at(t),
-                Input::Open {
-                    conn,
-                    user,
-                    session: SessionId::new(format!("c-{next}")),
-                },
-            );
+            p.handle(at(t), Input::Open { conn, user, session: SessionId::new(format!("c-{next}")) });
             ack_all(&mut p, at(t));
-            p.handle(
-                at(t),
-                Input::Closed {
-                    conn,
-                    graceful: true,
-                },
-            );
+            p.handle(at(t), Input::Closed { conn, graceful: true });
             ack_all(&mut p, at(t));
         })
     });

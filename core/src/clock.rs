@@ -17,10 +17,7 @@ pub(crate) struct WallClock {
 
 impl WallClock {
     pub(crate) fn new() -> Self {
-        WallClock {
-            anchor: None,
-            mono: MonoTime::ZERO,
-        }
+        WallClock { anchor: None, mono: MonoTime::ZERO }
     }
 
     /// Takes in the input's time; returns (monotonic now, wall now), both non-decreasing.
@@ -49,10 +46,7 @@ mod tests {
     use std::time::Duration;
 
     fn at(ms: u64, wall: i64) -> Now {
-        Now {
-            mono: MonoTime::from_nanos(ms * 1_000_000),
-            wall: UnixMillis(wall),
-        }
+        Now { mono: MonoTime::from_nanos(ms * 1_000_000), wall: UnixMillis(wall) }
     }
 
     #[test]
@@ -68,10 +62,7 @@ mod tests {
         // Sub-millisecond inputs do not lose time.
         let mut ms = c.observe(at(400, 0)).1;
         for i in 1..=10u64 {
-            let now = Now {
-                mono: MonoTime::from_nanos(400_000_000 + i * 500_000),
-                wall: UnixMillis(0),
-            };
+            let now = Now { mono: MonoTime::from_nanos(400_000_000 + i * 500_000), wall: UnixMillis(0) };
             ms = c.observe(now).1;
         }
         assert_eq!(ms, UnixMillis(20_005));

@@ -141,10 +141,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            max_frame_bytes: MAX_FRAME_BYTES,
-            max_users: MAX_USERS_PER_FRAME,
-        }
+        Limits { max_frame_bytes: MAX_FRAME_BYTES, max_users: MAX_USERS_PER_FRAME }
     }
 }
 

@@ -26,5 +26,5 @@ pub mod user;
 
 pub use config::Config;
 pub use machine::{
-    close_code, ConnId, Effect, EndReason, Input, OutMessage, Presence, Readiness, Stats,
+    close_code, ConnId, Effect, EndReason, Input, LookupId, OutMessage, Presence, Readiness, Stats,
 };

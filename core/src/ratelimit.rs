@@ -15,10 +15,7 @@ const MICRO: u64 = 1_000_000;
 impl TokenBucket {
     /// A full bucket.
     pub(crate) fn full(burst: u32, now: MonoTime) -> Self {
-        TokenBucket {
-            micro_tokens: u64::from(burst) * MICRO,
-            last: now,
-        }
+        TokenBucket { micro_tokens: u64::from(burst) * MICRO, last: now }
     }
 
     /// Takes `n` tokens if there are that many; returns whether it did.

@@ -33,10 +33,7 @@ impl MonoTime {
 
     /// `self + d`, saturating at the far future.
     pub fn saturating_add(self, d: Duration) -> MonoTime {
-        MonoTime(
-            self.0
-                .saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
-        )
+        MonoTime(self.0.saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)))
     }
 
     /// `self - earlier`, zero if `earlier` is later.
@@ -66,10 +63,7 @@ impl UnixMillis {
 
     /// `self + d`, saturating.
     pub fn saturating_add(self, d: Duration) -> UnixMillis {
-        UnixMillis(
-            self.0
-                .saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
-        )
+        UnixMillis(self.0.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
     }
 
     /// Formats as `2024-01-15T09:42:00.000Z` (values outside 1970..=9999 are clamped first).
@@ -91,14 +85,10 @@ impl UnixMillis {
         if s.len() != 24 {
             return None;
         }
-        let t = PrimitiveDateTime::parse(s, RFC3339_MILLIS)
-            .ok()?
-            .assume_utc();
+        let t = PrimitiveDateTime::parse(s, RFC3339_MILLIS).ok()?.assume_utc();
         let ms = t.unix_timestamp_nanos() / 1_000_000;
         let ms = i64::try_from(ms).ok()?;
-        (MIN_WIRE_MILLIS..=MAX_WIRE_MILLIS)
-            .contains(&ms)
-            .then_some(UnixMillis(ms))
+        (MIN_WIRE_MILLIS..=MAX_WIRE_MILLIS).contains(&ms).then_some(UnixMillis(ms))
     }
 }
 
@@ -125,16 +115,10 @@ mod tests {
     fn formats_fixed_width_and_round_trips() {
         let t = UnixMillis(1_705_311_720_000);
         assert_eq!(t.to_rfc3339(), "2024-01-15T09:42:00.000Z");
-        assert_eq!(
-            UnixMillis::parse_rfc3339("2024-01-15T09:42:00.000Z"),
-            Some(t)
-        );
+        assert_eq!(UnixMillis::parse_rfc3339("2024-01-15T09:42:00.000Z"), Some(t));
         assert_eq!(UnixMillis(5).to_rfc3339(), "1970-01-01T00:00:00.005Z");
         assert_eq!(UnixMillis(-5).to_rfc3339(), "1970-01-01T00:00:00.000Z");
-        assert_eq!(
-            UnixMillis(i64::MAX).to_rfc3339(),
-            "9999-12-31T23:59:59.999Z"
-        );
+        assert_eq!(UnixMillis(i64::MAX).to_rfc3339(), "9999-12-31T23:59:59.999Z");
     }
 
     #[test]

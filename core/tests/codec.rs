@@ -4,8 +4,8 @@
 
 use presence_core::codec::{decode, encode_binary, encode_json};
 use presence_core::frame::{
-    DecodeError, DecodeErrorKind, Encoding, ErrorCode, Frame, Limits, PresenceEntry,
-    MAX_ERROR_MESSAGE_BYTES, MAX_FRAME_BYTES, MAX_USERS_PER_FRAME,
+    DecodeError, DecodeErrorKind, Encoding, ErrorCode, Frame, Limits, PresenceEntry, MAX_ERROR_MESSAGE_BYTES,
+    MAX_FRAME_BYTES, MAX_USERS_PER_FRAME,
 };
 use presence_core::time::{UnixMillis, MAX_WIRE_MILLIS};
 use presence_core::user::{InvalidUserId, UserId};
@@ -49,22 +49,13 @@ fn err(kind: DecodeErrorKind, id: Option<u64>) -> Result<Frame, DecodeError> {
 }
 
 fn malformed_kind(r: &Result<Frame, DecodeError>) -> bool {
-    matches!(
-        r,
-        Err(DecodeError {
-            kind: DecodeErrorKind::Malformed(_),
-            ..
-        })
-    )
+    matches!(r, Err(DecodeError { kind: DecodeErrorKind::Malformed(_), .. }))
 }
 
 #[track_caller]
 fn assert_malformed(r: Result<Frame, DecodeError>, id: Option<u64>) {
     match r {
-        Err(DecodeError {
-            kind: DecodeErrorKind::Malformed(_),
-            id: got,
-        }) => {
+        Err(DecodeError { kind: DecodeErrorKind::Malformed(_), id: got }) => {
             assert_eq!(got, id, "wrong id echo")
         }
         other => panic!("expected Malformed with id {id:?}, got {other:?}"),
@@ -77,63 +68,28 @@ const T: UnixMillis = UnixMillis(1_705_311_720_000);
 /// Every frame type (several shapes of some), with its exact JSON and binary encodings.
 fn examples() -> Vec<(Frame, &'static str, Vec<u8>)> {
     vec![
+        (Frame::Ping { seq: Some(42) }, r#"{"type":"ping","seq":42}"#, hex("01 01 00 00 00 00 00 00 00 2a")),
+        (Frame::Ping { seq: None }, r#"{"type":"ping"}"#, hex("01 00")),
+        (Frame::Pong { seq: Some(42) }, r#"{"type":"pong","seq":42}"#, hex("02 01 00 00 00 00 00 00 00 2a")),
+        (Frame::Pong { seq: None }, r#"{"type":"pong"}"#, hex("02 00")),
         (
-            Frame::Ping { seq: Some(42) },
-            r#"{"type":"ping","seq":42}"#,
-            hex("01 01 00 00 00 00 00 00 00 2a"),
-        ),
-        (
-            Frame::Ping { seq: None },
-            r#"{"type":"ping"}"#,
-            hex("01 00"),
-        ),
-        (
-            Frame::Pong { seq: Some(42) },
-            r#"{"type":"pong","seq":42}"#,
-            hex("02 01 00 00 00 00 00 00 00 2a"),
-        ),
-        (
-            Frame::Pong { seq: None },
-            r#"{"type":"pong"}"#,
-            hex("02 00"),
-        ),
-        (
-            Frame::Query {
-                id: Some(7),
-                users: users(&["bob", "carol"]),
-            },
+            Frame::Query { id: Some(7), users: users(&["bob", "carol"]) },
             r#"{"type":"query","id":7,"users":["bob","carol"]}"#,
             hex("03 01 00 00 00 00 00 00 00 07 00 02 03 62 6f 62 05 63 61 72 6f 6c"),
         ),
+        (Frame::Query { id: None, users: vec![] }, r#"{"type":"query","users":[]}"#, hex("03 00 00 00")),
         (
-            Frame::Query {
-                id: None,
-                users: vec![],
-            },
-            r#"{"type":"query","users":[]}"#,
-            hex("03 00 00 00"),
-        ),
-        (
-            Frame::Query {
-                id: Some(u64::MAX),
-                users: users(&["a"]),
-            },
+            Frame::Query { id: Some(u64::MAX), users: users(&["a"]) },
             r#"{"type":"query","id":18446744073709551615,"users":["a"]}"#,
             hex("03 01 ff ff ff ff ff ff ff ff 00 01 01 61"),
         ),
         (
-            Frame::Subscribe {
-                id: Some(8),
-                users: users(&["bob"]),
-            },
+            Frame::Subscribe { id: Some(8), users: users(&["bob"]) },
             r#"{"type":"subscribe","id":8,"users":["bob"]}"#,
             hex("04 01 00 00 00 00 00 00 00 08 00 01 03 62 6f 62"),
         ),
         (
-            Frame::Unsubscribe {
-                id: None,
-                users: users(&["bob"]),
-            },
+            Frame::Unsubscribe { id: None, users: users(&["bob"]) },
             r#"{"type":"unsubscribe","users":["bob"]}"#,
             hex("05 00 00 01 03 62 6f 62"),
         ),
@@ -142,16 +98,8 @@ fn examples() -> Vec<(Frame, &'static str, Vec<u8>)> {
             Frame::Presence {
                 id: Some(7),
                 users: vec![
-                    PresenceEntry {
-                        user: user("bob"),
-                        online: false,
-                        last_seen: Some(T),
-                    },
-                    PresenceEntry {
-                        user: user("carol"),
-                        online: true,
-                        last_seen: None,
-                    },
+                    PresenceEntry { user: user("bob"), online: false, last_seen: Some(T) },
+                    PresenceEntry { user: user("carol"), online: true, last_seen: None },
                 ],
             },
             r#"{"type":"presence","id":7,"users":[{"user":"bob","online":false,"last_seen":"2024-01-15T09:42:00.000Z"},{"user":"carol","online":true,"last_seen":null}]}"#,
@@ -162,11 +110,7 @@ fn examples() -> Vec<(Frame, &'static str, Vec<u8>)> {
         (
             Frame::Presence {
                 id: None,
-                users: vec![PresenceEntry {
-                    user: user("bob"),
-                    online: true,
-                    last_seen: Some(T),
-                }],
+                users: vec![PresenceEntry { user: user("bob"), online: true, last_seen: Some(T) }],
             },
             r#"{"type":"presence","users":[{"user":"bob","online":true,"last_seen":"2024-01-15T09:42:00.000Z"}]}"#,
             hex("07 00 00 01 03 62 6f 62 03 00 00 01 8d 0c 7f d2 40"),
@@ -174,11 +118,7 @@ fn examples() -> Vec<(Frame, &'static str, Vec<u8>)> {
         (
             Frame::Presence {
                 id: None,
-                users: vec![PresenceEntry {
-                    user: user("dave"),
-                    online: false,
-                    last_seen: None,
-                }],
+                users: vec![PresenceEntry { user: user("dave"), online: false, last_seen: None }],
             },
             r#"{"type":"presence","users":[{"user":"dave","online":false,"last_seen":null}]}"#,
             hex("07 00 00 01 04 64 61 76 65 00"),
@@ -194,20 +134,12 @@ fn examples() -> Vec<(Frame, &'static str, Vec<u8>)> {
                  61 74 20 6d 6f 73 74 20 32 35 36 20 75 73 65 72 73 20 70 65 72 20 66 72 61 6d 65"),
         ),
         (
-            Frame::Error {
-                id: None,
-                code: ErrorCode::RateLimited,
-                message: "slow \"down\"".into(),
-            },
+            Frame::Error { id: None, code: ErrorCode::RateLimited, message: "slow \"down\"".into() },
             r#"{"type":"error","code":"rate_limited","message":"slow \"down\""}"#,
             hex("08 00 03 00 0b 73 6c 6f 77 20 22 64 6f 77 6e 22"),
         ),
         (
-            Frame::Error {
-                id: None,
-                code: ErrorCode::Unavailable,
-                message: String::new(),
-            },
+            Frame::Error { id: None, code: ErrorCode::Unavailable, message: String::new() },
             r#"{"type":"error","code":"unavailable","message":""}"#,
             hex("08 00 04 00 00"),
         ),
@@ -248,27 +180,11 @@ fn every_documented_binary_decodes_to_its_frame() {
 
 #[test]
 fn error_codes_have_their_wire_spelling_and_byte() {
-    let expected = [
-        "bad_frame",
-        "invalid_user",
-        "too_many_users",
-        "rate_limited",
-        "unavailable",
-    ];
+    let expected = ["bad_frame", "invalid_user", "too_many_users", "rate_limited", "unavailable"];
     for (byte, (code, name)) in ErrorCode::ALL.into_iter().zip(expected).enumerate() {
-        let frame = Frame::Error {
-            id: None,
-            code,
-            message: "m".into(),
-        };
-        assert_eq!(
-            encode_json(&frame),
-            format!(r#"{{"type":"error","code":"{name}","message":"m"}}"#)
-        );
-        assert_eq!(
-            encode_binary(&frame),
-            vec![0x08, 0x00, byte as u8, 0x00, 0x01, b'm']
-        );
+        let frame = Frame::Error { id: None, code, message: "m".into() };
+        assert_eq!(encode_json(&frame), format!(r#"{{"type":"error","code":"{name}","message":"m"}}"#));
+        assert_eq!(encode_binary(&frame), vec![0x08, 0x00, byte as u8, 0x00, 0x01, b'm']);
         assert_eq!(dec_json(&encode_json(&frame)), Ok(frame.clone()));
         assert_eq!(dec_bin(&encode_binary(&frame)), Ok(frame));
     }
@@ -277,11 +193,7 @@ fn error_codes_have_their_wire_spelling_and_byte() {
 #[test]
 fn json_escapes_strings_in_error_messages() {
     let message = "quote \" backslash \\ newline \n tab \t nul \u{0} é 😀";
-    let frame = Frame::Error {
-        id: Some(1),
-        code: ErrorCode::BadFrame,
-        message: message.into(),
-    };
+    let frame = Frame::Error { id: Some(1), code: ErrorCode::BadFrame, message: message.into() };
     let json = encode_json(&frame);
     assert_eq!(
         json,
@@ -292,76 +204,41 @@ fn json_escapes_strings_in_error_messages() {
 
 #[test]
 fn json_decoding_is_liberal_in_layout_and_ignores_unknown_members() {
-    let query = Ok(Frame::Query {
-        id: Some(7),
-        users: users(&["bob"]),
-    });
+    let query = Ok(Frame::Query { id: Some(7), users: users(&["bob"]) });
     // Member order, whitespace, extra members, escapes in names and values.
-    assert_eq!(
-        dec_json(r#" { "users" : [ "bob" ] , "id" : 7 , "type" : "query" } "#),
-        query
-    );
-    assert_eq!(
-        dec_json("\t\r\n{\"type\":\"query\",\"id\":7,\"users\":[\"bob\"]}\n"),
-        query
-    );
+    assert_eq!(dec_json(r#" { "users" : [ "bob" ] , "id" : 7 , "type" : "query" } "#), query);
+    assert_eq!(dec_json("\t\r\n{\"type\":\"query\",\"id\":7,\"users\":[\"bob\"]}\n"), query);
     assert_eq!(
         dec_json(r#"{"type":"query","id":7,"users":["bob"],"x":{"deep":[1,2,{"a":null}]},"v":2}"#),
         query
     );
-    assert_eq!(
-        dec_json(r#"{"typ\u0065":"qu\u0065ry","id":7,"users":["b\u006fb"]}"#),
-        query
-    );
+    assert_eq!(dec_json(r#"{"typ\u0065":"qu\u0065ry","id":7,"users":["b\u006fb"]}"#), query);
     // null is the same as absent.
     assert_eq!(
         dec_json(r#"{"type":"query","id":null,"users":["bob"]}"#),
-        Ok(Frame::Query {
-            id: None,
-            users: users(&["bob"])
-        })
+        Ok(Frame::Query { id: None, users: users(&["bob"]) })
     );
-    assert_eq!(
-        dec_json(r#"{"type":"ping","seq":null}"#),
-        Ok(Frame::Ping { seq: None })
-    );
+    assert_eq!(dec_json(r#"{"type":"ping","seq":null}"#), Ok(Frame::Ping { seq: None }));
     // "id" on a frame that has none is just an unknown member.
-    assert_eq!(
-        dec_json(r#"{"type":"ping","id":"x"}"#),
-        Ok(Frame::Ping { seq: None })
-    );
+    assert_eq!(dec_json(r#"{"type":"ping","id":"x"}"#), Ok(Frame::Ping { seq: None }));
     assert_eq!(dec_json(r#"{"type":"bye","users":5}"#), Ok(Frame::Bye));
     // Unknown members inside presence entries are ignored too.
     assert_eq!(
-        dec_json(
-            r#"{"type":"presence","users":[{"last_seen":null,"x":1,"online":true,"user":"a"}]}"#
-        ),
+        dec_json(r#"{"type":"presence","users":[{"last_seen":null,"x":1,"online":true,"user":"a"}]}"#),
         Ok(Frame::Presence {
             id: None,
-            users: vec![PresenceEntry {
-                user: user("a"),
-                online: true,
-                last_seen: None
-            }]
+            users: vec![PresenceEntry { user: user("a"), online: true, last_seen: None }]
         })
     );
     // A repeated member: the last occurrence wins.
-    assert_eq!(
-        dec_json(r#"{"type":"ping","seq":1,"seq":2}"#),
-        Ok(Frame::Ping { seq: Some(2) })
-    );
+    assert_eq!(dec_json(r#"{"type":"ping","seq":1,"seq":2}"#), Ok(Frame::Ping { seq: Some(2) }));
 }
 
 #[test]
 fn limits_are_inclusive() {
     // Exactly max_users users, exactly MAX_ERROR_MESSAGE_BYTES bytes, exactly max_frame_bytes.
-    let many: Vec<UserId> = (0..MAX_USERS_PER_FRAME)
-        .map(|i| user(&format!("u{i}")))
-        .collect();
-    let frame = Frame::Subscribe {
-        id: Some(1),
-        users: many,
-    };
+    let many: Vec<UserId> = (0..MAX_USERS_PER_FRAME).map(|i| user(&format!("u{i}"))).collect();
+    let frame = Frame::Subscribe { id: Some(1), users: many };
     assert_eq!(dec_json(&encode_json(&frame)), Ok(frame.clone()));
     assert_eq!(dec_bin(&encode_binary(&frame)), Ok(frame));
 
@@ -373,20 +250,11 @@ fn limits_are_inclusive() {
     assert_eq!(dec_json(&encode_json(&frame)), Ok(frame.clone()));
     assert_eq!(dec_bin(&encode_binary(&frame)), Ok(frame));
 
-    let frame = Frame::Query {
-        id: None,
-        users: vec![user(&"x".repeat(128))],
-    };
+    let frame = Frame::Query { id: None, users: vec![user(&"x".repeat(128))] };
     let json = encode_json(&frame);
     let bin = encode_binary(&frame);
-    let exact = |n| Limits {
-        max_frame_bytes: n,
-        max_users: MAX_USERS_PER_FRAME,
-    };
-    assert_eq!(
-        decode(json.as_bytes(), Encoding::Json, &exact(json.len())),
-        Ok(frame.clone())
-    );
+    let exact = |n| Limits { max_frame_bytes: n, max_users: MAX_USERS_PER_FRAME };
+    assert_eq!(decode(json.as_bytes(), Encoding::Json, &exact(json.len())), Ok(frame.clone()));
     assert_eq!(decode(&bin, Encoding::Binary, &exact(bin.len())), Ok(frame));
     assert_eq!(Limits::default().max_frame_bytes, MAX_FRAME_BYTES);
 }
@@ -396,11 +264,7 @@ fn last_seen_bounds_of_the_wire_range() {
     for ms in [0, MAX_WIRE_MILLIS] {
         let frame = Frame::Presence {
             id: None,
-            users: vec![PresenceEntry {
-                user: user("a"),
-                online: false,
-                last_seen: Some(UnixMillis(ms)),
-            }],
+            users: vec![PresenceEntry { user: user("a"), online: false, last_seen: Some(UnixMillis(ms)) }],
         };
         assert_eq!(dec_json(&encode_json(&frame)), Ok(frame.clone()));
         assert_eq!(dec_bin(&encode_binary(&frame)), Ok(frame));
@@ -419,10 +283,7 @@ fn last_seen_bounds_of_the_wire_range() {
         ),
         last
     );
-    assert_eq!(
-        dec_bin(&hex("07 00 00 01 01 61 02 00 00 e6 77 d2 1f db ff")),
-        last
-    );
+    assert_eq!(dec_bin(&hex("07 00 00 01 01 61 02 00 00 e6 77 d2 1f db ff")), last);
     assert_eq!(
         dec_json(
             r#"{"type":"presence","users":[{"user":"a","online":false,"last_seen":"1970-01-01T00:00:00.000Z"}]}"#
@@ -437,19 +298,9 @@ fn last_seen_bounds_of_the_wire_range() {
 
 #[test]
 fn out_of_range_last_seen_is_clamped_identically_by_both_encoders() {
-    let entry = |ms| PresenceEntry {
-        user: user("a"),
-        online: true,
-        last_seen: Some(UnixMillis(ms)),
-    };
-    let frame = Frame::Presence {
-        id: None,
-        users: vec![entry(-5), entry(i64::MAX), entry(i64::MIN)],
-    };
-    let clamped = Frame::Presence {
-        id: None,
-        users: vec![entry(0), entry(MAX_WIRE_MILLIS), entry(0)],
-    };
+    let entry = |ms| PresenceEntry { user: user("a"), online: true, last_seen: Some(UnixMillis(ms)) };
+    let frame = Frame::Presence { id: None, users: vec![entry(-5), entry(i64::MAX), entry(i64::MIN)] };
+    let clamped = Frame::Presence { id: None, users: vec![entry(0), entry(MAX_WIRE_MILLIS), entry(0)] };
     assert_eq!(dec_json(&encode_json(&frame)), Ok(clamped.clone()));
     assert_eq!(dec_bin(&encode_binary(&frame)), Ok(clamped));
 }
@@ -457,16 +308,8 @@ fn out_of_range_last_seen_is_clamped_identically_by_both_encoders() {
 #[test]
 fn over_long_error_message_is_cut_identically_at_a_char_boundary() {
     // 3-byte characters: 1024 is not a multiple of 3, so the cut must back off to 1023.
-    let frame = Frame::Error {
-        id: Some(3),
-        code: ErrorCode::BadFrame,
-        message: "€".repeat(1000),
-    };
-    let cut = Frame::Error {
-        id: Some(3),
-        code: ErrorCode::BadFrame,
-        message: "€".repeat(341),
-    };
+    let frame = Frame::Error { id: Some(3), code: ErrorCode::BadFrame, message: "€".repeat(1000) };
+    let cut = Frame::Error { id: Some(3), code: ErrorCode::BadFrame, message: "€".repeat(341) };
     assert_eq!(dec_json(&encode_json(&frame)), Ok(cut.clone()));
     assert_eq!(dec_bin(&encode_binary(&frame)), Ok(cut));
 }
@@ -477,45 +320,24 @@ fn over_long_error_message_is_cut_identically_at_a_char_boundary() {
 
 #[test]
 fn oversized_is_refused_before_parsing_in_both_encodings() {
-    let small = Limits {
-        max_frame_bytes: 10,
-        max_users: MAX_USERS_PER_FRAME,
-    };
+    let small = Limits { max_frame_bytes: 10, max_users: MAX_USERS_PER_FRAME };
     let oversized = |len| err(DecodeErrorKind::Oversized { len, max: 10 }, None);
     // Valid frames and garbage alike: nothing is parsed, so no id is echoed either.
     let json = r#"{"type":"query","id":7,"users":["bob"]}"#;
-    assert_eq!(
-        decode(json.as_bytes(), Encoding::Json, &small),
-        oversized(json.len())
-    );
+    assert_eq!(decode(json.as_bytes(), Encoding::Json, &small), oversized(json.len()));
     assert_eq!(decode(&[0xff; 11], Encoding::Json, &small), oversized(11));
-    let bin = encode_binary(&Frame::Query {
-        id: Some(7),
-        users: users(&["bob"]),
-    });
+    let bin = encode_binary(&Frame::Query { id: Some(7), users: users(&["bob"]) });
     assert_eq!(decode(&bin, Encoding::Binary, &small), oversized(bin.len()));
     assert_eq!(decode(&[0xff; 11], Encoding::Binary, &small), oversized(11));
     // Default limit: 64 KiB.
     let big = vec![b' '; MAX_FRAME_BYTES + 1];
     assert_eq!(
         dec_json(std::str::from_utf8(&big).unwrap()),
-        err(
-            DecodeErrorKind::Oversized {
-                len: MAX_FRAME_BYTES + 1,
-                max: MAX_FRAME_BYTES
-            },
-            None
-        )
+        err(DecodeErrorKind::Oversized { len: MAX_FRAME_BYTES + 1, max: MAX_FRAME_BYTES }, None)
     );
     assert_eq!(
         dec_bin(&big),
-        err(
-            DecodeErrorKind::Oversized {
-                len: MAX_FRAME_BYTES + 1,
-                max: MAX_FRAME_BYTES
-            },
-            None
-        )
+        err(DecodeErrorKind::Oversized { len: MAX_FRAME_BYTES + 1, max: MAX_FRAME_BYTES }, None)
     );
 }
 
@@ -546,20 +368,10 @@ fn json_malformed_syntax_has_no_id() {
 
 #[test]
 fn json_nesting_beyond_the_recursion_limit_is_malformed() {
-    let deep = format!(
-        r#"{{"type":"ping","x":{}{}}}"#,
-        "[".repeat(10_000),
-        "]".repeat(10_000)
-    );
+    let deep = format!(r#"{{"type":"ping","x":{}{}}}"#, "[".repeat(10_000), "]".repeat(10_000));
     assert_malformed(dec_json(&deep), None);
     // At most 127 levels, the frame object counting as one (docs/PROTOCOL.md section 2.3).
-    let nested = |n| {
-        format!(
-            r#"{{"type":"ping","x":{}{}}}"#,
-            "[".repeat(n),
-            "]".repeat(n)
-        )
-    };
+    let nested = |n| format!(r#"{{"type":"ping","x":{}{}}}"#, "[".repeat(n), "]".repeat(n));
     assert_eq!(dec_json(&nested(126)), Ok(Frame::Ping { seq: None }));
     assert_malformed(dec_json(&nested(127)), None);
 }
@@ -574,74 +386,36 @@ fn json_missing_or_non_string_type_is_malformed_with_readable_id() {
 
 #[test]
 fn json_unknown_type_echoes_a_readable_id() {
-    assert_eq!(
-        dec_json(r#"{"type":"pang","id":9}"#),
-        err(DecodeErrorKind::UnknownType, Some(9))
-    );
-    assert_eq!(
-        dec_json(r#"{"type":"PING"}"#),
-        err(DecodeErrorKind::UnknownType, None)
-    );
-    assert_eq!(
-        dec_json(r#"{"type":"","id":"9"}"#),
-        err(DecodeErrorKind::UnknownType, None)
-    );
+    assert_eq!(dec_json(r#"{"type":"pang","id":9}"#), err(DecodeErrorKind::UnknownType, Some(9)));
+    assert_eq!(dec_json(r#"{"type":"PING"}"#), err(DecodeErrorKind::UnknownType, None));
+    assert_eq!(dec_json(r#"{"type":"","id":"9"}"#), err(DecodeErrorKind::UnknownType, None));
 }
 
 #[test]
 fn json_bad_id_or_seq_is_malformed() {
-    for bad in [
-        "\"7\"",
-        "-1",
-        "1.5",
-        "7.0",
-        "1e2",
-        "18446744073709551616",
-        "true",
-        "[7]",
-        "{}",
-        "-0",
-    ] {
-        assert_malformed(
-            dec_json(&format!(r#"{{"type":"query","id":{bad},"users":["a"]}}"#)),
-            None,
-        );
+    for bad in ["\"7\"", "-1", "1.5", "7.0", "1e2", "18446744073709551616", "true", "[7]", "{}", "-0"] {
+        assert_malformed(dec_json(&format!(r#"{{"type":"query","id":{bad},"users":["a"]}}"#)), None);
         assert_malformed(dec_json(&format!(r#"{{"type":"ping","seq":{bad}}}"#)), None);
         assert_malformed(dec_json(&format!(r#"{{"type":"pong","seq":{bad}}}"#)), None);
         assert_malformed(
-            dec_json(&format!(
-                r#"{{"type":"error","id":{bad},"code":"bad_frame","message":""}}"#
-            )),
+            dec_json(&format!(r#"{{"type":"error","id":{bad},"code":"bad_frame","message":""}}"#)),
             None,
         );
     }
-    assert_eq!(
-        dec_json(r#"{"type":"ping","seq":0}"#),
-        Ok(Frame::Ping { seq: Some(0) })
-    );
+    assert_eq!(dec_json(r#"{"type":"ping","seq":0}"#), Ok(Frame::Ping { seq: Some(0) }));
 }
 
 #[test]
 fn json_bad_users_is_malformed_with_id() {
     for ty in ["query", "subscribe", "unsubscribe", "presence"] {
-        for users in [
-            "",
-            r#","users":null"#,
-            r#","users":"bob""#,
-            r#","users":{"0":"bob"}"#,
-        ] {
-            assert_malformed(
-                dec_json(&format!(r#"{{"type":"{ty}","id":7{users}}}"#)),
-                Some(7),
-            );
+        for users in ["", r#","users":null"#, r#","users":"bob""#, r#","users":{"0":"bob"}"#] {
+            assert_malformed(dec_json(&format!(r#"{{"type":"{ty}","id":7{users}}}"#)), Some(7));
         }
     }
     for ty in ["query", "subscribe", "unsubscribe"] {
         for entry in ["1", "null", r#"["bob"]"#, r#"{"user":"bob"}"#] {
             assert_malformed(
-                dec_json(&format!(
-                    r#"{{"type":"{ty}","id":7,"users":["bob",{entry}]}}"#
-                )),
+                dec_json(&format!(r#"{{"type":"{ty}","id":7,"users":["bob",{entry}]}}"#)),
                 Some(7),
             );
         }
@@ -666,12 +440,7 @@ fn json_bad_presence_entries_are_malformed_with_id() {
         r#"{"user":"bob","online":true,"last_seen":"1969-12-31T23:59:59.999Z"}"#,
         r#"{"user":"bob","online":true,"last_seen":""}"#,
     ] {
-        assert_malformed(
-            dec_json(&format!(
-                r#"{{"type":"presence","id":7,"users":[{entry}]}}"#
-            )),
-            Some(7),
-        );
+        assert_malformed(dec_json(&format!(r#"{{"type":"presence","id":7,"users":[{entry}]}}"#)), Some(7));
     }
 }
 
@@ -689,10 +458,7 @@ fn json_bad_error_frames_are_malformed_with_id() {
         r#""code":"bad_frame","message":["m"]"#.to_owned(),
         format!(r#""code":"bad_frame","message":"{long}""#),
     ] {
-        assert_malformed(
-            dec_json(&format!(r#"{{"type":"error","id":7,{body}}}"#)),
-            Some(7),
-        );
+        assert_malformed(dec_json(&format!(r#"{{"type":"error","id":7,{body}}}"#)), Some(7));
     }
 }
 
@@ -704,14 +470,9 @@ fn json_invalid_user_reports_index_and_reason_with_id() {
         dec_json(r#"{"type":"subscribe","id":8,"users":["bob","bob smith"]}"#),
         invalid(1, InvalidUserId::BadChar, Some(8))
     );
+    assert_eq!(dec_json(r#"{"type":"query","users":[""]}"#), invalid(0, InvalidUserId::Empty, None));
     assert_eq!(
-        dec_json(r#"{"type":"query","users":[""]}"#),
-        invalid(0, InvalidUserId::Empty, None)
-    );
-    assert_eq!(
-        dec_json(&format!(
-            r#"{{"type":"unsubscribe","id":1,"users":["a","b","{long}"]}}"#
-        )),
+        dec_json(&format!(r#"{{"type":"unsubscribe","id":1,"users":["a","b","{long}"]}}"#)),
         invalid(2, InvalidUserId::TooLong, Some(1))
     );
     assert_eq!(
@@ -725,10 +486,7 @@ fn json_invalid_user_reports_index_and_reason_with_id() {
         invalid(1, InvalidUserId::BadChar, Some(3))
     );
     // The first bad entry wins.
-    assert_eq!(
-        dec_json(r#"{"type":"query","users":["a b",""]}"#),
-        invalid(0, InvalidUserId::BadChar, None)
-    );
+    assert_eq!(dec_json(r#"{"type":"query","users":["a b",""]}"#), invalid(0, InvalidUserId::BadChar, None));
 }
 
 #[test]
@@ -738,30 +496,17 @@ fn json_too_many_users_is_checked_before_the_entries() {
     for ty in ["query", "subscribe", "unsubscribe", "presence"] {
         // 257 entries that are each malformed or invalid: the count is reported, not the entries.
         assert_eq!(
-            dec_json(&format!(
-                r#"{{"type":"{ty}","id":5,"users":[{}]}}"#,
-                list(257, "1")
-            )),
+            dec_json(&format!(r#"{{"type":"{ty}","id":5,"users":[{}]}}"#, list(257, "1"))),
             too_many(257, Some(5))
         );
         assert_eq!(
-            dec_json(&format!(
-                r#"{{"type":"{ty}","users":[{}]}}"#,
-                list(300, r#""""#)
-            )),
+            dec_json(&format!(r#"{{"type":"{ty}","users":[{}]}}"#, list(300, r#""""#))),
             too_many(300, None)
         );
     }
-    let tight = Limits {
-        max_frame_bytes: MAX_FRAME_BYTES,
-        max_users: 1,
-    };
+    let tight = Limits { max_frame_bytes: MAX_FRAME_BYTES, max_users: 1 };
     assert_eq!(
-        decode(
-            br#"{"type":"query","id":1,"users":["a","b"]}"#,
-            Encoding::Json,
-            &tight
-        ),
+        decode(br#"{"type":"query","id":1,"users":["a","b"]}"#, Encoding::Json, &tight),
         err(DecodeErrorKind::TooManyUsers { count: 2, max: 1 }, Some(1))
     );
 }
@@ -772,18 +517,9 @@ fn json_trailing_bytes_are_detected_with_readable_id() {
         dec_json(r#"{"type":"query","id":7,"users":["bob"]} x"#),
         err(DecodeErrorKind::TrailingBytes, Some(7))
     );
-    assert_eq!(
-        dec_json(r#"{"type":"bye"}{"type":"bye"}"#),
-        err(DecodeErrorKind::TrailingBytes, None)
-    );
-    assert_eq!(
-        dec_json(r#"{"type":"bye"},"#),
-        err(DecodeErrorKind::TrailingBytes, None)
-    );
-    assert_eq!(
-        dec_json("{\"type\":\"bye\"}\0"),
-        err(DecodeErrorKind::TrailingBytes, None)
-    );
+    assert_eq!(dec_json(r#"{"type":"bye"}{"type":"bye"}"#), err(DecodeErrorKind::TrailingBytes, None));
+    assert_eq!(dec_json(r#"{"type":"bye"},"#), err(DecodeErrorKind::TrailingBytes, None));
+    assert_eq!(dec_json("{\"type\":\"bye\"}\0"), err(DecodeErrorKind::TrailingBytes, None));
     // Trailing JSON whitespace is fine.
     assert_eq!(dec_json("{\"type\":\"bye\"} \t\r\n"), Ok(Frame::Bye));
 }
@@ -794,10 +530,7 @@ fn json_trailing_bytes_are_detected_with_readable_id() {
 
 #[test]
 fn binary_empty_input_is_malformed() {
-    assert_eq!(
-        dec_bin(&[]),
-        err(DecodeErrorKind::Malformed("empty frame"), None)
-    );
+    assert_eq!(dec_bin(&[]), err(DecodeErrorKind::Malformed("empty frame"), None));
 }
 
 #[test]
@@ -814,36 +547,21 @@ fn binary_every_strict_prefix_of_a_frame_is_truncated() {
     }
     // Once the id is complete it is echoed.
     let query = hex("03 01 00 00 00 00 00 00 00 07 00 02 03 62 6f 62 05 63 61");
-    assert_eq!(
-        dec_bin(&query),
-        err(DecodeErrorKind::Malformed("truncated"), Some(7))
-    );
-    assert_eq!(
-        dec_bin(&hex("03 01 00 00 00 00")),
-        err(DecodeErrorKind::Malformed("truncated"), None)
-    );
+    assert_eq!(dec_bin(&query), err(DecodeErrorKind::Malformed("truncated"), Some(7)));
+    assert_eq!(dec_bin(&hex("03 01 00 00 00 00")), err(DecodeErrorKind::Malformed("truncated"), None));
 }
 
 #[test]
 fn binary_unknown_tag() {
     for tag in [0x00, 0x09, 0x7f, 0x80, 0xff] {
         assert_eq!(dec_bin(&[tag]), err(DecodeErrorKind::UnknownType, None));
-        assert_eq!(
-            dec_bin(&[tag, 1, 2, 3]),
-            err(DecodeErrorKind::UnknownType, None)
-        );
+        assert_eq!(dec_bin(&[tag, 1, 2, 3]), err(DecodeErrorKind::UnknownType, None));
     }
 }
 
 #[test]
 fn binary_optional_flag_must_be_0_or_1() {
-    for input in [
-        "01 02",
-        "02 ff 00 00 00 00 00 00 00 01",
-        "03 02 00 00",
-        "07 80 00 00",
-        "08 05 00 00 00",
-    ] {
+    for input in ["01 02", "02 ff 00 00 00 00 00 00 00 01", "03 02 00 00", "07 80 00 00", "08 05 00 00 00"] {
         assert_malformed(dec_bin(&hex(input)), None);
     }
 }
@@ -884,10 +602,7 @@ fn binary_invalid_user_reports_index_and_reason_with_id() {
         dec_bin(&hex(&format!("{id8} 00 02 03 62 6f 62 03 62 20 62"))),
         invalid(1, InvalidUserId::BadChar, Some(8))
     );
-    assert_eq!(
-        dec_bin(&hex("03 00 00 01 00")),
-        invalid(0, InvalidUserId::Empty, None)
-    );
+    assert_eq!(dec_bin(&hex("03 00 00 01 00")), invalid(0, InvalidUserId::Empty, None));
     let mut long = hex("05 01 00 00 00 00 00 00 00 01 00 02 01 61 81");
     long.extend(vec![b'x'; 129]);
     assert_eq!(dec_bin(&long), invalid(1, InvalidUserId::TooLong, Some(1)));
@@ -897,16 +612,11 @@ fn binary_invalid_user_reports_index_and_reason_with_id() {
         invalid(0, InvalidUserId::BadChar, Some(2))
     );
     assert_eq!(
-        dec_bin(&hex(
-            "07 01 00 00 00 00 00 00 00 03 00 02 02 6f 6b 01 03 61 2f 62 01"
-        )),
+        dec_bin(&hex("07 01 00 00 00 00 00 00 00 03 00 02 02 6f 6b 01 03 61 2f 62 01")),
         invalid(1, InvalidUserId::BadChar, Some(3))
     );
     // Truncation is detected before the id rules: a declared length beyond the input is "truncated".
-    assert_eq!(
-        dec_bin(&hex("03 00 00 01 81 61")),
-        err(DecodeErrorKind::Malformed("truncated"), None)
-    );
+    assert_eq!(dec_bin(&hex("03 00 00 01 81 61")), err(DecodeErrorKind::Malformed("truncated"), None));
 }
 
 #[test]
@@ -914,39 +624,20 @@ fn binary_too_many_users_is_checked_before_the_entries() {
     let too_many = |count, id| err(DecodeErrorKind::TooManyUsers { count, max: 256 }, id);
     for tag in ["03", "04", "05", "07"] {
         // Declared 257 / 65535 users and no bytes for them: the count is reported, not truncation.
-        assert_eq!(
-            dec_bin(&hex(&format!("{tag} 01 00 00 00 00 00 00 00 05 01 01"))),
-            too_many(257, Some(5))
-        );
-        assert_eq!(
-            dec_bin(&hex(&format!("{tag} 00 ff ff"))),
-            too_many(65535, None)
-        );
+        assert_eq!(dec_bin(&hex(&format!("{tag} 01 00 00 00 00 00 00 00 05 01 01"))), too_many(257, Some(5)));
+        assert_eq!(dec_bin(&hex(&format!("{tag} 00 ff ff"))), too_many(65535, None));
     }
-    let tight = Limits {
-        max_frame_bytes: MAX_FRAME_BYTES,
-        max_users: 1,
-    };
+    let tight = Limits { max_frame_bytes: MAX_FRAME_BYTES, max_users: 1 };
     assert_eq!(
-        decode(
-            &hex("03 01 00 00 00 00 00 00 00 01 00 02 01 61 01 62"),
-            Encoding::Binary,
-            &tight
-        ),
+        decode(&hex("03 01 00 00 00 00 00 00 00 01 00 02 01 61 01 62"), Encoding::Binary, &tight),
         err(DecodeErrorKind::TooManyUsers { count: 2, max: 1 }, Some(1))
     );
 }
 
 #[test]
 fn binary_trailing_bytes_are_detected_with_id() {
-    assert_eq!(
-        dec_bin(&hex("06 00")),
-        err(DecodeErrorKind::TrailingBytes, None)
-    );
-    assert_eq!(
-        dec_bin(&hex("01 00 00")),
-        err(DecodeErrorKind::TrailingBytes, None)
-    );
+    assert_eq!(dec_bin(&hex("06 00")), err(DecodeErrorKind::TrailingBytes, None));
+    assert_eq!(dec_bin(&hex("01 00 00")), err(DecodeErrorKind::TrailingBytes, None));
     for (frame, _, mut bin) in examples() {
         bin.push(0);
         let id = match frame {
@@ -957,21 +648,14 @@ fn binary_trailing_bytes_are_detected_with_id() {
             | Frame::Error { id, .. } => id,
             Frame::Ping { .. } | Frame::Pong { .. } | Frame::Bye => None,
         };
-        assert_eq!(
-            dec_bin(&bin),
-            err(DecodeErrorKind::TrailingBytes, id),
-            "{frame:?}"
-        );
+        assert_eq!(dec_bin(&bin), err(DecodeErrorKind::TrailingBytes, id), "{frame:?}");
     }
 }
 
 #[test]
 fn decode_error_maps_to_the_error_frame_code() {
     let code = |r: Result<Frame, DecodeError>| r.unwrap_err().code();
-    assert_eq!(
-        code(dec_json(r#"{"type":"query","users":[""]}"#)),
-        ErrorCode::InvalidUser
-    );
+    assert_eq!(code(dec_json(r#"{"type":"query","users":[""]}"#)), ErrorCode::InvalidUser);
     assert_eq!(code(dec_bin(&hex("03 00 ff ff"))), ErrorCode::TooManyUsers);
     assert_eq!(code(dec_bin(&hex("09"))), ErrorCode::BadFrame);
     assert_eq!(code(dec_json("x")), ErrorCode::BadFrame);
@@ -989,10 +673,7 @@ fn json_and_binary_transcode_into_each_other_for_every_frame_type() {
         assert_eq!(from_json, from_bin);
         assert_eq!(encode_binary(&from_json), bin, "{frame:?}");
         assert_eq!(encode_json(&from_bin), json, "{frame:?}");
-        assert_eq!(
-            dec_bin(&encode_binary(&dec_json(json).unwrap())),
-            Ok(frame.clone())
-        );
+        assert_eq!(dec_bin(&encode_binary(&dec_json(json).unwrap())), Ok(frame.clone()));
         assert_eq!(dec_json(&encode_json(&dec_bin(&bin).unwrap())), Ok(frame));
     }
 }
@@ -1018,16 +699,8 @@ fn arb_code() -> impl Strategy<Value = ErrorCode> {
 
 /// Frames whose every value the wire can carry, so both encodings must round-trip them exactly.
 fn arb_frame() -> impl Strategy<Value = Frame> {
-    let entry = (
-        arb_user(),
-        any::<bool>(),
-        prop::option::of(0..=MAX_WIRE_MILLIS),
-    )
-        .prop_map(|(user, online, t)| PresenceEntry {
-            user,
-            online,
-            last_seen: t.map(UnixMillis),
-        });
+    let entry = (arb_user(), any::<bool>(), prop::option::of(0..=MAX_WIRE_MILLIS))
+        .prop_map(|(user, online, t)| PresenceEntry { user, online, last_seen: t.map(UnixMillis) });
     // Up to 256 chars of up to 4 bytes: at most MAX_ERROR_MESSAGE_BYTES.
     let message = prop::collection::vec(any::<char>(), 0..=MAX_ERROR_MESSAGE_BYTES / 4)
         .prop_map(|cs| cs.into_iter().collect::<String>());
@@ -1039,30 +712,23 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
         (id(), arb_users()).prop_map(|(id, users)| Frame::Subscribe { id, users }),
         (id(), arb_users()).prop_map(|(id, users)| Frame::Unsubscribe { id, users }),
         Just(Frame::Bye),
-        (id(), prop::collection::vec(entry, 0..8))
-            .prop_map(|(id, users)| Frame::Presence { id, users }),
-        (id(), arb_code(), message).prop_map(|(id, code, message)| Frame::Error {
-            id,
-            code,
-            message
-        }),
+        (id(), prop::collection::vec(entry, 0..8)).prop_map(|(id, users)| Frame::Presence { id, users }),
+        (id(), arb_code(), message).prop_map(|(id, code, message)| Frame::Error { id, code, message }),
     ]
 }
 
 /// Frames with values the wire cannot carry (any i64 last_seen, over-long messages).
 fn arb_wild_frame() -> impl Strategy<Value = Frame> {
-    let entry = (arb_user(), any::<bool>(), prop::option::of(any::<i64>())).prop_map(
-        |(user, online, t)| PresenceEntry {
-            user,
-            online,
-            last_seen: t.map(UnixMillis),
-        },
-    );
+    let entry = (arb_user(), any::<bool>(), prop::option::of(any::<i64>()))
+        .prop_map(|(user, online, t)| PresenceEntry { user, online, last_seen: t.map(UnixMillis) });
     prop_oneof![
         (any::<Option<u64>>(), prop::collection::vec(entry, 0..8))
             .prop_map(|(id, users)| Frame::Presence { id, users }),
-        (any::<Option<u64>>(), arb_code(), ".{0,1500}")
-            .prop_map(|(id, code, message)| Frame::Error { id, code, message }),
+        (any::<Option<u64>>(), arb_code(), ".{0,1500}").prop_map(|(id, code, message)| Frame::Error {
+            id,
+            code,
+            message
+        }),
     ]
 }
 
@@ -1076,15 +742,13 @@ fn arb_json_frame() -> impl Strategy<Value = String> {
         any::<f64>().prop_map(serde_json::Value::from),
         "[a-z0-9 ]{0,6}".prop_map(serde_json::Value::from),
         Just(serde_json::Value::from("2024-01-15T09:42:00.000Z")),
-        prop::sample::select(vec!["bad_frame", "unavailable", "nope"])
-            .prop_map(serde_json::Value::from),
+        prop::sample::select(vec!["bad_frame", "unavailable", "nope"]).prop_map(serde_json::Value::from),
     ];
     let value = leaf.prop_recursive(3, 24, 4, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
             prop::collection::btree_map(
-                prop::sample::select(vec!["user", "online", "last_seen", "x"])
-                    .prop_map(String::from),
+                prop::sample::select(vec!["user", "online", "last_seen", "x"]).prop_map(String::from),
                 inner,
                 0..4
             )
@@ -1116,11 +780,7 @@ fn arb_json_frame() -> impl Strategy<Value = String> {
 /// Applies byte edits (overwrite, insert, delete) to `bytes`.
 fn mutate(mut bytes: Vec<u8>, edits: &[(usize, u8, u8)]) -> Vec<u8> {
     for &(pos, op, b) in edits {
-        let at = if bytes.is_empty() {
-            0
-        } else {
-            pos % (bytes.len() + 1)
-        };
+        let at = if bytes.is_empty() { 0 } else { pos % (bytes.len() + 1) };
         match op % 3 {
             0 if at < bytes.len() => bytes[at] = b,
             1 => bytes.insert(at, b),
@@ -1137,14 +797,8 @@ fn mutate(mut bytes: Vec<u8>, edits: &[(usize, u8, u8)]) -> Vec<u8> {
 fn decode_is_total_and_canonical(bytes: &[u8], encoding: Encoding) -> Result<(), TestCaseError> {
     let limits = Limits::default();
     if let Ok(frame) = decode(bytes, encoding, &limits) {
-        prop_assert_eq!(
-            decode(encode_json(&frame).as_bytes(), Encoding::Json, &limits),
-            Ok(frame.clone())
-        );
-        prop_assert_eq!(
-            decode(&encode_binary(&frame), Encoding::Binary, &limits),
-            Ok(frame)
-        );
+        prop_assert_eq!(decode(encode_json(&frame).as_bytes(), Encoding::Json, &limits), Ok(frame.clone()));
+        prop_assert_eq!(decode(&encode_binary(&frame), Encoding::Binary, &limits), Ok(frame));
     }
     Ok(())
 }

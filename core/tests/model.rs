@@ -83,17 +83,10 @@ impl FakeStores {
     fn apply(&mut self, op: &StoreOp) -> StoreOutput {
         match op {
             StoreOp::Registry(RegistryOp::Register { user, session }) => {
-                self.ws
-                    .entry(user.clone())
-                    .or_default()
-                    .insert(session.clone());
+                self.ws.entry(user.clone()).or_default().insert(session.clone());
                 StoreOutput::Done
             }
-            StoreOp::Registry(RegistryOp::EndSession {
-                user,
-                session,
-                last_seen,
-            }) => {
+            StoreOp::Registry(RegistryOp::EndSession { user, session, last_seen }) => {
                 if let Some(set) = self.ws.get_mut(user) {
                     set.remove(session);
                     if set.is_empty() {
@@ -190,10 +183,7 @@ impl Harness {
     }
 
     fn now(&self) -> Now {
-        Now {
-            mono: MonoTime::from_nanos(self.mono_ms * 1_000_000),
-            wall: UnixMillis(self.wall_ms),
-        }
+        Now { mono: MonoTime::from_nanos(self.mono_ms * 1_000_000), wall: UnixMillis(self.wall_ms) }
     }
 
     fn pick(&self, i: usize) -> Option<ConnId> {
@@ -241,11 +231,7 @@ impl Harness {
         match e {
             Effect::LookupDone { .. } => {}
             Effect::Send { conn, .. } | Effect::Ping { conn } => {
-                prop_assert!(
-                    self.live.contains_key(&conn),
-                    "effect for closed connection {:?}",
-                    conn
-                );
+                prop_assert!(self.live.contains_key(&conn), "effect for closed connection {:?}", conn);
             }
             Effect::Close { conn, reason, .. } => match self.live.get(&conn) {
                 Some(c) if reason == "heartbeat timeout" => {
@@ -259,12 +245,9 @@ impl Harness {
                 }
                 Some(_) => self.end_in_model(conn, Some(self.wall_ms)),
                 // A refused open (1013) never became live.
-                None => prop_assert_eq!(
-                    reason,
-                    "server at capacity",
-                    "close of unknown connection {:?}",
-                    conn
-                ),
+                None => {
+                    prop_assert_eq!(reason, "server at capacity", "close of unknown connection {:?}", conn)
+                }
             },
             Effect::Store { id, op } => {
                 match &op {
@@ -275,11 +258,7 @@ impl Harness {
                             session
                         );
                     }
-                    StoreOp::Registry(RegistryOp::EndSession {
-                        user,
-                        session,
-                        last_seen,
-                    }) => {
+                    StoreOp::Registry(RegistryOp::EndSession { user, session, last_seen }) => {
                         prop_assert!(
                             self.ended_sessions.contains(session),
                             "end of a session not ended: {}",
@@ -300,13 +279,7 @@ impl Harness {
 
     fn check_monotone(&mut self, user: &UserId, v: UnixMillis) -> Result<(), TestCaseError> {
         if let Some(prev) = self.max_recorded.get(user) {
-            prop_assert!(
-                v >= *prev,
-                "last_seen regression for {}: {:?} then {:?}",
-                user,
-                prev,
-                v
-            );
+            prop_assert!(v >= *prev, "last_seen regression for {}: {:?} then {:?}", user, prev, v);
         }
         max_set(&mut self.max_recorded, user, v);
         Ok(())
@@ -317,27 +290,16 @@ impl Harness {
         for u in USERS {
             let u = UserId::new(u).unwrap();
             let model_online = self.live.values().any(|c| c.user == u);
-            prop_assert_eq!(
-                self.p.is_locally_online(&u),
-                model_online,
-                "online state of {}",
-                u
-            );
+            prop_assert_eq!(self.p.is_locally_online(&u), model_online, "online state of {}", u);
         }
         prop_assert_eq!(self.p.connections(), self.live.len());
         let timeout = self.config.heartbeat_timeout.as_millis() as u64;
         for (conn, c) in &self.live {
-            prop_assert!(
-                self.mono_ms - c.last_proof_mono < timeout,
-                "{:?} should have timed out",
-                conn
-            );
+            prop_assert!(self.mono_ms - c.last_proof_mono < timeout, "{:?} should have timed out", conn);
         }
         // At the cap no session opens; each session live then adds at most a registry end and a
         // durable write when it ends.
-        prop_assert!(
-            self.p.pending_writes() <= self.config.max_pending_writes + 2 * self.peak_live
-        );
+        prop_assert!(self.p.pending_writes() <= self.config.max_pending_writes + 2 * self.peak_live);
         Ok(())
     }
 
@@ -357,21 +319,12 @@ impl Harness {
         self.feed(Input::StoreDone { id, result })
     }
 
-    fn message(
-        &mut self,
-        c: usize,
-        encoding: Encoding,
-        payload: &[u8],
-    ) -> Result<(), TestCaseError> {
+    fn message(&mut self, c: usize, encoding: Encoding, payload: &[u8]) -> Result<(), TestCaseError> {
         let Some(conn) = self.pick(c) else {
             return Ok(());
         };
         self.proof(conn);
-        self.feed(Input::Message {
-            conn,
-            encoding,
-            payload,
-        })
+        self.feed(Input::Message { conn, encoding, payload })
     }
 
     fn run(&mut self, s: Step) -> Result<(), TestCaseError> {
@@ -392,26 +345,17 @@ impl Harness {
                     self.live.insert(conn, c);
                 }
                 self.all_conns.push(conn);
-                self.feed(Input::Open {
-                    conn,
-                    user,
-                    session,
-                })
+                self.feed(Input::Open { conn, user, session })
             }
             Step::Ping(c) => self.message(c, Encoding::Json, br#"{"type":"ping","seq":1}"#),
             Step::Query(c, users) => {
-                let list: Vec<String> =
-                    users.iter().map(|&u| format!("\"{}\"", USERS[u])).collect();
+                let list: Vec<String> = users.iter().map(|&u| format!("\"{}\"", USERS[u])).collect();
                 let text = format!(r#"{{"type":"query","id":5,"users":[{}]}}"#, list.join(","));
                 self.message(c, Encoding::Json, text.as_bytes())
             }
             Step::Bye(c) => self.message(c, Encoding::Json, br#"{"type":"bye"}"#),
             Step::Garbage(c, binary, bytes) => {
-                let encoding = if binary {
-                    Encoding::Binary
-                } else {
-                    Encoding::Json
-                };
+                let encoding = if binary { Encoding::Binary } else { Encoding::Json };
                 self.message(c, encoding, &bytes)
             }
             Step::Alive(c) => match self.pick(c) {
@@ -464,16 +408,8 @@ impl Harness {
         while !self.in_flight.is_empty() {
             self.complete(0, 0)?;
         }
-        prop_assert_eq!(
-            self.p.pending_writes(),
-            0,
-            "writes still pending after healing"
-        );
-        prop_assert_eq!(
-            self.p.registry_backlog(),
-            0,
-            "registrations still pending after healing"
-        );
+        prop_assert_eq!(self.p.pending_writes(), 0, "writes still pending after healing");
+        prop_assert_eq!(self.p.registry_backlog(), 0, "registrations still pending after healing");
         // Every ended session is durable with at least its last proof of life (I2); if it ended
         // after the last registry restart, the registry's last_seen has it too.
         for e in &self.ended {
@@ -501,9 +437,7 @@ impl Harness {
         // The registry holds exactly the live sessions (I6, I7).
         let mut want: BTreeMap<UserId, BTreeSet<SessionId>> = BTreeMap::new();
         for c in self.live.values() {
-            want.entry(c.user.clone())
-                .or_default()
-                .insert(c.session.clone());
+            want.entry(c.user.clone()).or_default().insert(c.session.clone());
         }
         prop_assert_eq!(&self.stores.ws, &want);
         Ok(())
@@ -511,10 +445,7 @@ impl Harness {
 }
 
 fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10_000)
+    std::env::var("PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(10_000)
 }
 
 proptest! {

@@ -51,7 +51,11 @@ impl Auth {
         validation.set_required_spec_claims(&["exp", "sub"]);
         // Tolerate small clock differences between the token issuer and this server.
         validation.leeway = 30;
-        Auth { decoding: DecodingKey::from_secret(secret), encoding: EncodingKey::from_secret(secret), validation }
+        Auth {
+            decoding: DecodingKey::from_secret(secret),
+            encoding: EncodingKey::from_secret(secret),
+            validation,
+        }
     }
 
     /// Verifies `token` and returns its user.
@@ -134,18 +138,28 @@ mod tests {
         assert_eq!(auth.verify(&forged), Err(AuthError::Invalid("bad signature".into())));
 
         let claims = Claims { sub: "bob".into(), exp: 1_000 };
-        let expired =
-            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(b"secret"))
-                .unwrap();
+        let expired = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(b"secret"),
+        )
+        .unwrap();
         assert_eq!(auth.verify(&expired), Err(AuthError::Invalid("expired".into())));
 
-        let none = format!("{}.{}.", b64(r#"{"alg":"none","typ":"JWT"}"#), b64(r#"{"sub":"bob","exp":99999999999}"#));
+        let none = format!(
+            "{}.{}.",
+            b64(r#"{"alg":"none","typ":"JWT"}"#),
+            b64(r#"{"sub":"bob","exp":99999999999}"#)
+        );
         assert!(matches!(auth.verify(&none), Err(AuthError::Invalid(_))));
 
         let claims = Claims { sub: "bob smith".into(), exp: 99_999_999_999 };
-        let bad =
-            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(b"secret"))
-                .unwrap();
+        let bad = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(b"secret"),
+        )
+        .unwrap();
         assert_eq!(auth.verify(&bad), Err(AuthError::BadSubject));
         assert!(matches!(auth.verify("garbage"), Err(AuthError::Invalid(_))));
     }

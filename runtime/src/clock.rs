@@ -35,7 +35,9 @@ impl MonoOrigin {
 
     /// The core's view of `at`.
     pub fn mono(&self, at: Instant) -> MonoTime {
-        MonoTime::from_nanos(u64::try_from(at.saturating_duration_since(self.0).as_nanos()).unwrap_or(u64::MAX))
+        MonoTime::from_nanos(
+            u64::try_from(at.saturating_duration_since(self.0).as_nanos()).unwrap_or(u64::MAX),
+        )
     }
 
     /// The tokio instant of a core deadline.

@@ -1,4 +1,25 @@
-//! The presence server runtime.
+//! The presence server runtime: runs the sans-IO core (`presence-core`) for real.
+//!
+//! | module      | role                                                                          |
+//! |-------------|-------------------------------------------------------------------------------|
+//! | [`server`]  | the listener: HTTP routes, auth, Origin check, WebSocket upgrade              |
+//! | [`ws`]      | one WebSocket connection: socket on one side, the driver on the other         |
+//! | [`driver`]  | the one task that owns the core: feeds it inputs, executes its effects        |
+//! | [`store`]   | executors for Redis, Redis Cluster, DynamoDB and the embedded defaults        |
+//! | [`auth`]    | HS256 JWT verification and issuing                                            |
+//! | [`clock`]   | the wall clock behind a trait; tokio's (virtual under turmoil) monotonic time |
+//! | [`metrics`] | Prometheus text rendering                                                     |
+//! | [`config`]  | the command line (`clap`), every flag also an environment variable            |
+//!
+//! Everything is generic over the listener, the stores and the wall clock, so the simulation
+//! (`presence-sim`) runs this very code over turmoil's network.
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod auth;
+pub mod clock;
+pub mod config;
+pub mod driver;
+pub mod metrics;
+pub mod server;
 pub mod store;
+pub mod ws;

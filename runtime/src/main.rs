@@ -1,1 +1,181 @@
-fn main() {}
+//! `presence-server`: the server binary, and its `token` subcommand.
+//!
+//! `cargo run --release` starts a working server with nothing else installed (in-process registry,
+//! embedded last_seen store in `./presence-data`, dev-mode tokens on loopback). Point it at Redis and
+//! DynamoDB with `--redis-url` and `--dynamodb-table` (README, "Running against Redis and DynamoDB").
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use presence_core::user::UserId;
+use presence_runtime::auth::{self, Auth};
+use presence_runtime::clock::SystemClock;
+use presence_runtime::config::{Cli, Command, LogFormat, ServeArgs};
+use presence_runtime::driver::{DriverConfig, Stores};
+use presence_runtime::server::{serve, ServerConfig};
+use presence_runtime::store::{
+    open_redis, DurableStore, DynamoConfig, DynamoDurable, MemoryRegistry, RedbDurable, RedisConfig,
+    RegistryStore,
+};
+use presence_runtime::ws::WsLimits;
+use tracing::{error, info, warn};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Token(t)) => match UserId::new(&t.user) {
+            Ok(user) => {
+                println!("{}", Auth::new(t.jwt_secret.as_bytes()).issue(&user, t.ttl));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("presence-server: invalid --user {:?}: {e}", t.user);
+                ExitCode::from(2)
+            }
+        },
+        None => {
+            init_logging(cli.serve.log_format);
+            if let Err(e) = cli.serve.validate() {
+                error!("{e}");
+                eprintln!("presence-server: {e}");
+                return ExitCode::from(2);
+            }
+            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("presence-server: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(run(cli.serve)) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => {
+                    error!("exiting with last_seen writes still pending");
+                    ExitCode::FAILURE
+                }
+                Err(e) => {
+                    error!("{e}");
+                    eprintln!("presence-server: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn run(args: ServeArgs) -> Result<bool, String> {
+    let server_id = args.server_id.clone().unwrap_or_else(|| format!("ws-{:08x}", rand::random::<u32>()));
+    let (secret, dev) = match &args.jwt_secret {
+        Some(s) => (s.clone(), false),
+        None => (auth::generate_secret(), true),
+    };
+    if dev {
+        warn!(
+            "DEV MODE: no --jwt-secret given; generated a random secret and enabled POST /v1/dev/token. \
+             Anyone who can reach {} can act as any user. Never run like this in production.",
+            args.listen
+        );
+    }
+    let stores = open_stores(&args, &server_id).await?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    info!(
+        %addr, server_id, registry = stores.registry.kind(), durable = stores.durable.kind(),
+        "presence-server listening"
+    );
+    println!("presence-server listening on http://{addr}  (WebSocket: ws://{addr}/v1/ws)");
+    let config = ServerConfig {
+        server_id,
+        core: args.core_config(),
+        driver: DriverConfig {
+            registry_concurrency: 512,
+            durable_concurrency: 64,
+            shutdown_timeout: args.shutdown_timeout,
+            seed: rand::random(),
+        },
+        auth: Auth::new(secret.as_bytes()),
+        dev_tokens: dev,
+        allowed_origins: args.allowed_origins.clone(),
+        handshake_timeout: args.handshake_timeout,
+        max_connections: args.max_connections,
+        ws: WsLimits { max_message_size: args.max_message_size, ..WsLimits::default() },
+    };
+    let flushed = serve(listener, config, stores, Arc::new(SystemClock), shutdown_signal()).await;
+    Ok(flushed)
+}
+
+async fn open_stores(args: &ServeArgs, server_id: &str) -> Result<Stores, String> {
+    let registry: Arc<dyn RegistryStore> = match &args.redis_url {
+        Some(url) => {
+            let config = RedisConfig { op_timeout: args.store_timeout, ..RedisConfig::new(server_id) };
+            open_redis(url, config).map_err(|e| format!("--redis-url: {e}"))?
+        }
+        None => {
+            warn!("no --redis-url: in-process registry; presence is visible to this server's clients only");
+            Arc::new(MemoryRegistry::new(server_id))
+        }
+    };
+    let durable: Arc<dyn DurableStore> = match &args.dynamodb_table {
+        Some(table) => {
+            let config = DynamoConfig {
+                table: table.clone(),
+                endpoint: args.dynamodb_endpoint.clone(),
+                op_timeout: args.store_timeout,
+                ..DynamoConfig::default()
+            };
+            let store = DynamoDurable::connect(config).await;
+            if args.create_table {
+                match store.create_table_if_missing(Duration::from_secs(60)).await {
+                    Ok(true) => info!(table, "created DynamoDB table"),
+                    Ok(false) => {}
+                    Err(e) => return Err(format!("--create-table {table}: {e}")),
+                }
+            }
+            Arc::new(store)
+        }
+        None => {
+            let store = RedbDurable::open(&args.data_dir)
+                .map_err(|e| format!("embedded store in {}: {e}", args.data_dir.display()))?;
+            info!(dir = %args.data_dir.display(), "embedded durable store");
+            Arc::new(store.with_op_timeout(args.store_timeout))
+        }
+    };
+    Ok(Stores { registry, durable })
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+    info!("shutdown signal received");
+}

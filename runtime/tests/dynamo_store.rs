@@ -20,8 +20,7 @@ use presence_core::time::UnixMillis;
 use presence_core::user::UserId;
 use presence_runtime::store::{DurableStore, DynamoConfig, DynamoDurable};
 
-const NEEDS: &str =
-    "PRESENCE_TEST_DYNAMODB_ENDPOINT is not set: this test needs a DynamoDB-compatible \
+const NEEDS: &str = "PRESENCE_TEST_DYNAMODB_ENDPOINT is not set: this test needs a DynamoDB-compatible \
                      server, e.g. PRESENCE_TEST_DYNAMODB_ENDPOINT=http://127.0.0.1:8000 (dynalite; \
                      run it via scripts/test)";
 
@@ -41,20 +40,12 @@ async fn store(tag: &str) -> DynamoDurable {
         ..DynamoConfig::default()
     };
     let store = DynamoDurable::connect(config).await;
-    store
-        .create_table_if_missing(Duration::from_secs(30))
-        .await
-        .unwrap();
+    store.create_table_if_missing(Duration::from_secs(30)).await.unwrap();
     store
 }
 
 async fn drop_table(store: &DynamoDurable) {
-    let _ = store
-        .client()
-        .delete_table()
-        .table_name(store.table())
-        .send()
-        .await;
+    let _ = store.client().delete_table().table_name(store.table()).send().await;
 }
 
 fn user(s: &str) -> UserId {
@@ -62,17 +53,12 @@ fn user(s: &str) -> UserId {
 }
 
 async fn write(store: &DynamoDurable, u: &str, ms: i64) {
-    let op = DurableOp::Write {
-        user: user(u),
-        last_seen: UnixMillis(ms),
-    };
+    let op = DurableOp::Write { user: user(u), last_seen: UnixMillis(ms) };
     assert_eq!(store.execute(op).await, Ok(StoreOutput::Done));
 }
 
 async fn read(store: &DynamoDurable, users: &[String]) -> Vec<Option<i64>> {
-    let op = DurableOp::Read {
-        users: users.iter().map(|u| user(u)).collect(),
-    };
+    let op = DurableOp::Read { users: users.iter().map(|u| user(u)).collect() };
     match store.execute(op).await {
         Ok(StoreOutput::Durable(v)) => v.into_iter().map(|o| o.map(|t| t.0)).collect(),
         other => panic!("unexpected {other:?}"),
@@ -86,11 +72,8 @@ fn names(v: &[&str]) -> Vec<String> {
 #[tokio::test]
 #[ignore = "needs dynamodb: run via scripts/test"]
 async fn create_table_is_idempotent() {
-    let config = DynamoConfig {
-        table: table_name("create"),
-        endpoint: Some(endpoint()),
-        ..DynamoConfig::default()
-    };
+    let config =
+        DynamoConfig { table: table_name("create"), endpoint: Some(endpoint()), ..DynamoConfig::default() };
     let a = DynamoDurable::connect(config.clone()).await;
     let b = DynamoDurable::connect(config).await;
     let wait = Duration::from_secs(30);
@@ -98,13 +81,7 @@ async fn create_table_is_idempotent() {
     assert!(!a.create_table_if_missing(wait).await.unwrap(), "exists");
     assert!(!b.create_table_if_missing(wait).await.unwrap(), "exists");
 
-    let desc = a
-        .client()
-        .describe_table()
-        .table_name(a.table())
-        .send()
-        .await
-        .unwrap();
+    let desc = a.client().describe_table().table_name(a.table()).send().await.unwrap();
     let table = desc.table().unwrap();
     let key = &table.key_schema()[0];
     assert_eq!(key.attribute_name(), "user_id");
@@ -137,10 +114,7 @@ async fn conditional_write_keeps_the_max() {
         .unwrap();
     let item = item.item().unwrap();
     assert_eq!(item.get("user_id"), Some(&AttributeValue::S("bob".into())));
-    assert_eq!(
-        item.get("last_seen"),
-        Some(&AttributeValue::N("3000".into()))
-    );
+    assert_eq!(item.get("last_seen"), Some(&AttributeValue::N("3000".into())));
     assert_eq!(item.len(), 2);
 
     // Other attributes of the item are left alone by the write.
@@ -196,9 +170,7 @@ async fn batch_read_keeps_request_order_across_chunks() {
     for (i, u) in users.iter().enumerate().filter(|(i, _)| i % 3 == 0) {
         write(&store, u, 1_000 + i as i64).await;
     }
-    let want: Vec<_> = (0..250)
-        .map(|i| (i % 3 == 0).then_some(1_000 + i as i64))
-        .collect();
+    let want: Vec<_> = (0..250).map(|i| (i % 3 == 0).then_some(1_000 + i as i64)).collect();
     assert_eq!(read(&store, &users).await, want);
 
     // Reversed, with duplicates (which BatchGetItem itself would reject) and unknown users.
@@ -225,34 +197,19 @@ async fn a_malformed_last_seen_reads_as_absent() {
         .await
         .unwrap();
     write(&store, "amy", 7).await;
-    assert_eq!(
-        read(&store, &names(&["bob", "amy"])).await,
-        vec![None, Some(7)]
-    );
+    assert_eq!(read(&store, &names(&["bob", "amy"])).await, vec![None, Some(7)]);
     drop_table(&store).await;
 }
 
 #[tokio::test]
 #[ignore = "needs dynamodb: run via scripts/test"]
 async fn a_missing_table_is_unavailable_not_empty() {
-    let config = DynamoConfig {
-        table: table_name("missing"),
-        endpoint: Some(endpoint()),
-        ..DynamoConfig::default()
-    };
+    let config =
+        DynamoConfig { table: table_name("missing"), endpoint: Some(endpoint()), ..DynamoConfig::default() };
     let store = DynamoDurable::connect(config).await;
-    let r = store
-        .execute(DurableOp::Read {
-            users: vec![user("bob")],
-        })
-        .await;
+    let r = store.execute(DurableOp::Read { users: vec![user("bob")] }).await;
     assert!(matches!(r, Err(StoreError::Unavailable(_))), "{r:?}");
-    let r = store
-        .execute(DurableOp::Write {
-            user: user("bob"),
-            last_seen: UnixMillis(1),
-        })
-        .await;
+    let r = store.execute(DurableOp::Write { user: user("bob"), last_seen: UnixMillis(1) }).await;
     assert!(matches!(r, Err(StoreError::Unavailable(_))), "{r:?}");
 }
 
@@ -270,16 +227,8 @@ async fn ops_fail_within_the_timeout_when_unreachable() {
     };
     let store = DynamoDurable::connect(config).await;
     let started = Instant::now();
-    let r = store
-        .execute(DurableOp::Write {
-            user: user("bob"),
-            last_seen: UnixMillis(1),
-        })
-        .await;
-    assert!(
-        matches!(r, Err(StoreError::Unavailable(_) | StoreError::Timeout)),
-        "{r:?}"
-    );
+    let r = store.execute(DurableOp::Write { user: user("bob"), last_seen: UnixMillis(1) }).await;
+    assert!(matches!(r, Err(StoreError::Unavailable(_) | StoreError::Timeout)), "{r:?}");
     assert!(started.elapsed() < Duration::from_millis(1500));
     assert_eq!(store.kind(), "dynamodb");
 }
@@ -302,11 +251,7 @@ async fn a_silent_peer_is_a_timeout() {
     };
     let store = DynamoDurable::connect(config).await;
     let started = Instant::now();
-    let r = store
-        .execute(DurableOp::Read {
-            users: vec![user("bob")],
-        })
-        .await;
+    let r = store.execute(DurableOp::Read { users: vec![user("bob")] }).await;
     assert_eq!(r, Err(StoreError::Timeout));
     assert!(started.elapsed() < Duration::from_millis(1000));
     hold.abort();

@@ -24,8 +24,7 @@ use presence_runtime::store::redis::{last_seen_key, ws_key};
 use presence_runtime::store::{open_redis, RedisClusterRegistry, RedisConfig, RegistryStore};
 use redis::AsyncCommands;
 
-const NEEDS: &str =
-    "PRESENCE_TEST_REDIS_CLUSTER_URL is not set: this test needs a Redis Cluster, e.g. \
+const NEEDS: &str = "PRESENCE_TEST_REDIS_CLUSTER_URL is not set: this test needs a Redis Cluster, e.g. \
                      PRESENCE_TEST_REDIS_CLUSTER_URL=redis+cluster://127.0.0.1:7000,127.0.0.1:7001 \
                      (see this file's docs; run it via scripts/test)";
 
@@ -44,35 +43,16 @@ async fn ok(reg: &dyn RegistryStore, op: RegistryOp) {
 async fn cluster_ops_work_across_slots() {
     let url = cluster_url();
     let reg = RedisClusterRegistry::from_url(&url, RedisConfig::new("srv-c")).unwrap();
-    assert!(
-        reg.wait_connected(Duration::from_secs(10)).await,
-        "no cluster at {url}"
-    );
+    assert!(reg.wait_connected(Duration::from_secs(10)).await, "no cluster at {url}");
     assert_eq!(reg.kind(), "redis-cluster");
     let tag = format!("{}-{}", std::process::id(), T0);
     // Enough users that they spread over every node's slots.
-    let users: Vec<UserId> = (0..60)
-        .map(|i| UserId::new(&format!("c{i}-{tag}")).unwrap())
-        .collect();
+    let users: Vec<UserId> = (0..60).map(|i| UserId::new(&format!("c{i}-{tag}")).unwrap()).collect();
 
     for (i, u) in users.iter().enumerate() {
         let session = |s: &str| SessionId::new(s);
-        ok(
-            &reg,
-            RegistryOp::Register {
-                user: u.clone(),
-                session: session("s1"),
-            },
-        )
-        .await;
-        ok(
-            &reg,
-            RegistryOp::Register {
-                user: u.clone(),
-                session: session("s2"),
-            },
-        )
-        .await;
+        ok(&reg, RegistryOp::Register { user: u.clone(), session: session("s1") }).await;
+        ok(&reg, RegistryOp::Register { user: u.clone(), session: session("s2") }).await;
         if i % 2 == 0 {
             // End one of two sessions, then try to lower last_seen: refused.
             let end = RegistryOp::EndSession {
@@ -81,10 +61,7 @@ async fn cluster_ops_work_across_slots() {
                 last_seen: UnixMillis(T0 + i as i64),
             };
             ok(&reg, end).await;
-            let older = RegistryOp::SetLastSeen {
-                user: u.clone(),
-                last_seen: UnixMillis(T0 - 1),
-            };
+            let older = RegistryOp::SetLastSeen { user: u.clone(), last_seen: UnixMillis(T0 - 1) };
             ok(&reg, older).await;
         } else {
             for s in ["s1", "s2"] {
@@ -100,27 +77,16 @@ async fn cluster_ops_work_across_slots() {
 
     let mut wanted: Vec<UserId> = users.iter().rev().cloned().collect();
     wanted.push(users[0].clone());
-    let got = match reg
-        .execute(RegistryOp::Read {
-            users: wanted.clone(),
-        })
-        .await
-    {
+    let got = match reg.execute(RegistryOp::Read { users: wanted.clone() }).await {
         Ok(StoreOutput::Registry(v)) => v,
         other => panic!("unexpected {other:?}"),
     };
     let expect = |u: &UserId| {
         let i = users.iter().position(|x| x == u).unwrap();
         if i % 2 == 0 {
-            RegistryEntry {
-                online: true,
-                last_seen: Some(UnixMillis(T0 + i as i64)),
-            }
+            RegistryEntry { online: true, last_seen: Some(UnixMillis(T0 + i as i64)) }
         } else {
-            RegistryEntry {
-                online: false,
-                last_seen: Some(UnixMillis(T0)),
-            }
+            RegistryEntry { online: false, last_seen: Some(UnixMillis(T0)) }
         }
     };
     assert_eq!(got, wanted.iter().map(expect).collect::<Vec<_>>());
@@ -136,36 +102,18 @@ async fn cluster_ops_work_across_slots() {
     .unwrap();
     let mut admin = client.get_async_connection().await.unwrap();
     let hash: BTreeMap<String, String> = admin.hgetall(ws_key(&users[0])).await.unwrap();
-    assert_eq!(
-        hash,
-        BTreeMap::from([("s2".to_owned(), "srv-c".to_owned())])
-    );
+    assert_eq!(hash, BTreeMap::from([("s2".to_owned(), "srv-c".to_owned())]));
     let stored: String = admin.get(last_seen_key(&users[0])).await.unwrap();
     assert_eq!(stored, "2024-01-15T09:42:00.000Z");
 
     // Scripts survive SCRIPT FLUSH on every node.
-    let _: redis::Value = redis::cmd("SCRIPT")
-        .arg("FLUSH")
-        .query_async(&mut admin)
-        .await
-        .unwrap();
-    ok(
-        &reg,
-        RegistryOp::SetLastSeen {
-            user: users[1].clone(),
-            last_seen: UnixMillis(T0 + 99),
-        },
-    )
-    .await;
+    let _: redis::Value = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut admin).await.unwrap();
+    ok(&reg, RegistryOp::SetLastSeen { user: users[1].clone(), last_seen: UnixMillis(T0 + 99) }).await;
 
     for u in &users {
         let _: () = admin.del(&[ws_key(u), last_seen_key(u)]).await.unwrap();
     }
-    assert_eq!(
-        *reg.restarts().borrow(),
-        0,
-        "no restart while nothing failed"
-    );
+    assert_eq!(*reg.restarts().borrow(), 0, "no restart while nothing failed");
 }
 
 #[tokio::test]

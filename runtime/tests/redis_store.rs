@@ -40,10 +40,7 @@ fn redis_url() -> String {
 
 /// A user id no other test run uses.
 fn fresh_user(tag: &str) -> UserId {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
     UserId::new(&format!("t-{tag}-{}-{nanos}", std::process::id())).unwrap()
 }
 
@@ -55,20 +52,12 @@ fn config() -> RedisConfig {
 }
 
 async fn admin() -> MultiplexedConnection {
-    redis::Client::open(redis_url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap()
+    redis::Client::open(redis_url()).unwrap().get_multiplexed_async_connection().await.unwrap()
 }
 
 async fn connected(config: RedisConfig) -> RedisRegistry {
     let r = RedisRegistry::from_url(&redis_url(), config).unwrap();
-    assert!(
-        r.wait_connected(Duration::from_secs(5)).await,
-        "could not connect to {}",
-        redis_url()
-    );
+    assert!(r.wait_connected(Duration::from_secs(5)).await, "could not connect to {}", redis_url());
     r
 }
 
@@ -77,12 +66,7 @@ async fn ok(reg: &dyn RegistryStore, op: RegistryOp) {
 }
 
 async fn read(reg: &dyn RegistryStore, users: &[UserId]) -> Vec<RegistryEntry> {
-    match reg
-        .execute(RegistryOp::Read {
-            users: users.to_vec(),
-        })
-        .await
-    {
+    match reg.execute(RegistryOp::Read { users: users.to_vec() }).await {
         Ok(StoreOutput::Registry(v)) => v,
         other => panic!("unexpected {other:?}"),
     }
@@ -93,32 +77,19 @@ async fn read1(reg: &dyn RegistryStore, user: &UserId) -> Vec<RegistryEntry> {
 }
 
 fn register(user: &UserId, session: &str) -> RegistryOp {
-    RegistryOp::Register {
-        user: user.clone(),
-        session: SessionId::new(session),
-    }
+    RegistryOp::Register { user: user.clone(), session: SessionId::new(session) }
 }
 
 fn end(user: &UserId, session: &str, ms: i64) -> RegistryOp {
-    RegistryOp::EndSession {
-        user: user.clone(),
-        session: SessionId::new(session),
-        last_seen: UnixMillis(ms),
-    }
+    RegistryOp::EndSession { user: user.clone(), session: SessionId::new(session), last_seen: UnixMillis(ms) }
 }
 
 fn set(user: &UserId, ms: i64) -> RegistryOp {
-    RegistryOp::SetLastSeen {
-        user: user.clone(),
-        last_seen: UnixMillis(ms),
-    }
+    RegistryOp::SetLastSeen { user: user.clone(), last_seen: UnixMillis(ms) }
 }
 
 fn entry(online: bool, ms: Option<i64>) -> RegistryEntry {
-    RegistryEntry {
-        online,
-        last_seen: ms.map(UnixMillis),
-    }
+    RegistryEntry { online, last_seen: ms.map(UnixMillis) }
 }
 
 const T0: i64 = 1_705_311_720_000; // 2024-01-15T09:42:00.000Z
@@ -136,19 +107,13 @@ async fn end_session_removes_only_its_field_and_sets_last_seen() {
     let hash: BTreeMap<String, String> = admin.hgetall(ws_key(&bob)).await.unwrap();
     assert_eq!(
         hash,
-        BTreeMap::from([
-            ("s1".to_owned(), "srv-test".to_owned()),
-            ("s2".to_owned(), "srv-test".to_owned())
-        ])
+        BTreeMap::from([("s1".to_owned(), "srv-test".to_owned()), ("s2".to_owned(), "srv-test".to_owned())])
     );
     assert_eq!(read1(&reg, &bob).await, vec![entry(true, None)]);
 
     ok(&reg, end(&bob, "s1", T0)).await;
     let hash: BTreeMap<String, String> = admin.hgetall(ws_key(&bob)).await.unwrap();
-    assert_eq!(
-        hash,
-        BTreeMap::from([("s2".to_owned(), "srv-test".to_owned())])
-    );
+    assert_eq!(hash, BTreeMap::from([("s2".to_owned(), "srv-test".to_owned())]));
     let stored: Option<String> = admin.get(last_seen_key(&bob)).await.unwrap();
     assert_eq!(stored.as_deref(), Some("2024-01-15T09:42:00.000Z"));
     assert_eq!(read1(&reg, &bob).await, vec![entry(true, Some(T0))]);
@@ -162,10 +127,7 @@ async fn end_session_removes_only_its_field_and_sets_last_seen() {
     assert_eq!(stored.as_deref(), Some("2024-01-15T09:42:00.000Z"));
     assert_eq!(read1(&reg, &bob).await, vec![entry(false, Some(T0))]);
 
-    let _: () = admin
-        .del(&[ws_key(&bob), last_seen_key(&bob)])
-        .await
-        .unwrap();
+    let _: () = admin.del(&[ws_key(&bob), last_seen_key(&bob)]).await.unwrap();
 }
 
 #[tokio::test]
@@ -188,10 +150,7 @@ async fn set_last_seen_is_a_max_register() {
     ok(&reg, set(&bob, T0 + 9_999)).await;
     ok(&reg, set(&bob, T0 + 10_000)).await;
     ok(&reg, set(&bob, T0 + 9_998)).await;
-    assert_eq!(
-        read1(&reg, &bob).await,
-        vec![entry(false, Some(T0 + 10_000))]
-    );
+    assert_eq!(read1(&reg, &bob).await, vec![entry(false, Some(T0 + 10_000))]);
 
     // A value that is not a fixed-width timestamp reads as absent and is overwritten by the
     // next write, even an old one (it would otherwise block the register forever).
@@ -218,16 +177,7 @@ async fn batch_read_answers_in_request_order() {
     ok(&reg, end(&offline, "x", T0 + 5)).await;
 
     assert_eq!(
-        read(
-            &reg,
-            &[
-                never.clone(),
-                offline.clone(),
-                online.clone(),
-                offline.clone()
-            ]
-        )
-        .await,
+        read(&reg, &[never.clone(), offline.clone(), online.clone(), offline.clone()]).await,
         vec![
             entry(false, None),
             entry(false, Some(T0 + 5)),
@@ -238,23 +188,16 @@ async fn batch_read_answers_in_request_order() {
     assert_eq!(read(&reg, &[]).await, vec![]);
 
     // A large batch in one pipeline.
-    let many: Vec<UserId> = (0..300)
-        .map(|i| UserId::new(&format!("{}-{i}", never.as_str())).unwrap())
-        .collect();
+    let many: Vec<UserId> =
+        (0..300).map(|i| UserId::new(&format!("{}-{i}", never.as_str())).unwrap()).collect();
     for (i, u) in many.iter().enumerate().filter(|(i, _)| i % 3 == 0) {
         ok(&reg, set(u, T0 + i as i64)).await;
     }
     let got = read(&reg, &many).await;
-    let want: Vec<_> = (0..300)
-        .map(|i| entry(false, (i % 3 == 0).then_some(T0 + i as i64)))
-        .collect();
+    let want: Vec<_> = (0..300).map(|i| entry(false, (i % 3 == 0).then_some(T0 + i as i64))).collect();
     assert_eq!(got, want);
 
-    let mut keys = vec![
-        ws_key(&online),
-        last_seen_key(&online),
-        last_seen_key(&offline),
-    ];
+    let mut keys = vec![ws_key(&online), last_seen_key(&online), last_seen_key(&offline)];
     keys.extend(many.iter().map(last_seen_key));
     let _: () = admin.del(keys).await.unwrap();
 }
@@ -270,17 +213,9 @@ async fn scripts_survive_script_flush() {
     ok(&reg, set(&bob, T0)).await; // loads the scripts
 
     // What a Redis restart does to the script cache: the next EVALSHA gets NOSCRIPT.
-    let _: () = redis::cmd("SCRIPT")
-        .arg("FLUSH")
-        .query_async(&mut admin)
-        .await
-        .unwrap();
+    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut admin).await.unwrap();
     ok(&reg, end(&bob, "s1", T0 + 1)).await;
-    let _: () = redis::cmd("SCRIPT")
-        .arg("FLUSH")
-        .query_async(&mut admin)
-        .await
-        .unwrap();
+    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut admin).await.unwrap();
     ok(&reg, set(&bob, T0 + 2)).await;
     assert_eq!(read1(&reg, &bob).await, vec![entry(false, Some(T0 + 2))]);
 
@@ -309,19 +244,14 @@ impl RedisConnector for RecordingConnector {
 async fn recording_registry(config: RedisConfig) -> (RedisRegistry, Arc<Mutex<Vec<SocketAddr>>>) {
     let info = redis_url().into_connection_info().unwrap();
     let addr = match info.addr() {
-        redis::ConnectionAddr::Tcp(host, port) => tokio::net::lookup_host((host.as_str(), *port))
-            .await
-            .unwrap()
-            .next()
-            .unwrap(),
+        redis::ConnectionAddr::Tcp(host, port) => {
+            tokio::net::lookup_host((host.as_str(), *port)).await.unwrap().next().unwrap()
+        }
         other => panic!("this test needs a TCP redis url, got {other}"),
     };
     let locals = Arc::new(Mutex::new(Vec::new()));
     let reg = RedisRegistry::with_connector(
-        Arc::new(RecordingConnector {
-            addr,
-            locals: Arc::clone(&locals),
-        }),
+        Arc::new(RecordingConnector { addr, locals: Arc::clone(&locals) }),
         info.redis_settings().clone(),
         config,
     );
@@ -405,18 +335,9 @@ async fn a_hung_server_times_out_and_the_connection_is_replaced() {
     let bob = fresh_user("pause");
 
     // Every client's commands stall, as in a network partition that does not reset TCP.
-    let _: () = redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(1500)
-        .arg("ALL")
-        .query_async(&mut admin)
-        .await
-        .unwrap();
+    let _: () = redis::cmd("CLIENT").arg("PAUSE").arg(1500).arg("ALL").query_async(&mut admin).await.unwrap();
     let started = Instant::now();
-    assert_eq!(
-        reg.execute(register(&bob, "s1")).await,
-        Err(StoreError::Timeout)
-    );
+    assert_eq!(reg.execute(register(&bob, "s1")).await, Err(StoreError::Timeout));
     assert!(started.elapsed() < Duration::from_millis(1000));
     // While the replacement connection cannot be made, ops fail fast instead of hanging.
     let started = Instant::now();
@@ -449,15 +370,8 @@ async fn ops_fail_fast_while_redis_is_unreachable() {
     assert!(!reg.wait_connected(Duration::from_millis(300)).await);
     let bob = UserId::new("bob").unwrap();
     let started = Instant::now();
-    for op in [
-        register(&bob, "s1"),
-        end(&bob, "s1", T0),
-        RegistryOp::Read { users: vec![bob] },
-    ] {
-        assert!(matches!(
-            reg.execute(op).await,
-            Err(StoreError::Unavailable(_))
-        ));
+    for op in [register(&bob, "s1"), end(&bob, "s1", T0), RegistryOp::Read { users: vec![bob] }] {
+        assert!(matches!(reg.execute(op).await, Err(StoreError::Unavailable(_))));
     }
     assert!(started.elapsed() < Duration::from_millis(200));
     assert_eq!(*reg.restarts().borrow(), 0);

@@ -1,9 +1,9 @@
 //! The compact binary encoding (`docs/PROTOCOL.md` section 3): one frame per WebSocket binary
 //! message, a tag byte followed by the frame's fields; integers are big-endian.
 //!
-//! The decoder reads through a [`Reader`] that only ever splits the remaining slice, so no read can
-//! go out of bounds, and it sizes vectors by what the remaining bytes can hold rather than by a
-//! declared count.
+//! The decoder reads through a cursor (`Reader`) that only ever splits the remaining slice, so no
+//! read can go out of bounds, and it sizes vectors by what the remaining bytes can hold rather than
+//! by a declared count.
 
 use crate::frame::{
     DecodeError, DecodeErrorKind, ErrorCode, Frame, Limits, PresenceEntry, MAX_ERROR_MESSAGE_BYTES,
@@ -170,9 +170,7 @@ impl<'a> Reader<'a> {
         match self.u8()? {
             0 => Ok(None),
             1 => Ok(Some(u64::from_be_bytes(self.array()?))),
-            _ => Err(DecodeErrorKind::Malformed(
-                "optional field flag must be 0 or 1",
-            )),
+            _ => Err(DecodeErrorKind::Malformed("optional field flag must be 0 or 1")),
         }
     }
 
@@ -207,24 +205,15 @@ fn parse(bytes: &[u8], limits: &Limits) -> Result<Frame, DecodeError> {
     let result = frame(&mut r, limits, &mut id);
     let frame = result.map_err(|kind| DecodeError { kind, id })?;
     if !r.rest.is_empty() {
-        return Err(DecodeError {
-            kind: DecodeErrorKind::TrailingBytes,
-            id,
-        });
+        return Err(DecodeError { kind: DecodeErrorKind::TrailingBytes, id });
     }
     Ok(frame)
 }
 
 /// Reads one frame; sets `id` as soon as it has been read, so the caller can attach it to any
 /// later error.
-fn frame(
-    r: &mut Reader<'_>,
-    limits: &Limits,
-    id: &mut Option<u64>,
-) -> Result<Frame, DecodeErrorKind> {
-    let tag = r
-        .u8()
-        .map_err(|_| DecodeErrorKind::Malformed("empty frame"))?;
+fn frame(r: &mut Reader<'_>, limits: &Limits, id: &mut Option<u64>) -> Result<Frame, DecodeErrorKind> {
+    let tag = r.u8().map_err(|_| DecodeErrorKind::Malformed("empty frame"))?;
     match tag {
         TAG_PING => Ok(Frame::Ping { seq: r.opt_u64()? }),
         TAG_PONG => Ok(Frame::Pong { seq: r.opt_u64()? }),
@@ -264,11 +253,7 @@ fn frame(
             }
             let message = std::str::from_utf8(bytes)
                 .map_err(|_| DecodeErrorKind::Malformed("error message is not UTF-8"))?;
-            Ok(Frame::Error {
-                id: *id,
-                code,
-                message: message.to_owned(),
-            })
+            Ok(Frame::Error { id: *id, code, message: message.to_owned() })
         }
         _ => Err(DecodeErrorKind::UnknownType),
     }
@@ -278,9 +263,7 @@ fn entry(r: &mut Reader<'_>, index: usize) -> Result<PresenceEntry, DecodeErrorK
     let user = r.user(index)?;
     let flags = r.u8()?;
     if flags & !(FLAG_ONLINE | FLAG_LAST_SEEN) != 0 {
-        return Err(DecodeErrorKind::Malformed(
-            "reserved presence flag bits set",
-        ));
+        return Err(DecodeErrorKind::Malformed("reserved presence flag bits set"));
     }
     let last_seen = if flags & FLAG_LAST_SEEN != 0 {
         let ms = i64::from_be_bytes(r.array()?);
@@ -291,9 +274,5 @@ fn entry(r: &mut Reader<'_>, index: usize) -> Result<PresenceEntry, DecodeErrorK
     } else {
         None
     };
-    Ok(PresenceEntry {
-        user,
-        online: flags & FLAG_ONLINE != 0,
-        last_seen,
-    })
+    Ok(PresenceEntry { user, online: flags & FLAG_ONLINE != 0, last_seen })
 }

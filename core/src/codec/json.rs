@@ -38,8 +38,7 @@ fn parse(bytes: &[u8], limits: &Limits) -> Result<Frame, DecodeError> {
         return Err(bare(DecodeErrorKind::Malformed("not UTF-8")));
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value = Value::deserialize(&mut de)
-        .map_err(|_| bare(DecodeErrorKind::Malformed("invalid JSON")))?;
+    let value = Value::deserialize(&mut de).map_err(|_| bare(DecodeErrorKind::Malformed("invalid JSON")))?;
     let Value::Object(obj) = value else {
         return Err(bare(DecodeErrorKind::Malformed("not a JSON object")));
     };
@@ -47,16 +46,10 @@ fn parse(bytes: &[u8], limits: &Limits) -> Result<Frame, DecodeError> {
     let loose_id = obj.get("id").and_then(Value::as_u64);
     // `end` fails only on trailing characters: the value itself parsed above.
     if de.end().is_err() {
-        return Err(DecodeError {
-            kind: DecodeErrorKind::TrailingBytes,
-            id: loose_id,
-        });
+        return Err(DecodeError { kind: DecodeErrorKind::TrailingBytes, id: loose_id });
     }
     let Some(Value::String(ty)) = obj.get("type") else {
-        return Err(DecodeError {
-            kind: DecodeErrorKind::Malformed("missing type"),
-            id: loose_id,
-        });
+        return Err(DecodeError { kind: DecodeErrorKind::Malformed("missing type"), id: loose_id });
     };
     let mut id = None;
     frame(ty, &obj, limits, &mut id).map_err(|kind| DecodeError { kind, id })
@@ -64,19 +57,10 @@ fn parse(bytes: &[u8], limits: &Limits) -> Result<Frame, DecodeError> {
 
 /// Interprets the members of a frame of type `ty`; sets `id` as soon as it has been read, so the
 /// caller can attach it to any later error.
-fn frame(
-    ty: &str,
-    obj: &Object,
-    limits: &Limits,
-    id: &mut Option<u64>,
-) -> Result<Frame, DecodeErrorKind> {
+fn frame(ty: &str, obj: &Object, limits: &Limits, id: &mut Option<u64>) -> Result<Frame, DecodeErrorKind> {
     match ty {
-        "ping" => Ok(Frame::Ping {
-            seq: opt_u64(obj, "seq")?,
-        }),
-        "pong" => Ok(Frame::Pong {
-            seq: opt_u64(obj, "seq")?,
-        }),
+        "ping" => Ok(Frame::Ping { seq: opt_u64(obj, "seq")? }),
+        "pong" => Ok(Frame::Pong { seq: opt_u64(obj, "seq")? }),
         "bye" => Ok(Frame::Bye),
         "query" | "subscribe" | "unsubscribe" => {
             *id = opt_u64(obj, "id")?;
@@ -97,19 +81,15 @@ fn frame(
             let Some(Value::String(code)) = obj.get("code") else {
                 return Err(DecodeErrorKind::Malformed("missing or non-string code"));
             };
-            let code = ErrorCode::from_str_opt(code)
-                .ok_or(DecodeErrorKind::Malformed("unknown error code"))?;
+            let code =
+                ErrorCode::from_str_opt(code).ok_or(DecodeErrorKind::Malformed("unknown error code"))?;
             let Some(Value::String(message)) = obj.get("message") else {
                 return Err(DecodeErrorKind::Malformed("missing or non-string message"));
             };
             if message.len() > MAX_ERROR_MESSAGE_BYTES {
                 return Err(DecodeErrorKind::Malformed("error message too long"));
             }
-            Ok(Frame::Error {
-                id: *id,
-                code,
-                message: message.clone(),
-            })
+            Ok(Frame::Error { id: *id, code, message: message.clone() })
         }
         _ => {
             // Unknown to this version; echo its id if it has a readable one.
@@ -124,9 +104,10 @@ fn frame(
 fn opt_u64(obj: &Object, key: &'static str) -> Result<Option<u64>, DecodeErrorKind> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => v.as_u64().map(Some).ok_or(DecodeErrorKind::Malformed(
-            "id and seq must be integers in 0..=2^64-1",
-        )),
+        Some(v) => v
+            .as_u64()
+            .map(Some)
+            .ok_or(DecodeErrorKind::Malformed("id and seq must be integers in 0..=2^64-1")),
     }
 }
 
@@ -136,10 +117,7 @@ fn users_array<'a>(obj: &'a Object, limits: &Limits) -> Result<&'a [Value], Deco
         return Err(DecodeErrorKind::Malformed("missing or non-array users"));
     };
     if users.len() > limits.max_users {
-        return Err(DecodeErrorKind::TooManyUsers {
-            count: users.len(),
-            max: limits.max_users,
-        });
+        return Err(DecodeErrorKind::TooManyUsers { count: users.len(), max: limits.max_users });
     }
     Ok(users)
 }
@@ -152,26 +130,16 @@ fn user_id(index: usize, value: &Value) -> Result<UserId, DecodeErrorKind> {
 }
 
 fn user_ids(values: &[Value]) -> Result<Vec<UserId>, DecodeErrorKind> {
-    values
-        .iter()
-        .enumerate()
-        .map(|(index, v)| user_id(index, v))
-        .collect()
+    values.iter().enumerate().map(|(index, v)| user_id(index, v)).collect()
 }
 
 fn entries(values: &[Value]) -> Result<Vec<PresenceEntry>, DecodeErrorKind> {
-    values
-        .iter()
-        .enumerate()
-        .map(|(index, v)| entry(index, v))
-        .collect()
+    values.iter().enumerate().map(|(index, v)| entry(index, v)).collect()
 }
 
 fn entry(index: usize, value: &Value) -> Result<PresenceEntry, DecodeErrorKind> {
     let Value::Object(obj) = value else {
-        return Err(DecodeErrorKind::Malformed(
-            "presence entries must be objects",
-        ));
+        return Err(DecodeErrorKind::Malformed("presence entries must be objects"));
     };
     let user = user_id(index, obj.get("user").unwrap_or(&Value::Null))?;
     let Some(Value::Bool(online)) = obj.get("online") else {
@@ -179,20 +147,12 @@ fn entry(index: usize, value: &Value) -> Result<PresenceEntry, DecodeErrorKind> 
     };
     let last_seen = match obj.get("last_seen") {
         Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(
-            UnixMillis::parse_rfc3339(s).ok_or(DecodeErrorKind::Malformed("bad last_seen time"))?,
-        ),
-        _ => {
-            return Err(DecodeErrorKind::Malformed(
-                "missing or non-string last_seen",
-            ))
+        Some(Value::String(s)) => {
+            Some(UnixMillis::parse_rfc3339(s).ok_or(DecodeErrorKind::Malformed("bad last_seen time"))?)
         }
+        _ => return Err(DecodeErrorKind::Malformed("missing or non-string last_seen")),
     };
-    Ok(PresenceEntry {
-        user,
-        online: *online,
-        last_seen,
-    })
+    Ok(PresenceEntry { user, online: *online, last_seen })
 }
 
 /// The serialized shape of a frame: serde writes the tag first, then the fields in this order.
@@ -241,28 +201,14 @@ impl<'a> From<&'a Frame> for Wire<'a> {
         match frame {
             Frame::Ping { seq } => Wire::Ping { seq: *seq },
             Frame::Pong { seq } => Wire::Pong { seq: *seq },
-            Frame::Query { id, users } => Wire::Query {
-                id: *id,
-                users: Users(users),
-            },
-            Frame::Subscribe { id, users } => Wire::Subscribe {
-                id: *id,
-                users: Users(users),
-            },
-            Frame::Unsubscribe { id, users } => Wire::Unsubscribe {
-                id: *id,
-                users: Users(users),
-            },
+            Frame::Query { id, users } => Wire::Query { id: *id, users: Users(users) },
+            Frame::Subscribe { id, users } => Wire::Subscribe { id: *id, users: Users(users) },
+            Frame::Unsubscribe { id, users } => Wire::Unsubscribe { id: *id, users: Users(users) },
             Frame::Bye => Wire::Bye,
-            Frame::Presence { id, users } => Wire::Presence {
-                id: *id,
-                users: Entries(users),
-            },
-            Frame::Error { id, code, message } => Wire::Error {
-                id: *id,
-                code: code.as_str(),
-                message: super::wire_message(message),
-            },
+            Frame::Presence { id, users } => Wire::Presence { id: *id, users: Entries(users) },
+            Frame::Error { id, code, message } => {
+                Wire::Error { id: *id, code: code.as_str(), message: super::wire_message(message) }
+            }
         }
     }
 }

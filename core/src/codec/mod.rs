@@ -21,9 +21,7 @@
 pub mod binary;
 pub mod json;
 
-use crate::frame::{
-    DecodeError, DecodeErrorKind, Encoding, Frame, Limits, MAX_ERROR_MESSAGE_BYTES,
-};
+use crate::frame::{DecodeError, DecodeErrorKind, Encoding, Frame, Limits, MAX_ERROR_MESSAGE_BYTES};
 
 /// Decodes one WebSocket message payload in `encoding`.
 ///
@@ -51,10 +49,7 @@ pub fn encode_binary(frame: &Frame) -> Vec<u8> {
 fn check(bytes: &[u8], limits: &Limits) -> Result<(), DecodeError> {
     if bytes.len() > limits.max_frame_bytes {
         return Err(DecodeError {
-            kind: DecodeErrorKind::Oversized {
-                len: bytes.len(),
-                max: limits.max_frame_bytes,
-            },
+            kind: DecodeErrorKind::Oversized { len: bytes.len(), max: limits.max_frame_bytes },
             id: None,
         });
     }

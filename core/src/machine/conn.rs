@@ -38,16 +38,8 @@ impl Presence {
         }
         if self.shutting_down || self.at_capacity() {
             self.stats.sessions_refused += 1;
-            let reason = if self.shutting_down {
-                "server shutting down"
-            } else {
-                "server at capacity"
-            };
-            self.effects.push_back(Effect::Close {
-                conn,
-                code: close_code::TRY_AGAIN_LATER,
-                reason,
-            });
+            let reason = if self.shutting_down { "server shutting down" } else { "server at capacity" };
+            self.effects.push_back(Effect::Close { conn, code: close_code::TRY_AGAIN_LATER, reason });
             return;
         }
         self.next_sid += 1;
@@ -69,8 +61,7 @@ impl Presence {
             },
         );
         self.timers.insert((timer_at, conn));
-        self.sessions
-            .insert(sid, Session::new(user.clone(), session));
+        self.sessions.insert(sid, Session::new(user.clone(), session));
         self.users.entry(user.clone()).or_default().live += 1;
         self.user_ref(&user);
         self.stats.sessions_opened += 1;
@@ -109,23 +100,13 @@ impl Presence {
         };
         c.encoding = encoding;
         if !c.frames.try_take(1, rate, burst, now) {
-            self.close(
-                conn,
-                close_code::POLICY,
-                "frame rate limit exceeded",
-                EndReason::Policy,
-            );
+            self.close(conn, close_code::POLICY, "frame rate limit exceeded", EndReason::Policy);
             return;
         }
         match codec::decode(payload, encoding, &self.config.limits) {
             Ok(frame) => self.on_frame(conn, frame),
             Err(e) if matches!(e.kind, DecodeErrorKind::Oversized { .. }) => {
-                self.close(
-                    conn,
-                    close_code::TOO_BIG,
-                    "message too big",
-                    EndReason::Policy,
-                );
+                self.close(conn, close_code::TOO_BIG, "message too big", EndReason::Policy);
             }
             Err(e) => self.send_error(conn, e.id, e.code(), &e.to_string()),
         }
@@ -142,21 +123,14 @@ impl Presence {
                 "subscriptions are not available on this server version; use query",
             ),
             Frame::Bye => self.close(conn, close_code::NORMAL, "bye", EndReason::Close),
-            Frame::Pong { .. } | Frame::Presence { .. } | Frame::Error { .. } => self.send_error(
-                conn,
-                None,
-                ErrorCode::BadFrame,
-                "frame type is server-to-client only",
-            ),
+            Frame::Pong { .. } | Frame::Presence { .. } | Frame::Error { .. } => {
+                self.send_error(conn, None, ErrorCode::BadFrame, "frame type is server-to-client only")
+            }
         }
     }
 
     pub(super) fn on_closed(&mut self, conn: ConnId, graceful: bool) {
-        let reason = if graceful {
-            EndReason::Close
-        } else {
-            EndReason::Abrupt
-        };
+        let reason = if graceful { EndReason::Close } else { EndReason::Abrupt };
         self.end_conn(conn, reason);
     }
 
@@ -165,22 +139,13 @@ impl Presence {
         let mut conns: Vec<ConnId> = self.conns.keys().copied().collect();
         conns.sort_unstable();
         for conn in conns {
-            self.close(
-                conn,
-                close_code::GOING_AWAY,
-                "server shutting down",
-                EndReason::Shutdown,
-            );
+            self.close(conn, close_code::GOING_AWAY, "server shutting down", EndReason::Shutdown);
         }
     }
 
     /// The heartbeat check armed for `conn` fired.
     pub(super) fn check_heartbeat(&mut self, conn: ConnId) {
-        let (ping, timeout, now) = (
-            self.config.ping_interval,
-            self.config.heartbeat_timeout,
-            self.now,
-        );
+        let (ping, timeout, now) = (self.config.ping_interval, self.config.heartbeat_timeout, self.now);
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
@@ -201,12 +166,7 @@ impl Presence {
                 c.timer_at = at;
                 self.timers.insert((at, conn));
             }
-            None => self.close(
-                conn,
-                close_code::GOING_AWAY,
-                "heartbeat timeout",
-                EndReason::Timeout,
-            ),
+            None => self.close(conn, close_code::GOING_AWAY, "heartbeat timeout", EndReason::Timeout),
         }
     }
 
@@ -249,13 +209,7 @@ impl Presence {
         self.effects.push_back(Effect::Send { conn, message });
     }
 
-    pub(super) fn send_error(
-        &mut self,
-        conn: ConnId,
-        id: Option<u64>,
-        code: ErrorCode,
-        message: &str,
-    ) {
+    pub(super) fn send_error(&mut self, conn: ConnId, id: Option<u64>, code: ErrorCode, message: &str) {
         self.stats.errors_sent += 1;
         let mut message = message.to_owned();
         truncate_utf8(&mut message, crate::frame::MAX_ERROR_MESSAGE_BYTES);
@@ -265,9 +219,7 @@ impl Presence {
     /// Takes `n` lookups from the connection's budget.
     pub(super) fn take_lookups(&mut self, conn: ConnId, n: usize) -> bool {
         let (rate, burst, now) = (self.config.lookup_rate, self.config.lookup_burst, self.now);
-        self.conns
-            .get_mut(&conn)
-            .is_some_and(|c| c.lookups.try_take(n as u64, rate, burst, now))
+        self.conns.get_mut(&conn).is_some_and(|c| c.lookups.try_take(n as u64, rate, burst, now))
     }
 }
 

@@ -151,13 +151,8 @@ pub enum EndReason {
 
 impl EndReason {
     /// Every reason, for metrics export.
-    pub const ALL: [EndReason; 5] = [
-        EndReason::Close,
-        EndReason::Timeout,
-        EndReason::Abrupt,
-        EndReason::Policy,
-        EndReason::Shutdown,
-    ];
+    pub const ALL: [EndReason; 5] =
+        [EndReason::Close, EndReason::Timeout, EndReason::Abrupt, EndReason::Policy, EndReason::Shutdown];
 
     /// Metric label.
     pub fn as_str(self) -> &'static str {

@@ -123,16 +123,8 @@ impl Presence {
         self.now = mono;
         self.wall = wall;
         match input {
-            Input::Open {
-                conn,
-                user,
-                session,
-            } => self.on_open(conn, user, session),
-            Input::Message {
-                conn,
-                encoding,
-                payload,
-            } => self.on_message(conn, encoding, payload),
+            Input::Open { conn, user, session } => self.on_open(conn, user, session),
+            Input::Message { conn, encoding, payload } => self.on_message(conn, encoding, payload),
             Input::Alive { conn } => self.on_alive(conn),
             Input::Closed { conn, graceful } => self.on_closed(conn, graceful),
             Input::Lookup { lookup, users } => self.start_lookup(lookup, users),
@@ -187,10 +179,7 @@ impl Presence {
     /// Live sessions whose registration the registry has not acknowledged yet (failing store,
     /// or just after a registry restart). O(sessions): for metrics and tests, not hot paths.
     pub fn registry_backlog(&self) -> usize {
-        self.sessions
-            .values()
-            .filter(|s| s.is_unregistered())
-            .count()
+        self.sessions.values().filter(|s| s.is_unregistered()).count()
     }
 
     /// Live connections.

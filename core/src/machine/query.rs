@@ -41,30 +41,14 @@ impl Presence {
             return;
         };
         if c.queries_in_flight >= self.config.max_queries_in_flight {
-            return self.send_error(
-                conn,
-                request,
-                ErrorCode::RateLimited,
-                "too many queries in flight",
-            );
+            return self.send_error(conn, request, ErrorCode::RateLimited, "too many queries in flight");
         }
         if !self.take_lookups(conn, users.len()) {
-            return self.send_error(
-                conn,
-                request,
-                ErrorCode::RateLimited,
-                "lookup rate limit exceeded",
-            );
+            return self.send_error(conn, request, ErrorCode::RateLimited, "lookup rate limit exceeded");
         }
         self.stats.queries += 1;
         if users.is_empty() {
-            return self.send(
-                conn,
-                &Frame::Presence {
-                    id: request,
-                    users: Vec::new(),
-                },
-            );
+            return self.send(conn, &Frame::Presence { id: request, users: Vec::new() });
         }
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
@@ -78,7 +62,10 @@ impl Presence {
     /// front end); answered with [`Effect::LookupDone`].
     pub(super) fn start_lookup(&mut self, lookup: LookupId, users: Vec<UserId>) {
         if users.len() > self.config.max_query_users {
-            let err = (ErrorCode::TooManyUsers, format!("at most {} users per lookup", self.config.max_query_users));
+            let err = (
+                ErrorCode::TooManyUsers,
+                format!("at most {} users per lookup", self.config.max_query_users),
+            );
             return self.effects.push_back(Effect::LookupDone { lookup, result: Err(err) });
         }
         if users.is_empty() {
@@ -93,20 +80,14 @@ impl Presence {
         self.emit_store(op, InFlight::QueryRegistry(Box::new(state)));
     }
 
-    pub(super) fn query_registry_done(
-        &mut self,
-        mut q: QueryState,
-        result: Result<StoreOutput, StoreError>,
-    ) {
+    pub(super) fn query_registry_done(&mut self, mut q: QueryState, result: Result<StoreOutput, StoreError>) {
         let entries = match result {
             Ok(StoreOutput::Registry(e)) if e.len() == q.users.len() => e,
             Ok(_) => return self.fail_query(q, "registry answered with the wrong shape"),
             Err(e) => return self.fail_query(q, &format!("registry: {e}")),
         };
         q.entries = entries;
-        let missing: Vec<usize> = (0..q.users.len())
-            .filter(|&i| q.entries[i].last_seen.is_none())
-            .collect();
+        let missing: Vec<usize> = (0..q.users.len()).filter(|&i| q.entries[i].last_seen.is_none()).collect();
         if missing.is_empty() {
             return self.reply(q);
         }
@@ -133,10 +114,7 @@ impl Presence {
             q.entries[i].last_seen = Some(v);
             // Refill the cache (max-register, so a racing newer end is kept). Best effort: the value
             // is safe in the durable store whatever happens to this write.
-            let op = RegistryOp::SetLastSeen {
-                user: q.users[i].clone(),
-                last_seen: v,
-            };
+            let op = RegistryOp::SetLastSeen { user: q.users[i].clone(), last_seen: v };
             self.emit_store(StoreOp::Registry(op), InFlight::Backfill);
         }
         self.reply(q);
@@ -186,11 +164,7 @@ impl Presence {
                 let online = e.online || local.is_some_and(|u| u.live > 0);
                 let recorded = local.and_then(|u| u.max_recorded);
                 let last_seen = max_opt(e.last_seen, recorded).map(|v| v.min(ceiling));
-                PresenceEntry {
-                    user: user.clone(),
-                    online,
-                    last_seen,
-                }
+                PresenceEntry { user: user.clone(), online, last_seen }
             })
             .collect();
         match q.asker {

@@ -37,15 +37,7 @@ pub(super) struct Session {
 
 impl Session {
     pub(super) fn new(user: UserId, id: SessionId) -> Self {
-        Session {
-            user,
-            id,
-            ended: None,
-            registered: false,
-            in_flight: None,
-            attempts: 0,
-            retry_at: None,
-        }
+        Session { user, id, ended: None, registered: false, in_flight: None, attempts: 0, retry_at: None }
     }
 
     pub(super) fn is_unregistered(&self) -> bool {
@@ -114,12 +106,7 @@ impl Presence {
                 self.user_ref(&user);
                 self.durable.insert(
                     user.clone(),
-                    DurableWrite {
-                        value,
-                        in_flight: None,
-                        attempts: 0,
-                        retry_at: None,
-                    },
+                    DurableWrite { value, in_flight: None, attempts: 0, retry_at: None },
                 );
             }
         }
@@ -142,16 +129,9 @@ impl Presence {
                     // values asked for a user never go down.
                     let max = self.users.get(&s.user).and_then(|u| u.max_recorded);
                     let last_seen = max.map_or(ended, |m| m.max(ended));
-                    RegistryOp::EndSession {
-                        user: s.user.clone(),
-                        session: s.id.clone(),
-                        last_seen,
-                    }
+                    RegistryOp::EndSession { user: s.user.clone(), session: s.id.clone(), last_seen }
                 }
-                None if !s.registered => RegistryOp::Register {
-                    user: s.user.clone(),
-                    session: s.id.clone(),
-                },
+                None if !s.registered => RegistryOp::Register { user: s.user.clone(), session: s.id.clone() },
                 None => continue,
             };
             let (epoch, end) = (self.registry_epoch, s.ended.is_some());
@@ -168,10 +148,7 @@ impl Presence {
                 continue;
             }
             let value = w.value;
-            let op = DurableOp::Write {
-                user: user.clone(),
-                last_seen: value,
-            };
+            let op = DurableOp::Write { user: user.clone(), last_seen: value };
             let id = self.emit_store(StoreOp::Durable(op), InFlight::Durable(user.clone()));
             if let Some(w) = self.durable.get_mut(&user) {
                 w.in_flight = Some((id, value));
@@ -288,10 +265,7 @@ impl Presence {
     fn backoff(&mut self, attempt: u32) -> Duration {
         let base = self.config.retry_base.as_nanos() as u64;
         let max = self.config.retry_max.as_nanos() as u64;
-        let exp = base
-            .saturating_mul(1u64 << attempt.saturating_sub(1).min(32))
-            .min(max)
-            .max(1);
+        let exp = base.saturating_mul(1u64 << attempt.saturating_sub(1).min(32)).min(max).max(1);
         let half = exp / 2;
         Duration::from_nanos(half + self.rng.next_u64() % (exp - half + 1))
     }

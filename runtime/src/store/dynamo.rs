@@ -120,9 +120,7 @@ fn env_has_credentials() -> bool {
 }
 
 fn env_region() -> Option<String> {
-    ["AWS_REGION", "AWS_DEFAULT_REGION"]
-        .iter()
-        .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+    ["AWS_REGION", "AWS_DEFAULT_REGION"].iter().find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
 }
 
 impl DynamoDurable {
@@ -140,10 +138,7 @@ impl DynamoDurable {
         let region = config.region.clone().or_else(|| {
             // A local server needs some region to sign with; do not let the chain go looking
             // (the last link asks instance metadata).
-            config
-                .endpoint
-                .as_ref()
-                .map(|_| env_region().unwrap_or_else(|| "us-east-1".to_owned()))
+            config.endpoint.as_ref().map(|_| env_region().unwrap_or_else(|| "us-east-1".to_owned()))
         });
         if let Some(region) = region {
             loader = loader.region(Region::new(region));
@@ -167,10 +162,7 @@ impl DynamoDurable {
     /// Wraps an already configured client (custom HTTP client, tests). `config.endpoint`,
     /// `region` and `max_attempts` are ignored: the client's own settings apply.
     pub fn from_client(client: Client, config: DynamoConfig) -> DynamoDurable {
-        DynamoDurable {
-            client,
-            config: Arc::new(config),
-        }
+        DynamoDurable { client, config: Arc::new(config) }
     }
 
     /// The SDK client (for admin tasks and tests).
@@ -217,12 +209,7 @@ impl DynamoDurable {
                         tracing::info!(table, "created dynamodb table");
                         true
                     }
-                    Err(e)
-                        if e.as_service_error()
-                            .is_some_and(|s| s.is_resource_in_use_exception()) =>
-                    {
-                        false
-                    }
+                    Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_in_use_exception()) => false,
                     Err(e) => return Err(classify(&e)),
                 }
             }
@@ -241,13 +228,7 @@ impl DynamoDurable {
 
     /// `DescribeTable`'s status, `None` if the table does not exist.
     async fn table_status(&self) -> Result<Option<TableStatus>, StoreError> {
-        match self
-            .client
-            .describe_table()
-            .table_name(&self.config.table)
-            .send()
-            .await
-        {
+        match self.client.describe_table().table_name(&self.config.table).send().await {
             Ok(out) => Ok(Some(
                 out.table()
                     .and_then(|t| t.table_status())
@@ -255,12 +236,7 @@ impl DynamoDurable {
                     // A server that omits the status: treat the table as usable.
                     .unwrap_or(TableStatus::Active),
             )),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_resource_not_found_exception()) =>
-            {
-                Ok(None)
-            }
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_not_found_exception()) => Ok(None),
             Err(e) => Err(classify(&e)),
         }
     }
@@ -276,11 +252,9 @@ where
         return StoreError::Timeout;
     }
     match err.code() {
-        Some(
-            "ProvisionedThroughputExceededException"
-            | "ThrottlingException"
-            | "RequestLimitExceeded",
-        ) => StoreError::Throttled,
+        Some("ProvisionedThroughputExceededException" | "ThrottlingException" | "RequestLimitExceeded") => {
+            StoreError::Throttled
+        }
         _ => StoreError::Unavailable(format!("dynamodb: {}", DisplayErrorContext(err))),
     }
 }
@@ -309,10 +283,7 @@ async fn write(
     match res {
         Ok(_) => Ok(StoreOutput::Done),
         // A newer (or equal) value is already stored: the max-register holds, nothing to do.
-        Err(e)
-            if e.as_service_error()
-                .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
-        {
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => {
             Ok(StoreOutput::Done)
         }
         Err(e) => {
@@ -330,8 +301,7 @@ async fn read_chunk(
     users: &[&str],
 ) -> Result<Vec<(String, Option<UnixMillis>)>, StoreError> {
     let table = config.table.as_str();
-    let mut pending: Vec<HashMap<String, AttributeValue>> =
-        users.iter().map(|u| user_key(u)).collect();
+    let mut pending: Vec<HashMap<String, AttributeValue>> = users.iter().map(|u| user_key(u)).collect();
     let mut found = Vec::with_capacity(users.len());
     let mut round: u32 = 0;
     loop {
@@ -343,39 +313,21 @@ async fn read_chunk(
             .expression_attribute_names("#ls", LAST_SEEN_ATTR)
             .build()
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        let out = client
-            .batch_get_item()
-            .request_items(table, request)
-            .send()
-            .await
-            .map_err(|e| classify(&e))?;
-        for item in out
-            .responses()
-            .and_then(|r| r.get(table))
-            .into_iter()
-            .flatten()
-        {
+        let out =
+            client.batch_get_item().request_items(table, request).send().await.map_err(|e| classify(&e))?;
+        for item in out.responses().and_then(|r| r.get(table)).into_iter().flatten() {
             let Some(AttributeValue::S(user)) = item.get(USER_ID_ATTR) else {
                 continue;
             };
-            found.push((
-                user.clone(),
-                parse_last_seen(user, item.get(LAST_SEEN_ATTR)),
-            ));
+            found.push((user.clone(), parse_last_seen(user, item.get(LAST_SEEN_ATTR))));
         }
-        pending = out
-            .unprocessed_keys()
-            .and_then(|u| u.get(table))
-            .map(|k| k.keys().to_vec())
-            .unwrap_or_default();
+        pending =
+            out.unprocessed_keys().and_then(|u| u.get(table)).map(|k| k.keys().to_vec()).unwrap_or_default();
         if pending.is_empty() {
             return Ok(found);
         }
         if round >= config.unprocessed_retries {
-            tracing::warn!(
-                left = pending.len(),
-                "dynamodb left keys unprocessed after retries"
-            );
+            tracing::warn!(left = pending.len(), "dynamodb left keys unprocessed after retries");
             return Err(StoreError::Throttled);
         }
         // Unprocessed keys mean the table is throttling us: back off a little before asking again.
@@ -403,31 +355,13 @@ fn parse_last_seen(user: &str, value: Option<&AttributeValue>) -> Option<UnixMil
 }
 
 /// The batched read, answers in request order.
-async fn read(
-    client: &Client,
-    config: &DynamoConfig,
-    users: &[UserId],
-) -> Result<StoreOutput, StoreError> {
+async fn read(client: &Client, config: &DynamoConfig, users: &[UserId]) -> Result<StoreOutput, StoreError> {
     let mut seen = HashSet::new();
-    let unique: Vec<&str> = users
-        .iter()
-        .map(UserId::as_str)
-        .filter(|u| seen.insert(*u))
-        .collect();
-    let chunks = unique
-        .chunks(BATCH_GET_MAX_KEYS)
-        .map(|chunk| read_chunk(client, config, chunk));
-    let found: HashMap<String, Option<UnixMillis>> = futures_util::future::try_join_all(chunks)
-        .await?
-        .into_iter()
-        .flatten()
-        .collect();
-    Ok(StoreOutput::Durable(
-        users
-            .iter()
-            .map(|u| found.get(u.as_str()).copied().flatten())
-            .collect(),
-    ))
+    let unique: Vec<&str> = users.iter().map(UserId::as_str).filter(|u| seen.insert(*u)).collect();
+    let chunks = unique.chunks(BATCH_GET_MAX_KEYS).map(|chunk| read_chunk(client, config, chunk));
+    let found: HashMap<String, Option<UnixMillis>> =
+        futures_util::future::try_join_all(chunks).await?.into_iter().flatten().collect();
+    Ok(StoreOutput::Durable(users.iter().map(|u| found.get(u.as_str()).copied().flatten()).collect()))
 }
 
 impl DurableStore for DynamoDurable {
@@ -436,12 +370,8 @@ impl DurableStore for DynamoDurable {
         let config = Arc::clone(&self.config);
         Box::pin(with_timeout(config.op_timeout, async move {
             match op {
-                DurableOp::Write { user, last_seen } => {
-                    write(&client, &config.table, &user, last_seen).await
-                }
-                DurableOp::Read { users } if users.is_empty() => {
-                    Ok(StoreOutput::Durable(Vec::new()))
-                }
+                DurableOp::Write { user, last_seen } => write(&client, &config.table, &user, last_seen).await,
+                DurableOp::Read { users } if users.is_empty() => Ok(StoreOutput::Durable(Vec::new())),
                 DurableOp::Read { users } => read(&client, &config, &users).await,
             }
         }))
@@ -460,14 +390,8 @@ mod tests {
     fn parses_last_seen_leniently() {
         let n = |s: &str| AttributeValue::N(s.to_owned());
         assert_eq!(parse_last_seen("u", None), None);
-        assert_eq!(
-            parse_last_seen("u", Some(&n("1705311720000"))),
-            Some(UnixMillis(1_705_311_720_000))
-        );
+        assert_eq!(parse_last_seen("u", Some(&n("1705311720000"))), Some(UnixMillis(1_705_311_720_000)));
         assert_eq!(parse_last_seen("u", Some(&n("1.5"))), None);
-        assert_eq!(
-            parse_last_seen("u", Some(&AttributeValue::S("1".into()))),
-            None
-        );
+        assert_eq!(parse_last_seen("u", Some(&AttributeValue::S("1".into()))), None);
     }
 }

@@ -65,12 +65,7 @@ impl MemoryRegistry {
     pub fn sessions(&self, user: &UserId) -> Vec<(String, String)> {
         self.lock()
             .get(user)
-            .map(|u| {
-                u.sessions
-                    .iter()
-                    .map(|(s, v)| (s.clone(), v.clone()))
-                    .collect()
-            })
+            .map(|u| u.sessions.iter().map(|(s, v)| (s.clone(), v.clone())).collect())
             .unwrap_or_default()
     }
 
@@ -92,11 +87,7 @@ impl MemoryRegistry {
                     .insert(session.as_str().to_owned(), self.server_id.to_string());
                 StoreOutput::Done
             }
-            RegistryOp::EndSession {
-                user,
-                session,
-                last_seen,
-            } => {
+            RegistryOp::EndSession { user, session, last_seen } => {
                 let state = users.entry(user.clone()).or_default();
                 state.sessions.remove(session.as_str());
                 max_register(&mut state.last_seen, last_seen);
@@ -110,14 +101,10 @@ impl MemoryRegistry {
                 wanted
                     .iter()
                     .map(|u| match users.get(u) {
-                        Some(state) => RegistryEntry {
-                            online: !state.sessions.is_empty(),
-                            last_seen: state.last_seen,
-                        },
-                        None => RegistryEntry {
-                            online: false,
-                            last_seen: None,
-                        },
+                        Some(state) => {
+                            RegistryEntry { online: !state.sessions.is_empty(), last_seen: state.last_seen }
+                        }
+                        None => RegistryEntry { online: false, last_seen: None },
                     })
                     .collect(),
             ),
@@ -197,19 +184,14 @@ impl RedbDurable {
     ///
     /// Blocking (file I/O): call it at startup, or from `spawn_blocking`.
     pub fn open(data_dir: &Path) -> Result<RedbDurable, OpenError> {
-        std::fs::create_dir_all(data_dir).map_err(|source| OpenError::CreateDir {
-            path: data_dir.to_owned(),
-            source,
-        })?;
+        std::fs::create_dir_all(data_dir)
+            .map_err(|source| OpenError::CreateDir { path: data_dir.to_owned(), source })?;
         RedbDurable::open_file(&data_dir.join(REDB_FILE_NAME))
     }
 
     /// Opens (creating if needed) the redb file at `path`.
     pub fn open_file(path: &Path) -> Result<RedbDurable, OpenError> {
-        let wrap = |source: redb::Error| OpenError::Redb {
-            path: path.to_owned(),
-            source,
-        };
+        let wrap = |source: redb::Error| OpenError::Redb { path: path.to_owned(), source };
         let db = Database::create(path).map_err(|e| wrap(e.into()))?;
         // Create the table up front so reads of a fresh file find it (a read transaction cannot
         // create tables).
@@ -220,10 +202,7 @@ impl RedbDurable {
             Ok(())
         })()
         .map_err(wrap)?;
-        Ok(RedbDurable {
-            db: Arc::new(db),
-            op_timeout: RedbDurable::DEFAULT_OP_TIMEOUT,
-        })
+        Ok(RedbDurable { db: Arc::new(db), op_timeout: RedbDurable::DEFAULT_OP_TIMEOUT })
     }
 
     /// Sets the bound on each op (default [`RedbDurable::DEFAULT_OP_TIMEOUT`]).
@@ -260,10 +239,7 @@ fn redb_write(db: &Database, user: &UserId, last_seen: UnixMillis) -> Result<(),
 fn redb_read(db: &Database, users: &[UserId]) -> Result<Vec<Option<UnixMillis>>, redb::Error> {
     let txn = db.begin_read()?;
     let table = txn.open_table(LAST_SEEN)?;
-    users
-        .iter()
-        .map(|u| Ok(table.get(u.as_str())?.map(|v| UnixMillis(v.value()))))
-        .collect()
+    users.iter().map(|u| Ok(table.get(u.as_str())?.map(|v| UnixMillis(v.value())))).collect()
 }
 
 impl DurableStore for RedbDurable {
@@ -304,16 +280,11 @@ mod tests {
     }
 
     fn entry(online: bool, last_seen: Option<i64>) -> RegistryEntry {
-        RegistryEntry {
-            online,
-            last_seen: last_seen.map(UnixMillis),
-        }
+        RegistryEntry { online, last_seen: last_seen.map(UnixMillis) }
     }
 
     async fn read(reg: &MemoryRegistry, users: &[&str]) -> Vec<RegistryEntry> {
-        let op = RegistryOp::Read {
-            users: users.iter().map(|u| user(u)).collect(),
-        };
+        let op = RegistryOp::Read { users: users.iter().map(|u| user(u)).collect() };
         match reg.execute(op).await.unwrap() {
             StoreOutput::Registry(v) => v,
             other => panic!("unexpected {other:?}"),
@@ -324,10 +295,7 @@ mod tests {
     async fn memory_end_session_removes_only_that_session() {
         let reg = MemoryRegistry::new("srv-1");
         for s in ["s1", "s2"] {
-            let op = RegistryOp::Register {
-                user: user("bob"),
-                session: SessionId::new(s),
-            };
+            let op = RegistryOp::Register { user: user("bob"), session: SessionId::new(s) };
             assert_eq!(reg.execute(op).await, Ok(StoreOutput::Done));
         }
         assert_eq!(read(&reg, &["bob"]).await, vec![entry(true, None)]);
@@ -338,10 +306,7 @@ mod tests {
             last_seen: UnixMillis(1_000),
         };
         assert_eq!(reg.execute(end.clone()).await, Ok(StoreOutput::Done));
-        assert_eq!(
-            reg.sessions(&user("bob")),
-            vec![("s2".to_owned(), "srv-1".to_owned())]
-        );
+        assert_eq!(reg.sessions(&user("bob")), vec![("s2".to_owned(), "srv-1".to_owned())]);
         assert_eq!(read(&reg, &["bob"]).await, vec![entry(true, Some(1_000))]);
 
         // Idempotent, and ending the last session makes the user offline.
@@ -358,10 +323,7 @@ mod tests {
     #[tokio::test]
     async fn memory_last_seen_never_regresses_and_read_keeps_order() {
         let reg = MemoryRegistry::new("srv-1");
-        let set = |u: &str, t: i64| RegistryOp::SetLastSeen {
-            user: user(u),
-            last_seen: UnixMillis(t),
-        };
+        let set = |u: &str, t: i64| RegistryOp::SetLastSeen { user: user(u), last_seen: UnixMillis(t) };
         reg.execute(set("bob", 5_000)).await.unwrap();
         reg.execute(set("bob", 4_000)).await.unwrap();
         // An older EndSession removes the field but must not lower last_seen either.
@@ -390,9 +352,7 @@ mod tests {
     }
 
     async fn durable_read(db: &RedbDurable, users: &[&str]) -> Vec<Option<i64>> {
-        let op = DurableOp::Read {
-            users: users.iter().map(|u| user(u)).collect(),
-        };
+        let op = DurableOp::Read { users: users.iter().map(|u| user(u)).collect() };
         match db.execute(op).await.unwrap() {
             StoreOutput::Durable(v) => v.into_iter().map(|o| o.map(|t| t.0)).collect(),
             other => panic!("unexpected {other:?}"),
@@ -400,10 +360,7 @@ mod tests {
     }
 
     async fn durable_write(db: &RedbDurable, u: &str, t: i64) {
-        let op = DurableOp::Write {
-            user: user(u),
-            last_seen: UnixMillis(t),
-        };
+        let op = DurableOp::Write { user: user(u), last_seen: UnixMillis(t) };
         assert_eq!(db.execute(op).await, Ok(StoreOutput::Done));
     }
 
@@ -416,24 +373,15 @@ mod tests {
             durable_write(&db, "bob", 2_000).await;
             durable_write(&db, "bob", 1_000).await; // older: refused, still success
             durable_write(&db, "amy", 10).await;
-            assert_eq!(
-                durable_read(&db, &["bob", "zed", "amy"]).await,
-                vec![Some(2_000), None, Some(10)]
-            );
+            assert_eq!(durable_read(&db, &["bob", "zed", "amy"]).await, vec![Some(2_000), None, Some(10)]);
             // The file is locked while open.
-            assert!(matches!(
-                RedbDurable::open(dir.path()),
-                Err(OpenError::Redb { .. })
-            ));
+            assert!(matches!(RedbDurable::open(dir.path()), Err(OpenError::Redb { .. })));
         }
         // Reopen: the values survived closing the file, and the max-register still holds.
         let db = RedbDurable::open(dir.path()).unwrap();
         assert!(dir.path().join(REDB_FILE_NAME).is_file());
         durable_write(&db, "bob", 1_500).await;
-        assert_eq!(
-            durable_read(&db, &["amy", "bob"]).await,
-            vec![Some(10), Some(2_000)]
-        );
+        assert_eq!(durable_read(&db, &["amy", "bob"]).await, vec![Some(10), Some(2_000)]);
         durable_write(&db, "bob", 2_001).await;
         assert_eq!(durable_read(&db, &["bob"]).await, vec![Some(2_001)]);
     }

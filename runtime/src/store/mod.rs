@@ -39,14 +39,13 @@ pub mod redis;
 pub use self::dynamo::{DynamoConfig, DynamoDurable};
 pub use self::embedded::{MemoryRegistry, OpenError, RedbDurable};
 pub use self::redis::{
-    open_redis, AsyncStream, ConnectFuture, RedisClusterRegistry, RedisConfig, RedisConnector,
-    RedisRegistry, RedisTarget, RedisUrlError, TcpConnector,
+    open_redis, AsyncStream, ConnectFuture, RedisClusterRegistry, RedisConfig, RedisConnector, RedisRegistry,
+    RedisTarget, RedisUrlError, TcpConnector,
 };
 
 /// What an executor's `execute` returns: a boxed, `Send` future, so the traits stay object safe
 /// and the driver can spawn each operation on its own task.
-pub type StoreFuture =
-    Pin<Box<dyn Future<Output = Result<StoreOutput, StoreError>> + Send + 'static>>;
+pub type StoreFuture = Pin<Box<dyn Future<Output = Result<StoreOutput, StoreError>> + Send + 'static>>;
 
 /// Executes registry operations (the online hash and the cached last_seen).
 pub trait RegistryStore: Send + Sync + 'static {

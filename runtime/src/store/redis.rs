@@ -142,10 +142,8 @@ pub const MAX_REGISTER_LUA: &str = max_register_lua!("1", "1");
 /// `EndSession`: `KEYS[1]` = `ws:{u}`, `KEYS[2]` = `last_seen:{u}`, `ARGV[1]` = session id,
 /// `ARGV[2]` = the fixed-width timestamp. `HDEL` of this session's field only, then the
 /// max-register, atomically (one script, one slot).
-pub const END_SESSION_LUA: &str = concat!(
-    "redis.call('HDEL', KEYS[1], ARGV[1])\n",
-    max_register_lua!("2", "2")
-);
+pub const END_SESSION_LUA: &str =
+    concat!("redis.call('HDEL', KEYS[1], ARGV[1])\n", max_register_lua!("2", "2"));
 
 /// The compiled scripts (`Script` precomputes the SHA-1 `EVALSHA` needs).
 struct Scripts {
@@ -155,10 +153,7 @@ struct Scripts {
 
 impl Scripts {
     fn new() -> Scripts {
-        Scripts {
-            max_register: Script::new(MAX_REGISTER_LUA),
-            end_session: Script::new(END_SESSION_LUA),
-        }
+        Scripts { max_register: Script::new(MAX_REGISTER_LUA), end_session: Script::new(END_SESSION_LUA) }
     }
 }
 
@@ -191,11 +186,7 @@ where
                 .await?;
             Ok(StoreOutput::Done)
         }
-        RegistryOp::EndSession {
-            user,
-            session,
-            last_seen,
-        } => {
+        RegistryOp::EndSession { user, session, last_seen } => {
             scripts
                 .end_session
                 .key(ws_key(&user))
@@ -236,11 +227,7 @@ where
                         pipe.cmd("GET").arg(last_seen_key(user));
                         async move { pipe.query_async::<Vec<Value>>(&mut conn).await }
                     });
-                    futures_util::future::try_join_all(reads)
-                        .await?
-                        .into_iter()
-                        .flatten()
-                        .collect()
+                    futures_util::future::try_join_all(reads).await?.into_iter().flatten().collect()
                 }
             };
             if values.len() != users.len() * 2 {
@@ -302,11 +289,8 @@ fn classify(e: &RedisError) -> (StoreError, bool) {
     // I/O errors, dropped connections and protocol desyncs (`Parse`) all mean the byte stream can
     // no longer be trusted; server errors (`OOM`, `BUSY`, `WRONGTYPE`, ...) leave it usable.
     let broken = e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error();
-    let err = if e.is_timeout() {
-        StoreError::Timeout
-    } else {
-        StoreError::Unavailable(format!("redis: {e}"))
-    };
+    let err =
+        if e.is_timeout() { StoreError::Timeout } else { StoreError::Unavailable(format!("redis: {e}")) };
     (err, broken)
 }
 
@@ -327,11 +311,7 @@ fn run_ids(reply: &Value) -> Vec<String> {
             }
             _ => return,
         };
-        out.extend(
-            text.lines()
-                .filter_map(|l| l.strip_prefix("run_id:"))
-                .map(|id| id.trim().to_owned()),
-        );
+        out.extend(text.lines().filter_map(|l| l.strip_prefix("run_id:")).map(|id| id.trim().to_owned()));
     }
     let mut out = Vec::new();
     walk(reply, &mut out);
@@ -342,11 +322,7 @@ fn run_ids(reply: &Value) -> Vec<String> {
 /// Reads the run ids. `Ok(None)` when the server does not support `INFO` (a test double): the
 /// connection works, only the restart check is unavailable.
 async fn read_run_ids<C: ConnectionLike + Send>(conn: &mut C) -> RedisResult<Option<Vec<String>>> {
-    match redis::cmd("INFO")
-        .arg("server")
-        .query_async::<Value>(conn)
-        .await
-    {
+    match redis::cmd("INFO").arg("server").query_async::<Value>(conn).await {
         Ok(v) => {
             let ids = run_ids(&v);
             Ok((!ids.is_empty()).then_some(ids))
@@ -467,9 +443,7 @@ impl RedisTarget {
             }
             return Ok(RedisTarget::Cluster(nodes));
         }
-        let info = url
-            .into_connection_info()
-            .map_err(|e| RedisUrlError::Invalid(e.to_string()))?;
+        let info = url.into_connection_info().map_err(|e| RedisUrlError::Invalid(e.to_string()))?;
         check_addr(info.addr())?;
         Ok(RedisTarget::Single(info))
     }
@@ -506,8 +480,7 @@ pub trait AsyncStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncStream for T {}
 
 /// What [`RedisConnector::connect`] returns.
-pub type ConnectFuture =
-    Pin<Box<dyn Future<Output = io::Result<Box<dyn AsyncStream>>> + Send + 'static>>;
+pub type ConnectFuture = Pin<Box<dyn Future<Output = io::Result<Box<dyn AsyncStream>>> + Send + 'static>>;
 
 /// Opens a fresh byte stream to the Redis server; called by the reconnect loop for every attempt.
 ///
@@ -527,9 +500,7 @@ pub struct TcpConnector {
 impl TcpConnector {
     /// A TCP connector to `host:port`.
     pub fn tcp(host: impl Into<String>, port: u16) -> TcpConnector {
-        TcpConnector {
-            addr: ConnectionAddr::Tcp(host.into(), port),
-        }
+        TcpConnector { addr: ConnectionAddr::Tcp(host.into(), port) }
     }
 
     /// The connector for a parsed URL's address (TCP or Unix socket; TLS is rejected).
@@ -652,16 +623,9 @@ impl RedisRegistry {
         }
     }
 
-    fn for_target(
-        info: &ConnectionInfo,
-        config: RedisConfig,
-    ) -> Result<RedisRegistry, RedisUrlError> {
+    fn for_target(info: &ConnectionInfo, config: RedisConfig) -> Result<RedisRegistry, RedisUrlError> {
         let connector = TcpConnector::for_addr(info.addr())?;
-        Ok(RedisRegistry::with_connector(
-            Arc::new(connector),
-            info.redis_settings().clone(),
-            config,
-        ))
+        Ok(RedisRegistry::with_connector(Arc::new(connector), info.redis_settings().clone(), config))
     }
 
     /// A registry over streams from `connector`; `redis` holds the handshake settings (database,
@@ -683,10 +647,7 @@ impl RedisRegistry {
             connected: watch::Sender::new(false),
         });
         let task = tokio::spawn(supervise_single(Arc::clone(&inner), connector, redis));
-        RedisRegistry {
-            inner,
-            _supervisor: AbortOnDrop(task),
-        }
+        RedisRegistry { inner, _supervisor: AbortOnDrop(task) }
     }
 
     /// Whether a connection is currently up (for readiness probes).
@@ -701,9 +662,7 @@ impl RedisRegistry {
 }
 
 async fn wait_true(mut rx: watch::Receiver<bool>, limit: Duration) -> bool {
-    tokio::time::timeout(limit, rx.wait_for(|c| *c))
-        .await
-        .is_ok_and(|r| r.is_ok())
+    tokio::time::timeout(limit, rx.wait_for(|c| *c)).await.is_ok_and(|r| r.is_ok())
 }
 
 impl RegistryStore for RedisRegistry {
@@ -711,17 +670,9 @@ impl RegistryStore for RedisRegistry {
         let inner = Arc::clone(&self.inner);
         Box::pin(async move {
             let Some((conn, epoch)) = inner.current() else {
-                return Err(StoreError::Unavailable(
-                    "redis: not connected (reconnecting)".into(),
-                ));
+                return Err(StoreError::Unavailable("redis: not connected (reconnecting)".into()));
             };
-            let run = run_op(
-                conn,
-                &inner.scripts,
-                &inner.config.server_id,
-                op,
-                Topology::Single,
-            );
+            let run = run_op(conn, &inner.scripts, &inner.config.server_id, op, Topology::Single);
             match tokio::time::timeout(inner.config.op_timeout, run).await {
                 Ok(Ok(out)) => Ok(out),
                 Ok(Err(e)) => {
@@ -762,16 +713,12 @@ async fn connect_single(
         .map_err(|e| format!("connect: {e}"))?;
     // Our own timeouts bound every op; the crate's default 500 ms response timeout would only add
     // a second, shorter deadline.
-    let cfg = AsyncConnectionConfig::new()
-        .set_response_timeout(None)
-        .set_connection_timeout(None);
-    let (mut conn, driver) = tokio::time::timeout(
-        limit,
-        MultiplexedConnection::new_with_config(redis, stream, cfg),
-    )
-    .await
-    .map_err(|_| "handshake timed out".to_owned())?
-    .map_err(|e| format!("handshake: {e}"))?;
+    let cfg = AsyncConnectionConfig::new().set_response_timeout(None).set_connection_timeout(None);
+    let (mut conn, driver) =
+        tokio::time::timeout(limit, MultiplexedConnection::new_with_config(redis, stream, cfg))
+            .await
+            .map_err(|_| "handshake timed out".to_owned())?
+            .map_err(|e| format!("handshake: {e}"))?;
     // The driver moves bytes between the socket and the connection handles: it must run before
     // any command can complete. It ends when the socket closes.
     let driver = AbortOnDrop(tokio::spawn(driver));
@@ -824,10 +771,7 @@ async fn supervise_single(
         };
         attempt = 0;
         epoch += 1;
-        *inner.live.lock().unwrap_or_else(|e| e.into_inner()) = Some(Live {
-            conn: conn.clone(),
-            epoch,
-        });
+        *inner.live.lock().unwrap_or_else(|e| e.into_inner()) = Some(Live { conn: conn.clone(), epoch });
         inner.connected.send_replace(true);
         if ever_connected {
             // Publish first, then bump: the re-registrations the bump triggers find a connection.
@@ -869,9 +813,7 @@ async fn supervise_single(
             }
             match health_check(&mut conn, config.op_timeout).await {
                 Ok(Some(ids)) if last_ids.as_ref().is_some_and(|old| *old != ids) => {
-                    tracing::warn!(
-                        "redis run_id changed without a reconnect (restart generation bumped)"
-                    );
+                    tracing::warn!("redis run_id changed without a reconnect (restart generation bumped)");
                     last_ids = Some(ids);
                     inner.restarts.send_modify(|g| *g += 1);
                 }
@@ -941,19 +883,16 @@ impl RedisClusterRegistry {
             connected: watch::Sender::new(false),
         });
         let task = tokio::spawn(supervise_cluster(Arc::clone(&inner), client));
-        Ok(RedisClusterRegistry {
-            inner,
-            _supervisor: AbortOnDrop(task),
-        })
+        Ok(RedisClusterRegistry { inner, _supervisor: AbortOnDrop(task) })
     }
 
     /// A registry on the cluster of a `redis+cluster://` URL.
     pub fn from_url(url: &str, config: RedisConfig) -> Result<RedisClusterRegistry, RedisUrlError> {
         match RedisTarget::parse(url)? {
             RedisTarget::Cluster(nodes) => RedisClusterRegistry::new(nodes, config),
-            RedisTarget::Single(_) => Err(RedisUrlError::WrongTopology(
-                "RedisClusterRegistry needs a redis+cluster:// url",
-            )),
+            RedisTarget::Single(_) => {
+                Err(RedisUrlError::WrongTopology("RedisClusterRegistry needs a redis+cluster:// url"))
+            }
         }
     }
 
@@ -974,17 +913,9 @@ impl RegistryStore for RedisClusterRegistry {
         Box::pin(async move {
             let conn = inner.conn.lock().unwrap_or_else(|e| e.into_inner()).clone();
             let Some(conn) = conn else {
-                return Err(StoreError::Unavailable(
-                    "redis cluster: not connected yet".into(),
-                ));
+                return Err(StoreError::Unavailable("redis cluster: not connected yet".into()));
             };
-            let run = run_op(
-                conn,
-                &inner.scripts,
-                &inner.config.server_id,
-                op,
-                Topology::Cluster,
-            );
+            let run = run_op(conn, &inner.scripts, &inner.config.server_id, op, Topology::Cluster);
             match tokio::time::timeout(inner.config.op_timeout, run).await {
                 Ok(Ok(out)) => Ok(out),
                 Ok(Err(e)) => {
@@ -1036,8 +967,7 @@ async fn supervise_cluster(inner: Arc<Cluster>, client: ClusterClient) {
         tokio::time::sleep(config.backoff(attempt)).await;
         attempt = attempt.saturating_add(1);
     };
-    let mut last_ids = match tokio::time::timeout(config.op_timeout, read_run_ids(&mut conn)).await
-    {
+    let mut last_ids = match tokio::time::timeout(config.op_timeout, read_run_ids(&mut conn)).await {
         Ok(Ok(ids)) => ids,
         _ => {
             inner.suspect.store(true, Ordering::Relaxed);
@@ -1112,10 +1042,7 @@ mod tests {
             RedisTarget::parse("redis://127.0.0.1:6379/2").unwrap(),
             RedisTarget::Single(i) if i.redis_settings().db() == 2
         ));
-        assert!(matches!(
-            RedisTarget::parse("redis+unix:///tmp/r.sock").unwrap(),
-            RedisTarget::Single(_)
-        ));
+        assert!(matches!(RedisTarget::parse("redis+unix:///tmp/r.sock").unwrap(), RedisTarget::Single(_)));
         match RedisTarget::parse("redis+cluster://u:p@ss@h1:7000,h2:7001").unwrap() {
             RedisTarget::Cluster(nodes) => {
                 assert_eq!(nodes.len(), 2);
@@ -1124,10 +1051,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(
-            RedisTarget::parse("redis+cluster://"),
-            Err(RedisUrlError::NoClusterNodes)
-        ));
+        assert!(matches!(RedisTarget::parse("redis+cluster://"), Err(RedisUrlError::NoClusterNodes)));
         assert!(RedisTarget::parse("http://x").is_err());
     }
 
@@ -1137,18 +1061,12 @@ mod tests {
         let ts = Value::BulkString(b"2024-01-15T09:42:00.000Z".to_vec());
         assert_eq!(
             parse_entry(&bob, &Value::Int(2), &ts).unwrap(),
-            RegistryEntry {
-                online: true,
-                last_seen: Some(UnixMillis(1_705_311_720_000))
-            }
+            RegistryEntry { online: true, last_seen: Some(UnixMillis(1_705_311_720_000)) }
         );
         let garbage = Value::BulkString(b"yesterday".to_vec());
         assert_eq!(
             parse_entry(&bob, &Value::Int(0), &garbage).unwrap(),
-            RegistryEntry {
-                online: false,
-                last_seen: None
-            }
+            RegistryEntry { online: false, last_seen: None }
         );
         assert!(parse_entry(&bob, &Value::Nil, &Value::Nil).is_err());
     }
@@ -1158,14 +1076,8 @@ mod tests {
         let single = Value::BulkString(b"# Server\r\nredis_version:7.0\r\nrun_id:abc\r\n".to_vec());
         assert_eq!(run_ids(&single), vec!["abc".to_owned()]);
         let cluster = Value::Map(vec![
-            (
-                Value::BulkString(b"n2".to_vec()),
-                Value::BulkString(b"run_id:zz\r\n".to_vec()),
-            ),
-            (
-                Value::BulkString(b"n1".to_vec()),
-                Value::BulkString(b"run_id:aa\r\n".to_vec()),
-            ),
+            (Value::BulkString(b"n2".to_vec()), Value::BulkString(b"run_id:zz\r\n".to_vec())),
+            (Value::BulkString(b"n1".to_vec()), Value::BulkString(b"run_id:aa\r\n".to_vec())),
         ]);
         assert_eq!(run_ids(&cluster), vec!["aa".to_owned(), "zz".to_owned()]);
     }
@@ -1175,10 +1087,7 @@ mod tests {
         let c = RedisConfig::new("srv-1");
         for a in 0..30 {
             let d = c.backoff(a);
-            let cap = c
-                .reconnect_backoff_min
-                .saturating_mul(1 << a.min(16))
-                .min(c.reconnect_backoff_max);
+            let cap = c.reconnect_backoff_min.saturating_mul(1 << a.min(16)).min(c.reconnect_backoff_max);
             assert!(d <= cap && d >= cap / 2, "{a}: {d:?}");
             assert_eq!(d, c.backoff(a));
         }

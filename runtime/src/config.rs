@@ -1,0 +1,244 @@
+//! Command line and environment: every flag is also a `PRESENCE_*` variable.
+//!
+//! The names of the flags and variables are public API (operators and tests use them) and never
+//! change. Durations use humantime (`500ms`, `30s`, `2m`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// The presence server: "is Bob online, and if not, when was he last seen?"
+#[derive(Debug, Parser)]
+#[command(name = "presence-server", version, about, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    /// A subcommand; without one, the server runs.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Server flags.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print a token for a user, signed with the server's secret.
+    Token(TokenArgs),
+}
+
+/// `presence-server token`.
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// The user id (the token's `sub`).
+    #[arg(long)]
+    pub user: String,
+    /// HS256 secret shared with the servers.
+    #[arg(long, env = "PRESENCE_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: String,
+    /// How long the token is valid.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    pub ttl: Duration,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Flags of the server.
+#[derive(Debug, Args, Clone)]
+pub struct ServeArgs {
+    /// Address of the one listener (WebSocket, HTTP API, health, metrics).
+    #[arg(long, env = "PRESENCE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// This server's id in the registry. Default: unique per process.
+    #[arg(long, env = "PRESENCE_SERVER_ID")]
+    pub server_id: Option<String>,
+    /// Redis for the registry: `redis://host:port[/db]`, `redis+unix:///path`, or a cluster as
+    /// `redis+cluster://host1:port,host2:port`. Default: in-process registry (one server only).
+    #[arg(long, env = "PRESENCE_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// DynamoDB table for durable last_seen. Default: embedded store in --data-dir.
+    #[arg(long, env = "PRESENCE_DYNAMODB_TABLE")]
+    pub dynamodb_table: Option<String>,
+    /// Endpoint override for a local DynamoDB-compatible server (e.g. http://127.0.0.1:8000).
+    #[arg(long, env = "PRESENCE_DYNAMODB_ENDPOINT")]
+    pub dynamodb_endpoint: Option<String>,
+    /// Create the DynamoDB table (on-demand billing) if it does not exist.
+    #[arg(long, env = "PRESENCE_CREATE_TABLE")]
+    pub create_table: bool,
+    /// Directory of the embedded durable store (used when no DynamoDB table is configured).
+    #[arg(long, env = "PRESENCE_DATA_DIR", default_value = "presence-data")]
+    pub data_dir: PathBuf,
+    /// HS256 secret for tokens. Without it the server runs in dev mode, on loopback only.
+    #[arg(long, env = "PRESENCE_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Comma-separated allowed Origin values for browser connections (`*` = any). Default: same
+    /// origin only. Requests without an Origin header (non-browser clients) are always allowed.
+    #[arg(long, env = "PRESENCE_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Option<Vec<String>>,
+    /// Idle time after which a connection is probed with a ping.
+    #[arg(long, env = "PRESENCE_PING_INTERVAL", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub ping_interval: Duration,
+    /// Time without proof of life after which a connection is dead.
+    #[arg(long, env = "PRESENCE_HEARTBEAT_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub heartbeat_timeout: Duration,
+    /// Time for a socket to complete its HTTP request or WebSocket handshake.
+    #[arg(long, env = "PRESENCE_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub handshake_timeout: Duration,
+    /// Largest WebSocket message, in bytes; larger closes with 1009.
+    #[arg(long, env = "PRESENCE_MAX_MESSAGE_SIZE", default_value_t = 65536)]
+    pub max_message_size: usize,
+    /// Most WebSocket connections per process; more are closed with 1013.
+    #[arg(long, env = "PRESENCE_MAX_CONNECTIONS", default_value_t = 19_000)]
+    pub max_connections: usize,
+    /// Inbound frames per second per connection (sustained); past the burst: close 1008.
+    #[arg(long, env = "PRESENCE_FRAME_RATE", default_value_t = 20)]
+    pub frame_rate: u32,
+    /// Inbound frame burst per connection.
+    #[arg(long, env = "PRESENCE_FRAME_BURST", default_value_t = 100)]
+    pub frame_burst: u32,
+    /// Cap on pending last_seen writes; at the cap new sessions are refused (1013).
+    #[arg(long, env = "PRESENCE_MAX_PENDING_WRITES", default_value_t = 100_000)]
+    pub max_pending_writes: usize,
+    /// last_seen values further than this in the future (another server's clock) are clamped.
+    #[arg(long, env = "PRESENCE_MAX_CLOCK_SKEW", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub max_clock_skew: Duration,
+    /// Timeout of one store operation.
+    #[arg(long, env = "PRESENCE_STORE_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub store_timeout: Duration,
+    /// On SIGTERM/SIGINT, how long to keep flushing pending writes before exiting.
+    #[arg(long, env = "PRESENCE_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Duration,
+    /// Log format.
+    #[arg(long, env = "PRESENCE_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// A configuration the server refuses to start with.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// No secret, and not bound to loopback: dev tokens there would let anyone be anyone.
+    #[error(
+        "no --jwt-secret (PRESENCE_JWT_SECRET) given and --listen {0} is not a loopback address; \
+         dev mode (generated secret, /v1/dev/token) is only allowed on loopback"
+    )]
+    SecretRequired(SocketAddr),
+    /// A timing combination that cannot work.
+    #[error("--heartbeat-timeout ({timeout:?}) must be longer than --ping-interval ({ping:?})")]
+    Heartbeat {
+        /// The ping interval.
+        ping: Duration,
+        /// The timeout.
+        timeout: Duration,
+    },
+    /// A limit that is zero.
+    #[error("{0} must be greater than zero")]
+    Zero(&'static str),
+}
+
+impl ServeArgs {
+    /// Checks the combination of flags.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.jwt_secret.is_none() && !self.listen.ip().is_loopback() {
+            return Err(ConfigError::SecretRequired(self.listen));
+        }
+        if self.heartbeat_timeout <= self.ping_interval {
+            return Err(ConfigError::Heartbeat { ping: self.ping_interval, timeout: self.heartbeat_timeout });
+        }
+        for (name, v) in [
+            ("--max-connections", self.max_connections),
+            ("--max-pending-writes", self.max_pending_writes),
+            ("--max-message-size", self.max_message_size),
+            ("--frame-rate", self.frame_rate as usize),
+            ("--frame-burst", self.frame_burst as usize),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Zero(name));
+            }
+        }
+        Ok(())
+    }
+
+    /// The core's configuration from these flags.
+    pub fn core_config(&self) -> presence_core::Config {
+        let limits =
+            presence_core::frame::Limits { max_frame_bytes: self.max_message_size, ..Default::default() };
+        presence_core::Config {
+            ping_interval: self.ping_interval,
+            heartbeat_timeout: self.heartbeat_timeout,
+            max_pending_writes: self.max_pending_writes,
+            max_clock_skew: self.max_clock_skew,
+            frame_rate: self.frame_rate,
+            frame_burst: self.frame_burst,
+            limits,
+            ..presence_core::Config::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("presence-server").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults() {
+        let cli = parse(&[]).unwrap();
+        let s = cli.serve;
+        assert_eq!(s.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(s.ping_interval, Duration::from_secs(15));
+        assert_eq!(s.heartbeat_timeout, Duration::from_secs(30));
+        assert_eq!(s.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(s.max_message_size, 65536);
+        assert_eq!(s.validate(), Ok(()));
+    }
+
+    #[test]
+    fn humantime_durations_and_origins() {
+        let cli = parse(&[
+            "--ping-interval",
+            "200ms",
+            "--heartbeat-timeout",
+            "1s",
+            "--allowed-origins",
+            "https://a,https://b",
+        ])
+        .unwrap();
+        assert_eq!(cli.serve.ping_interval, Duration::from_millis(200));
+        assert_eq!(cli.serve.heartbeat_timeout, Duration::from_secs(1));
+        assert_eq!(cli.serve.allowed_origins, Some(vec!["https://a".to_owned(), "https://b".to_owned()]));
+        assert!(parse(&["--ping-interval", "soon"]).is_err());
+    }
+
+    #[test]
+    fn refuses_public_bind_without_secret_and_bad_heartbeat() {
+        let cli = parse(&["--listen", "0.0.0.0:8080"]).unwrap();
+        assert!(matches!(cli.serve.validate(), Err(ConfigError::SecretRequired(_))));
+        let cli = parse(&["--listen", "0.0.0.0:8080", "--jwt-secret", "s"]).unwrap();
+        assert_eq!(cli.serve.validate(), Ok(()));
+        let cli = parse(&["--ping-interval", "30s", "--heartbeat-timeout", "30s"]).unwrap();
+        assert!(matches!(cli.serve.validate(), Err(ConfigError::Heartbeat { .. })));
+    }
+
+    #[test]
+    fn token_subcommand() {
+        let cli = parse(&["token", "--user", "bob", "--jwt-secret", "s"]).unwrap();
+        match cli.command {
+            Some(Command::Token(t)) => {
+                assert_eq!(t.user, "bob");
+                assert_eq!(t.ttl, Duration::from_secs(24 * 3600));
+            }
+            None => panic!("expected the token subcommand"),
+        }
+    }
+}

@@ -1,0 +1,370 @@
+//! The driver: the one task that owns the core.
+//!
+//! Everything that happens (a connection opening, a frame, a pong, a close, a store result, a
+//! registry restart, a deadline) arrives here as a message, is fed to the core with the time it was
+//! handled, and the core's effects are executed: frames go to the connection's outbox, store
+//! operations are spawned on their executor and their results come back to this loop. One owner
+//! means no locks around presence state, and the order of inputs is the order the core sees.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use presence_core::frame::{Encoding, ErrorCode, PresenceEntry};
+use presence_core::store::{EffectId, StoreError, StoreOp, StoreOutput};
+use presence_core::user::{SessionId, UserId};
+use presence_core::{ConnId, Effect, Input, LookupId, OutMessage, Presence, Readiness, Stats};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::time::Instant;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::clock::{MonoOrigin, WallClock};
+use crate::metrics::Metrics;
+use crate::store::{DurableStore, RegistryStore};
+
+/// What a connection task is told to do.
+#[derive(Debug)]
+pub enum Outbound {
+    /// Send this message.
+    Message(OutMessage),
+    /// Send a WebSocket ping.
+    Ping,
+    /// Send a close frame with this code and reason, then stop.
+    Close(u16, &'static str),
+}
+
+/// Messages to the driver.
+#[derive(Debug)]
+pub(crate) enum ToDriver {
+    Open { conn: ConnId, user: UserId, session: SessionId, outbox: mpsc::Sender<Outbound> },
+    Message { conn: ConnId, encoding: Encoding, payload: Vec<u8> },
+    Alive { conn: ConnId },
+    Closed { conn: ConnId, graceful: bool },
+    Lookup { users: Vec<UserId>, reply: oneshot::Sender<LookupResult> },
+    Status(oneshot::Sender<Status>),
+    Shutdown,
+}
+
+/// The answer to a lookup: presence entries, or an error code and message.
+pub(crate) type LookupResult = Result<Vec<PresenceEntry>, (ErrorCode, String)>;
+
+/// A store result on its way back to the driver.
+struct StoreDone {
+    id: EffectId,
+    result: Result<StoreOutput, StoreError>,
+}
+
+/// A snapshot of the core for `/readyz` and `/metrics`.
+#[derive(Debug, Clone)]
+pub struct Status {
+    /// Counters.
+    pub stats: Stats,
+    /// Readiness.
+    pub readiness: Readiness,
+    /// Live connections the core knows.
+    pub connections: usize,
+    /// Live sessions not yet acknowledged by the registry.
+    pub registry_backlog: usize,
+    /// Store operations running now.
+    pub store_ops_in_flight: usize,
+}
+
+/// Tunables of the driver itself (the core's are in `presence_core::Config`).
+#[derive(Debug, Clone)]
+pub struct DriverConfig {
+    /// Registry operations running at once; more wait for a slot.
+    pub registry_concurrency: usize,
+    /// Durable-store operations running at once; more wait for a slot.
+    pub durable_concurrency: usize,
+    /// After shutdown starts, how long to keep flushing pending writes before giving up.
+    pub shutdown_timeout: Duration,
+    /// Seed for the core's retry jitter.
+    pub seed: u64,
+}
+
+/// The stores a driver runs against.
+#[derive(Clone)]
+pub struct Stores {
+    /// The registry (Redis, or in-process).
+    pub registry: Arc<dyn RegistryStore>,
+    /// The durable store (DynamoDB, or redb).
+    pub durable: Arc<dyn DurableStore>,
+}
+
+/// A cloneable handle to the driver.
+#[derive(Clone, Debug)]
+pub(crate) struct DriverHandle {
+    tx: mpsc::Sender<ToDriver>,
+}
+
+impl DriverHandle {
+    /// Sends a message; false if the driver has stopped.
+    pub(crate) async fn send(&self, msg: ToDriver) -> bool {
+        self.tx.send(msg).await.is_ok()
+    }
+
+    /// A snapshot of the core, or `None` if the driver has stopped.
+    pub(crate) async fn status(&self) -> Option<Status> {
+        let (tx, rx) = oneshot::channel();
+        self.send(ToDriver::Status(tx)).await.then_some(())?;
+        rx.await.ok()
+    }
+
+    /// Presence of `users` from outside any connection.
+    pub(crate) async fn lookup(&self, users: Vec<UserId>) -> LookupResult {
+        let (reply, rx) = oneshot::channel();
+        let down = || (ErrorCode::Unavailable, "server is shutting down".to_owned());
+        if !self.send(ToDriver::Lookup { users, reply }).await {
+            return Err(down());
+        }
+        rx.await.unwrap_or_else(|_| Err(down()))
+    }
+}
+
+/// Inbound queue length: connection tasks wait (and stop reading their sockets) when it is full.
+const INBOX: usize = 8_192;
+/// Messages queued for one connection; a client that does not read falls behind and is closed.
+pub(crate) const OUTBOX: usize = 64;
+
+pub(crate) struct Driver {
+    core: Presence,
+    origin: MonoOrigin,
+    clock: Arc<dyn WallClock>,
+    stores: Stores,
+    registry_slots: Arc<Semaphore>,
+    durable_slots: Arc<Semaphore>,
+    outboxes: HashMap<ConnId, mpsc::Sender<Outbound>>,
+    lookups: HashMap<LookupId, oneshot::Sender<LookupResult>>,
+    next_lookup: u64,
+    inbox: mpsc::Receiver<ToDriver>,
+    done_tx: mpsc::UnboundedSender<StoreDone>,
+    done_rx: mpsc::UnboundedReceiver<StoreDone>,
+    restarts: watch::Receiver<u64>,
+    metrics: Arc<Metrics>,
+    config: DriverConfig,
+    shutdown_deadline: Option<Instant>,
+}
+
+impl Driver {
+    /// A driver and its handle. Run it with [`Driver::run`].
+    pub(crate) fn new(
+        core: presence_core::Config,
+        config: DriverConfig,
+        stores: Stores,
+        clock: Arc<dyn WallClock>,
+        metrics: Arc<Metrics>,
+    ) -> (Driver, DriverHandle) {
+        let (tx, inbox) = mpsc::channel(INBOX);
+        // Unbounded is safe here: store operations in flight are bounded by the core (pending-write
+        // cap, queries per connection), and so are their results.
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let mut restarts = stores.registry.restarts();
+        restarts.mark_unchanged();
+        let driver = Driver {
+            core: Presence::new(core, config.seed),
+            origin: MonoOrigin::now(),
+            clock,
+            registry_slots: Arc::new(Semaphore::new(config.registry_concurrency)),
+            durable_slots: Arc::new(Semaphore::new(config.durable_concurrency)),
+            stores,
+            outboxes: HashMap::new(),
+            lookups: HashMap::new(),
+            next_lookup: 0,
+            inbox,
+            done_tx,
+            done_rx,
+            restarts,
+            metrics,
+            config,
+            shutdown_deadline: None,
+        };
+        (driver, DriverHandle { tx })
+    }
+
+    /// Runs until shutdown has flushed every pending write (or its deadline passed), or every
+    /// handle is gone. Returns whether everything was flushed.
+    pub(crate) async fn run(mut self) -> bool {
+        loop {
+            let deadline = self.next_deadline();
+            tokio::select! {
+                // Store results first: they free capacity and finish queries.
+                biased;
+                Some(done) = self.done_rx.recv() => {
+                    self.feed(Input::StoreDone { id: done.id, result: done.result });
+                }
+                changed = self.restarts.changed() => match changed {
+                    Ok(()) => {
+                        warn!(generation = *self.restarts.borrow_and_update(), "registry may have lost its data; registering live sessions again");
+                        self.feed(Input::RegistryRestarted);
+                    }
+                    // The executor is gone; nothing more will change.
+                    Err(_) => self.restarts = watch::channel(0).1,
+                },
+                msg = self.inbox.recv() => match msg {
+                    Some(msg) => self.on_message(msg),
+                    None => {
+                        if self.shutdown_deadline.is_none() {
+                            self.start_shutdown();
+                        }
+                    }
+                },
+                () = sleep_until_opt(deadline) => self.feed(Input::Timeout),
+            }
+            if let Some(limit) = self.shutdown_deadline {
+                if self.core.is_idle() {
+                    info!("shutdown: every last_seen recorded");
+                    return true;
+                }
+                if Instant::now() >= limit {
+                    let pending = self.core.pending_writes();
+                    warn!(pending, "shutdown deadline passed with writes pending");
+                    return false;
+                }
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let core = self.core.poll_timeout().map(|t| self.origin.instant(t));
+        match (core, self.shutdown_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn on_message(&mut self, msg: ToDriver) {
+        match msg {
+            ToDriver::Open { conn, user, session, outbox } => {
+                self.outboxes.insert(conn, outbox);
+                self.feed(Input::Open { conn, user, session });
+            }
+            ToDriver::Message { conn, encoding, payload } => {
+                self.feed(Input::Message { conn, encoding, payload: &payload })
+            }
+            ToDriver::Alive { conn } => self.feed(Input::Alive { conn }),
+            ToDriver::Closed { conn, graceful } => {
+                self.outboxes.remove(&conn);
+                self.feed(Input::Closed { conn, graceful });
+            }
+            ToDriver::Lookup { users, reply } => {
+                self.next_lookup += 1;
+                let lookup = LookupId(self.next_lookup);
+                self.lookups.insert(lookup, reply);
+                self.feed(Input::Lookup { lookup, users });
+            }
+            ToDriver::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            ToDriver::Shutdown => self.start_shutdown(),
+        }
+    }
+
+    fn start_shutdown(&mut self) {
+        if self.shutdown_deadline.is_some() {
+            return;
+        }
+        info!(connections = self.core.connections(), "shutdown: closing connections and recording last_seen");
+        self.shutdown_deadline = Some(Instant::now() + self.config.shutdown_timeout);
+        self.feed(Input::Shutdown);
+    }
+
+    fn status(&self) -> Status {
+        Status {
+            stats: self.core.stats().clone(),
+            readiness: self.core.readiness(),
+            connections: self.core.connections(),
+            registry_backlog: self.core.registry_backlog(),
+            store_ops_in_flight: self.metrics.store_ops_in_flight(),
+        }
+    }
+
+    /// Feeds one input, then executes every effect it produced.
+    fn feed(&mut self, input: Input<'_>) {
+        let now = self.origin.read(&*self.clock);
+        self.core.handle(now, input);
+        while let Some(effect) = self.core.poll_effect() {
+            self.execute(effect);
+        }
+    }
+
+    fn execute(&mut self, effect: Effect) {
+        match effect {
+            Effect::Send { conn, message } => self.send_to_conn(conn, Outbound::Message(message)),
+            Effect::Ping { conn } => self.send_to_conn(conn, Outbound::Ping),
+            Effect::Close { conn, code, reason } => {
+                self.send_to_conn(conn, Outbound::Close(code, reason));
+                // The core has forgotten the connection; so do we.
+                self.outboxes.remove(&conn);
+            }
+            Effect::LookupDone { lookup, result } => {
+                if let Some(reply) = self.lookups.remove(&lookup) {
+                    let _ = reply.send(result);
+                }
+            }
+            Effect::Store { id, op } => self.spawn_store(id, op),
+        }
+    }
+
+    fn send_to_conn(&mut self, conn: ConnId, out: Outbound) {
+        let Some(outbox) = self.outboxes.get(&conn) else { return };
+        if let Err(e) = outbox.try_send(out) {
+            // Full: the client does not read fast enough to keep OUTBOX messages; closed: the task
+            // is gone. Either way the connection is over; dropping the sender tells the task.
+            if matches!(e, mpsc::error::TrySendError::Full(_)) {
+                debug!(conn = conn.0, "client too slow; closing");
+                self.metrics.slow_consumers.inc();
+            }
+            self.outboxes.remove(&conn);
+            self.feed(Input::Closed { conn, graceful: false });
+        }
+    }
+
+    fn spawn_store(&self, id: EffectId, op: StoreOp) {
+        let done = self.done_tx.clone();
+        let metrics = self.metrics.clone();
+        let (label, slots) = match &op {
+            StoreOp::Registry(_) => (self.stores.registry.kind(), self.registry_slots.clone()),
+            StoreOp::Durable(_) => (self.stores.durable.kind(), self.durable_slots.clone()),
+        };
+        let kind = op_kind(&op);
+        let (registry, durable) = (self.stores.registry.clone(), self.stores.durable.clone());
+        let span = tracing::debug_span!("store", id = id.0, store = label, op = kind);
+        metrics.store_started();
+        tokio::spawn(
+            async move {
+                // A closed semaphore never happens (we never close it); treat it like a free slot.
+                let _slot = slots.acquire_owned().await.ok();
+                let started = Instant::now();
+                let result = match op {
+                    StoreOp::Registry(op) => registry.execute(op).await,
+                    StoreOp::Durable(op) => durable.execute(op).await,
+                };
+                metrics.store_finished(label, kind, started.elapsed(), result.is_ok());
+                if let Err(e) = &result {
+                    debug!(error = %e, "store operation failed");
+                }
+                let _ = done.send(StoreDone { id, result });
+            }
+            .instrument(span),
+        );
+    }
+}
+
+fn op_kind(op: &StoreOp) -> &'static str {
+    use presence_core::store::{DurableOp, RegistryOp};
+    match op {
+        StoreOp::Registry(RegistryOp::Register { .. }) => "register",
+        StoreOp::Registry(RegistryOp::EndSession { .. }) => "end_session",
+        StoreOp::Registry(RegistryOp::SetLastSeen { .. }) => "set_last_seen",
+        StoreOp::Registry(RegistryOp::Read { .. }) => "read",
+        StoreOp::Durable(DurableOp::Write { .. }) => "write",
+        StoreOp::Durable(DurableOp::Read { .. }) => "read",
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,186 @@
+//! Prometheus metrics in the text exposition format.
+//!
+//! The core keeps its own counters (`presence_core::Stats`), read with the driver's status
+//! snapshot; the runtime adds what only it sees: store latency, HTTP refusals, slow consumers.
+//! The format is simple enough that a small renderer is clearer than a metrics framework.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use presence_core::EndReason;
+
+use crate::driver::Status;
+
+/// A monotonically increasing counter.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds one.
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The current value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Upper bounds (seconds) of the store latency histogram buckets.
+const BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+
+#[derive(Debug, Default, Clone)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+    errors: u64,
+}
+
+/// Everything the runtime counts.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// WebSocket upgrades accepted.
+    pub ws_accepted: Counter,
+    /// Requests refused with 401.
+    pub refused_unauthorized: Counter,
+    /// Requests refused with 403 (Origin).
+    pub refused_origin: Counter,
+    /// Connections refused at the connection limit (1013).
+    pub refused_capacity: Counter,
+    /// Sockets dropped for not finishing the handshake in time.
+    pub handshake_timeouts: Counter,
+    /// Connections closed because they did not read their messages.
+    pub slow_consumers: Counter,
+    /// Connections closed for a message over the size limit (1009).
+    pub oversized_messages: Counter,
+    in_flight: AtomicU64,
+    /// (store, op) -> latency histogram.
+    stores: Mutex<BTreeMap<(&'static str, &'static str), Histogram>>,
+}
+
+impl Metrics {
+    pub(crate) fn store_started(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn store_finished(&self, store: &'static str, op: &'static str, took: Duration, ok: bool) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let secs = took.as_secs_f64();
+        let mut stores = self.stores.lock().unwrap_or_else(|e| e.into_inner());
+        let h = stores.entry((store, op)).or_default();
+        for (i, le) in BUCKETS.iter().enumerate() {
+            if secs <= *le {
+                h.counts[i] += 1;
+            }
+        }
+        h.count += 1;
+        h.sum += secs;
+        if !ok {
+            h.errors += 1;
+        }
+    }
+
+    pub(crate) fn store_ops_in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed) as usize
+    }
+
+    /// Renders every metric, with the core's from `status`.
+    pub fn render(&self, status: &Status, active_connections: usize) -> String {
+        let mut out = String::with_capacity(4096);
+        let s = &status.stats;
+        let r = &status.readiness;
+        let mut gauge = |name: &str, help: &str, v: u64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        };
+        gauge("presence_connections", "Open WebSocket connections.", active_connections as u64);
+        gauge("presence_sessions_live", "Sessions the core holds as live.", status.connections as u64);
+        gauge(
+            "presence_pending_writes",
+            "Pending last_seen writes (registry ends + durable writes).",
+            r.pending_writes as u64,
+        );
+        gauge("presence_pending_writes_max", "Cap on pending last_seen writes.", r.max_pending_writes as u64);
+        gauge(
+            "presence_registry_backlog",
+            "Live sessions not yet registered.",
+            status.registry_backlog as u64,
+        );
+        gauge("presence_store_ops_in_flight", "Store operations running.", status.store_ops_in_flight as u64);
+        gauge("presence_ready", "1 when /readyz answers 200.", u64::from(r.is_ready()));
+        let mut counter = |name: &str, help: &str, v: u64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        };
+        counter("presence_sessions_opened_total", "Sessions opened.", s.sessions_opened);
+        counter(
+            "presence_sessions_refused_total",
+            "Sessions refused (pending-write cap, shutdown).",
+            s.sessions_refused,
+        );
+        counter("presence_store_retries_total", "Failed store writes scheduled again.", s.store_retries);
+        counter("presence_registry_failures_total", "Failed registry operations.", s.registry_failures);
+        counter("presence_durable_failures_total", "Failed durable-store operations.", s.durable_failures);
+        counter("presence_registry_restarts_total", "Registry restarts seen.", s.registry_restarts);
+        counter("presence_queries_total", "Presence queries answered.", s.queries);
+        counter("presence_error_frames_total", "error frames sent.", s.errors_sent);
+        counter("presence_ws_accepted_total", "WebSocket upgrades accepted.", self.ws_accepted.get());
+        counter(
+            "presence_refused_unauthorized_total",
+            "Requests refused with 401.",
+            self.refused_unauthorized.get(),
+        );
+        counter("presence_refused_origin_total", "Requests refused with 403.", self.refused_origin.get());
+        counter(
+            "presence_refused_capacity_total",
+            "Connections refused at the limit.",
+            self.refused_capacity.get(),
+        );
+        counter(
+            "presence_handshake_timeouts_total",
+            "Handshakes not finished in time.",
+            self.handshake_timeouts.get(),
+        );
+        counter(
+            "presence_slow_consumers_total",
+            "Connections closed for not reading.",
+            self.slow_consumers.get(),
+        );
+        counter(
+            "presence_oversized_messages_total",
+            "Messages over the size limit.",
+            self.oversized_messages.get(),
+        );
+        let _ = writeln!(out, "# HELP presence_sessions_ended_total Sessions ended, by reason.");
+        let _ = writeln!(out, "# TYPE presence_sessions_ended_total counter");
+        for reason in EndReason::ALL {
+            let v = s.sessions_ended[reason as usize];
+            let _ = writeln!(out, "presence_sessions_ended_total{{reason=\"{}\"}} {v}", reason.as_str());
+        }
+        let stores = self.stores.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let name = "presence_store_op_seconds";
+        let _ = writeln!(out, "# HELP {name} Store operation latency.\n# TYPE {name} histogram");
+        for ((store, op), h) in &stores {
+            for (i, le) in BUCKETS.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "{name}_bucket{{store=\"{store}\",op=\"{op}\",le=\"{le}\"}} {}",
+                    h.counts[i]
+                );
+            }
+            let _ = writeln!(out, "{name}_bucket{{store=\"{store}\",op=\"{op}\",le=\"+Inf\"}} {}", h.count);
+            let _ = writeln!(out, "{name}_sum{{store=\"{store}\",op=\"{op}\"}} {}", h.sum);
+            let _ = writeln!(out, "{name}_count{{store=\"{store}\",op=\"{op}\"}} {}", h.count);
+        }
+        let _ = writeln!(out, "# HELP presence_store_op_errors_total Failed store operations.");
+        let _ = writeln!(out, "# TYPE presence_store_op_errors_total counter");
+        for ((store, op), h) in &stores {
+            let _ =
+                writeln!(out, "presence_store_op_errors_total{{store=\"{store}\",op=\"{op}\"}} {}", h.errors);
+        }
+        out
+    }
+}

@@ -1,0 +1,377 @@
+//! The listener: HTTP routes and the WebSocket upgrade, on any byte stream.
+//!
+//! One port serves everything (`docs/OPERATIONS.md` lists the routes). Each accepted socket gets
+//! a hyper HTTP/1.1 connection, bounded by the handshake timeout: a socket that does not finish a
+//! request (or an upgrade) in time is dropped. A `GET /v1/ws` with a valid token becomes a
+//! WebSocket handled by [`crate::ws`]. The code is generic over [`Listener`] so the simulation runs
+//! it over turmoil's network.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use presence_core::frame::{ErrorCode, PresenceEntry};
+use presence_core::user::UserId;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::{debug, warn};
+
+use crate::auth::{query_param, Auth};
+use crate::clock::WallClock;
+use crate::driver::{Driver, DriverConfig, DriverHandle, Stores};
+use crate::metrics::Metrics;
+use crate::ws::{self, WsLimits};
+
+/// A source of connections: TCP in production, turmoil in the simulation.
+pub trait Listener: Send + 'static {
+    /// The byte stream of one connection.
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    /// Waits for the next connection.
+    fn accept(&mut self) -> impl Future<Output = io::Result<Self::Io>> + Send;
+}
+
+impl Listener for tokio::net::TcpListener {
+    type Io = tokio::net::TcpStream;
+
+    async fn accept(&mut self) -> io::Result<Self::Io> {
+        let (stream, _) = tokio::net::TcpListener::accept(self).await?;
+        // Presence frames are small and latency matters more than packet count.
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+}
+
+/// Everything the server needs besides its listener and stores.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// This server's id: the value of its entries in the registry.
+    pub server_id: String,
+    /// The core's tunables.
+    pub core: presence_core::Config,
+    /// The driver's tunables.
+    pub driver: DriverConfig,
+    /// Token verification.
+    pub auth: Auth,
+    /// Serve `POST /v1/dev/token` (dev mode only: loopback and a generated secret).
+    pub dev_tokens: bool,
+    /// Allowed `Origin` values; `None` = same origin only (Origin host = Host header); `*` = any.
+    pub allowed_origins: Option<Vec<String>>,
+    /// Time for a socket to finish its HTTP request or WebSocket upgrade.
+    pub handshake_timeout: Duration,
+    /// Most WebSocket connections at once; more are closed with 1013.
+    pub max_connections: usize,
+    /// WebSocket buffer and message limits.
+    pub ws: WsLimits,
+}
+
+/// State shared by every connection's handlers.
+struct Shared {
+    config: ServerConfig,
+    driver: DriverHandle,
+    metrics: Arc<Metrics>,
+    /// Open WebSocket connections (for the connection limit).
+    active: AtomicUsize,
+    next_conn: AtomicU64,
+    /// Distinguishes this process's session ids from those of an earlier run with the same id.
+    boot: String,
+}
+
+/// Runs the server until `shutdown` resolves, then closes every connection with 1001, records every
+/// last_seen and flushes pending writes (bounded by `DriverConfig::shutdown_timeout`).
+/// Returns true if everything was flushed.
+pub async fn serve<L: Listener>(
+    mut listener: L,
+    config: ServerConfig,
+    stores: Stores,
+    clock: Arc<dyn WallClock>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> bool {
+    let metrics = Arc::new(Metrics::default());
+    let (driver, handle) =
+        Driver::new(config.core.clone(), config.driver.clone(), stores, clock, metrics.clone());
+    let driver = tokio::spawn(driver.run());
+    let boot = format!("{:08x}", rand::random::<u32>());
+    let shared = Arc::new(Shared {
+        config,
+        driver: handle.clone(),
+        metrics,
+        active: AtomicUsize::new(0),
+        next_conn: AtomicU64::new(0),
+        boot,
+    });
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(io) => {
+                    tokio::spawn(serve_http(shared.clone(), io));
+                }
+                Err(e) => {
+                    // Out of file descriptors, mostly: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+    drop(listener);
+    handle.send(crate::driver::ToDriver::Shutdown).await;
+    drop(handle);
+    drop(shared);
+    driver.await.unwrap_or(false)
+}
+
+async fn serve_http<Io: AsyncRead + AsyncWrite + Unpin + Send + 'static>(shared: Arc<Shared>, io: Io) {
+    let svc_shared = shared.clone();
+    let service = hyper::service::service_fn(move |req| route(svc_shared.clone(), req));
+    let conn = hyper::server::conn::http1::Builder::new()
+        .max_buf_size(16 * 1024)
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    match tokio::time::timeout(shared.config.handshake_timeout, conn).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => debug!(error = %e, "http connection ended with an error"),
+        Err(_) => shared.metrics.handshake_timeouts.inc(),
+    }
+}
+
+type Body = Full<Bytes>;
+
+async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path().to_owned();
+    let resp = match (req.method(), path.as_str()) {
+        (&Method::GET, "/v1/ws") => upgrade(&shared, req),
+        (&Method::GET, "/v1/presence") => presence(&shared, &req).await,
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/readyz") => readyz(&shared).await,
+        (&Method::GET, "/metrics") => metrics(&shared).await,
+        (&Method::POST, "/v1/dev/token") if shared.config.dev_tokens => dev_token(&shared, req).await,
+        _ => json(StatusCode::NOT_FOUND, &error_body("not_found", "no such route")),
+    };
+    Ok(resp)
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+fn json(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn error_body(code: &str, message: &str) -> serde_json::Value {
+    serde_json::json!({ "code": code, "message": message })
+}
+
+/// The user of a request, from its bearer token or `access_token` parameter; `Err` is the 401 reason.
+fn authenticate(shared: &Shared, req: &Request<Incoming>) -> Result<UserId, String> {
+    let authz = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let verified = match Auth::token_from(authz, req.uri().query()) {
+        None => Err("missing bearer token".to_owned()),
+        Some(token) => shared.config.auth.verify(&token).map_err(|e| e.to_string()),
+    };
+    if verified.is_err() {
+        shared.metrics.refused_unauthorized.inc();
+    }
+    verified
+}
+
+fn unauthorized(reason: &str) -> Response<Body> {
+    json(StatusCode::UNAUTHORIZED, &error_body("unauthorized", reason))
+}
+
+fn origin_allowed(shared: &Shared, req: &Request<Incoming>) -> bool {
+    // No Origin header: not a browser; browsers always send it on WebSocket upgrades.
+    let Some(origin) = req.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok()) else { return true };
+    match &shared.config.allowed_origins {
+        Some(list) => list.iter().any(|o| o == "*" || o.eq_ignore_ascii_case(origin)),
+        None => {
+            let host = req.headers().get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+            let authority = origin.split_once("://").map_or("", |(_, a)| a);
+            !host.is_empty() && authority.eq_ignore_ascii_case(host)
+        }
+    }
+}
+
+fn header_has_token(req: &Request<Incoming>, name: header::HeaderName, token: &str) -> bool {
+    req.headers()
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+fn upgrade(shared: &Arc<Shared>, mut req: Request<Incoming>) -> Response<Body> {
+    let user = match authenticate(shared, &req) {
+        Ok(u) => u,
+        Err(reason) => return unauthorized(&reason),
+    };
+    if !origin_allowed(shared, &req) {
+        shared.metrics.refused_origin.inc();
+        return json(StatusCode::FORBIDDEN, &error_body("forbidden", "origin not allowed"));
+    }
+    let key = req.headers().get(header::SEC_WEBSOCKET_KEY).map(|k| k.as_bytes().to_vec());
+    let version_ok = req.headers().get(header::SEC_WEBSOCKET_VERSION).is_some_and(|v| v == "13");
+    let (Some(key), true, true, true) = (
+        key,
+        version_ok,
+        header_has_token(&req, header::UPGRADE, "websocket"),
+        header_has_token(&req, header::CONNECTION, "upgrade"),
+    ) else {
+        return json(
+            StatusCode::BAD_REQUEST,
+            &error_body("bad_request", "not a WebSocket version 13 upgrade"),
+        );
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let n = shared.next_conn.fetch_add(1, Ordering::Relaxed) + 1;
+                let session = format!("{}.{}.{n}", shared.config.server_id, shared.boot);
+                let over = shared.active.fetch_add(1, Ordering::AcqRel) >= shared.config.max_connections;
+                if over {
+                    shared.metrics.refused_capacity.inc();
+                } else {
+                    shared.metrics.ws_accepted.inc();
+                }
+                let ctx = ws::ConnContext {
+                    conn: presence_core::ConnId(n),
+                    user,
+                    session: presence_core::user::SessionId::new(session),
+                    driver: shared.driver.clone(),
+                    metrics: shared.metrics.clone(),
+                    limits: shared.config.ws.clone(),
+                };
+                ws::run(TokioIo::new(upgraded), ctx, over).await;
+                shared.active.fetch_sub(1, Ordering::AcqRel);
+            }
+            Err(e) => debug!(error = %e, "upgrade failed"),
+        }
+    });
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(&key);
+    let h = r.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    r
+}
+
+/// `GET /v1/presence?users=bob,carol`: the objects of a `presence` frame, as `{"users":[...]}`.
+async fn presence(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
+    if let Err(reason) = authenticate(shared, req) {
+        return unauthorized(&reason);
+    }
+    let list = req.uri().query().and_then(|q| query_param(q, "users")).unwrap_or_default();
+    let names: Vec<&str> = list.split(',').filter(|s| !s.is_empty()).collect();
+    let max = shared.config.core.max_query_users;
+    if names.len() > max {
+        let msg = format!("at most {max} users per request");
+        return json(StatusCode::BAD_REQUEST, &error_body(ErrorCode::TooManyUsers.as_str(), &msg));
+    }
+    let mut users = Vec::with_capacity(names.len());
+    for name in names {
+        match UserId::new(name) {
+            Ok(u) => users.push(u),
+            Err(e) => {
+                let msg = format!("{name:?}: {e}");
+                return json(StatusCode::BAD_REQUEST, &error_body(ErrorCode::InvalidUser.as_str(), &msg));
+            }
+        }
+    }
+    match shared.driver.lookup(users).await {
+        Ok(entries) => json(StatusCode::OK, &serde_json::json!({ "users": entries_json(&entries) })),
+        Err((code, msg)) => {
+            let status = if code == ErrorCode::Unavailable {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            json(status, &error_body(code.as_str(), &msg))
+        }
+    }
+}
+
+fn entries_json(entries: &[PresenceEntry]) -> Vec<serde_json::Value> {
+    entries
+        .iter()
+        .map(|e| {
+            serde_json::json!({
+                "user": e.user.as_str(),
+                "online": e.online,
+                "last_seen": e.last_seen.map(|t| t.to_rfc3339()),
+            })
+        })
+        .collect()
+}
+
+async fn readyz(shared: &Shared) -> Response<Body> {
+    let Some(s) = shared.driver.status().await else {
+        return json(StatusCode::SERVICE_UNAVAILABLE, &error_body("shutting_down", "driver stopped"));
+    };
+    let r = s.readiness;
+    let body = serde_json::json!({
+        "ready": r.is_ready(),
+        "accepting": r.accepting,
+        "pending_writes": r.pending_writes,
+        "max_pending_writes": r.max_pending_writes,
+        "registry_failing": r.registry_failing,
+        "durable_failing": r.durable_failing,
+        "registry_backlog": s.registry_backlog,
+        "connections": s.connections,
+    });
+    let status = if r.is_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    json(status, &body)
+}
+
+async fn metrics(shared: &Shared) -> Response<Body> {
+    let Some(s) = shared.driver.status().await else {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "driver stopped\n");
+    };
+    let body = shared.metrics.render(&s, shared.active.load(Ordering::Relaxed));
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+    r
+}
+
+/// `POST /v1/dev/token {"user":"bob"}` -> `{"token":"..."}`. Dev mode only.
+async fn dev_token(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
+    let Ok(body) = Limited::new(req.into_body(), 4096).collect().await else {
+        return json(StatusCode::BAD_REQUEST, &error_body("bad_request", "body too large or unreadable"));
+    };
+    let body = body.to_bytes();
+    let user = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v.get("user").and_then(|u| u.as_str()).map(str::to_owned));
+    let Some(user) = user else {
+        return json(StatusCode::BAD_REQUEST, &error_body("bad_request", r#"expected {"user":"<id>"}"#));
+    };
+    match UserId::new(&user) {
+        Ok(u) => {
+            debug!("dev token issued");
+            let token = shared.config.auth.issue(&u, Duration::from_secs(24 * 3600));
+            json(StatusCode::OK, &serde_json::json!({ "token": token }))
+        }
+        Err(e) => json(StatusCode::BAD_REQUEST, &error_body(ErrorCode::InvalidUser.as_str(), &e.to_string())),
+    }
+}

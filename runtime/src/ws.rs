@@ -1,0 +1,183 @@
+//! One WebSocket connection: its socket on one side, the driver on the other.
+//!
+//! The task reads messages and forwards them to the driver (data frames, and pongs/pings as proof of
+//! life), and writes what the driver puts in its outbox. It decides nothing about presence; it only
+//! reports how the connection ended: a Close frame or EOF is graceful, an I/O error is not.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use presence_core::frame::Encoding;
+use presence_core::user::{SessionId, UserId};
+use presence_core::{close_code, ConnId, OutMessage};
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::error::CapacityError;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
+use tracing::{debug, Instrument};
+
+use crate::driver::{DriverHandle, Outbound, ToDriver, OUTBOX};
+use crate::metrics::Metrics;
+
+/// Per-connection WebSocket limits.
+#[derive(Debug, Clone)]
+pub struct WsLimits {
+    /// Largest message (and frame) accepted; larger closes with 1009.
+    pub max_message_size: usize,
+    /// tungstenite's read buffer (its default of 128 KiB per connection is far too much here).
+    pub read_buffer_size: usize,
+    /// Bytes buffered before a write is flushed.
+    pub write_buffer_size: usize,
+    /// Most bytes buffered for writing; past it the connection fails.
+    pub max_write_buffer_size: usize,
+    /// A write that cannot complete in this time (the client stopped reading) ends the connection.
+    pub write_timeout: Duration,
+}
+
+impl Default for WsLimits {
+    fn default() -> Self {
+        WsLimits {
+            max_message_size: presence_core::frame::MAX_FRAME_BYTES,
+            read_buffer_size: 4 * 1024,
+            write_buffer_size: 0,
+            max_write_buffer_size: 128 * 1024,
+            write_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl WsLimits {
+    fn config(&self) -> WebSocketConfig {
+        WebSocketConfig::default()
+            .read_buffer_size(self.read_buffer_size)
+            .write_buffer_size(self.write_buffer_size)
+            .max_write_buffer_size(self.max_write_buffer_size.max(self.write_buffer_size + 1))
+            .max_message_size(Some(self.max_message_size))
+            .max_frame_size(Some(self.max_message_size))
+    }
+}
+
+/// Who the connection is.
+pub(crate) struct ConnContext {
+    pub(crate) conn: ConnId,
+    pub(crate) user: UserId,
+    pub(crate) session: SessionId,
+    pub(crate) driver: DriverHandle,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) limits: WsLimits,
+}
+
+/// Runs the connection to its end. `refuse`: over the connection limit, close with 1013 at once.
+pub(crate) async fn run<Io: AsyncRead + AsyncWrite + Unpin + Send>(io: Io, ctx: ConnContext, refuse: bool) {
+    let mut ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ctx.limits.config())).await;
+    if refuse {
+        let _ = close(&mut ws, close_code::TRY_AGAIN_LATER, "server at connection limit", &ctx.limits).await;
+        return;
+    }
+    let span = tracing::debug_span!("conn", id = ctx.conn.0);
+    serve(ws, ctx).instrument(span).await;
+}
+
+async fn serve<Io: AsyncRead + AsyncWrite + Unpin + Send>(mut ws: WebSocketStream<Io>, ctx: ConnContext) {
+    let conn = ctx.conn;
+    let (outbox, mut rx) = mpsc::channel(OUTBOX);
+    let open = ToDriver::Open { conn, user: ctx.user.clone(), session: ctx.session.clone(), outbox };
+    if !ctx.driver.send(open).await {
+        let _ = close(&mut ws, close_code::GOING_AWAY, "server shutting down", &ctx.limits).await;
+        return;
+    }
+    debug!("open");
+    // `Some(graceful)` once the connection ended on the client's side (or by an I/O error);
+    // `None` when the server closed it (the core already knows).
+    let ended: Option<bool> = loop {
+        tokio::select! {
+            msg = ws.next() => match msg {
+                Some(Ok(Message::Text(t))) => {
+                    let payload = t.as_bytes().to_vec();
+                    ctx.driver.send(ToDriver::Message { conn, encoding: Encoding::Json, payload }).await;
+                }
+                Some(Ok(Message::Binary(b))) => {
+                    let payload = b.to_vec();
+                    ctx.driver.send(ToDriver::Message { conn, encoding: Encoding::Binary, payload }).await;
+                }
+                // tungstenite answers pings itself; both directions prove the peer is alive.
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
+                    ctx.driver.send(ToDriver::Alive { conn }).await;
+                }
+                Some(Ok(Message::Close(_))) | None => break Some(true),
+                Some(Ok(Message::Frame(_))) => {}
+                Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
+                    ctx.metrics.oversized_messages.inc();
+                    let _ = close(&mut ws, close_code::TOO_BIG, "message too big", &ctx.limits).await;
+                    // Server-initiated for a live client: its last_seen is now.
+                    break Some(true);
+                }
+                Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => break Some(true),
+                Some(Err(e)) => {
+                    debug!(error = %e, "connection failed");
+                    break Some(false);
+                }
+            },
+            out = rx.recv() => match out {
+                Some(Outbound::Message(m)) => {
+                    let msg = match m {
+                        OutMessage::Text(t) => Message::text(t),
+                        OutMessage::Binary(b) => Message::binary(b),
+                    };
+                    if !send(&mut ws, msg, &ctx.limits).await {
+                        break Some(false);
+                    }
+                }
+                Some(Outbound::Ping) => {
+                    if !send(&mut ws, Message::Ping(Default::default()), &ctx.limits).await {
+                        break Some(false);
+                    }
+                }
+                Some(Outbound::Close(code, reason)) => {
+                    let _ = close(&mut ws, code, reason, &ctx.limits).await;
+                    break None;
+                }
+                // The driver dropped us (too slow to read, or it stopped): it already ended the session.
+                None => {
+                    let _ = close(&mut ws, close_code::GOING_AWAY, "connection closed by server", &ctx.limits).await;
+                    break None;
+                }
+            },
+        }
+    };
+    if let Some(graceful) = ended {
+        debug!(graceful, "closed by client");
+        // Tell the core first: the close time is the last_seen.
+        ctx.driver.send(ToDriver::Closed { conn, graceful }).await;
+        // Flush tungstenite's automatic reply to the client's Close frame, briefly.
+        let _ = tokio::time::timeout(Duration::from_millis(200), ws.flush()).await;
+    }
+}
+
+async fn send<Io: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<Io>,
+    msg: Message,
+    l: &WsLimits,
+) -> bool {
+    matches!(tokio::time::timeout(l.write_timeout, ws.send(msg)).await, Ok(Ok(())))
+}
+
+async fn close<Io: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<Io>,
+    code: u16,
+    reason: &'static str,
+    l: &WsLimits,
+) -> bool {
+    let frame = CloseFrame { code: CloseCode::from(code), reason: reason.into() };
+    let ok = send(ws, Message::Close(Some(frame)), l).await;
+    // Give the client a moment to answer the close (so it sees a clean close), but never wait long.
+    let _ = tokio::time::timeout(Duration::from_millis(200), async {
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+    ok
+}
