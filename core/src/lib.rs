@@ -12,6 +12,7 @@
 //! - [`time`]: monotonic and wall-clock time as handed in; RFC 3339 formatting.
 //! - [`user`]: validated user and session ids.
 //! - [`config`]: tunables and their defaults.
+//! - [`testkit`]: in-memory stores with Redis and DynamoDB semantics, for tests, fuzzers, simulations.
 #![warn(missing_docs, unreachable_pub)]
 
 mod clock;
@@ -21,6 +22,7 @@ pub mod frame;
 pub mod machine;
 mod ratelimit;
 pub mod store;
+pub mod testkit;
 pub mod time;
 pub mod user;
 

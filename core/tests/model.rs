@@ -20,9 +20,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use presence_core::frame::Encoding;
-use presence_core::store::{
-    DurableOp, EffectId, RegistryEntry, RegistryOp, StoreError, StoreOp, StoreOutput,
-};
+use presence_core::store::{DurableOp, EffectId, RegistryOp, StoreError, StoreOp};
+use presence_core::testkit::{max_register, MemoryStores};
 use presence_core::time::{MonoTime, Now, UnixMillis};
 use presence_core::user::{SessionId, UserId};
 use presence_core::{Config, ConnId, Effect, Input, Presence};
@@ -66,60 +65,6 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
-/// Redis and DynamoDB semantics, in memory.
-#[derive(Default)]
-struct FakeStores {
-    ws: BTreeMap<UserId, BTreeSet<SessionId>>,
-    redis_last_seen: BTreeMap<UserId, UnixMillis>,
-    durable: BTreeMap<UserId, UnixMillis>,
-}
-
-fn max_set(m: &mut BTreeMap<UserId, UnixMillis>, u: &UserId, v: UnixMillis) {
-    let e = m.entry(u.clone()).or_insert(v);
-    *e = (*e).max(v);
-}
-
-impl FakeStores {
-    fn apply(&mut self, op: &StoreOp) -> StoreOutput {
-        match op {
-            StoreOp::Registry(RegistryOp::Register { user, session }) => {
-                self.ws.entry(user.clone()).or_default().insert(session.clone());
-                StoreOutput::Done
-            }
-            StoreOp::Registry(RegistryOp::EndSession { user, session, last_seen }) => {
-                if let Some(set) = self.ws.get_mut(user) {
-                    set.remove(session);
-                    if set.is_empty() {
-                        self.ws.remove(user);
-                    }
-                }
-                max_set(&mut self.redis_last_seen, user, *last_seen);
-                StoreOutput::Done
-            }
-            StoreOp::Registry(RegistryOp::SetLastSeen { user, last_seen }) => {
-                max_set(&mut self.redis_last_seen, user, *last_seen);
-                StoreOutput::Done
-            }
-            StoreOp::Registry(RegistryOp::Read { users }) => StoreOutput::Registry(
-                users
-                    .iter()
-                    .map(|u| RegistryEntry {
-                        online: self.ws.contains_key(u),
-                        last_seen: self.redis_last_seen.get(u).copied(),
-                    })
-                    .collect(),
-            ),
-            StoreOp::Durable(DurableOp::Write { user, last_seen }) => {
-                max_set(&mut self.durable, user, *last_seen);
-                StoreOutput::Done
-            }
-            StoreOp::Durable(DurableOp::Read { users }) => {
-                StoreOutput::Durable(users.iter().map(|u| self.durable.get(u).copied()).collect())
-            }
-        }
-    }
-}
-
 struct ModelConn {
     user: UserId,
     session: SessionId,
@@ -148,7 +93,7 @@ struct Harness {
     ended: Vec<Ended>,
     ended_sessions: BTreeSet<SessionId>,
     in_flight: Vec<(EffectId, StoreOp)>,
-    stores: FakeStores,
+    stores: MemoryStores,
     max_recorded: BTreeMap<UserId, UnixMillis>,
     restarts: u64,
     peak_live: usize,
@@ -175,7 +120,7 @@ impl Harness {
             ended: Vec::new(),
             ended_sessions: BTreeSet::new(),
             in_flight: Vec::new(),
-            stores: FakeStores::default(),
+            stores: MemoryStores::default(),
             max_recorded: BTreeMap::new(),
             restarts: 0,
             peak_live: 0,
@@ -281,7 +226,7 @@ impl Harness {
         if let Some(prev) = self.max_recorded.get(user) {
             prop_assert!(v >= *prev, "last_seen regression for {}: {:?} then {:?}", user, prev, v);
         }
-        max_set(&mut self.max_recorded, user, v);
+        max_register(&mut self.max_recorded, user, v);
         Ok(())
     }
 
@@ -380,8 +325,7 @@ impl Harness {
             }
             Step::Complete(i, o) => self.complete(i, o),
             Step::RegistryRestart => {
-                self.stores.ws.clear();
-                self.stores.redis_last_seen.clear();
+                self.stores.lose_registry();
                 self.restarts += 1;
                 self.feed(Input::RegistryRestarted)
             }
@@ -413,7 +357,7 @@ impl Harness {
         // Every ended session is durable with at least its last proof of life (I2); if it ended
         // after the last registry restart, the registry's last_seen has it too.
         for e in &self.ended {
-            let d = self.stores.durable.get(&e.user).copied();
+            let d = self.stores.durable_last_seen.get(&e.user).copied();
             prop_assert!(
                 d.is_some_and(|d| d.0 >= e.min_last_seen),
                 "{}/{}: durable {:?} < {}",
@@ -423,7 +367,7 @@ impl Harness {
                 e.min_last_seen
             );
             if e.restarts == self.restarts {
-                let r = self.stores.redis_last_seen.get(&e.user).copied();
+                let r = self.stores.registry_last_seen.get(&e.user).copied();
                 prop_assert!(
                     r.is_some_and(|r| r.0 >= e.min_last_seen),
                     "{}/{}: redis {:?} < {}",

@@ -1,0 +1,80 @@
+# Shared shell helpers for scripts/test and scripts/bench. Sourced, not run.
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+die() { printf '\033[1;31mFAILED: %s\033[0m\n' "$*" >&2; exit 1; }
+
+# A free TCP port on 127.0.0.1 (the kernel picks it; a tiny race with other processes is possible).
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+# Waits until host:port accepts TCP connections, or fails after $2 seconds (default 20).
+wait_port() {
+  local port=$1 limit=${2:-20} i
+  for ((i = 0; i < limit * 10; i++)); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  return 1
+}
+
+# Installs the Debian package $1 if the command $2 is missing.
+need_apt() {
+  local pkg=$1 cmd=$2
+  if ! command -v "$cmd" >/dev/null 2>&1; then
+    say "installing $pkg (Debian package; $cmd is missing)"
+    if [ -z "${APT_UPDATED:-}" ]; then
+      DEBIAN_FRONTEND=noninteractive apt-get update -qq || die "apt-get update failed"
+      APT_UPDATED=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg" >/dev/null || die "apt-get install $pkg failed"
+    command -v "$cmd" >/dev/null 2>&1 || die "$pkg installed but $cmd is still missing"
+  fi
+}
+
+# Installs the pinned Node.js test services (dynalite) from tests/node/package-lock.json.
+need_node_services() {
+  command -v node >/dev/null 2>&1 || need_apt nodejs node
+  command -v npm >/dev/null 2>&1 || need_apt npm npm
+  local dir=$ROOT/tests/node stamp=$ROOT/tests/node/node_modules/.installed-lock
+  if ! cmp -s "$dir/package-lock.json" "$stamp" 2>/dev/null; then
+    say "installing dynalite (npm ci, pinned by tests/node/package-lock.json)"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error) || die "npm ci in tests/node failed"
+    cp "$dir/package-lock.json" "$stamp"
+  fi
+  DYNALITE_CLI=$dir/node_modules/dynalite/cli.js
+  [ -f "$DYNALITE_CLI" ] || die "dynalite is not installed at $DYNALITE_CLI"
+}
+
+# Processes this script started; stop_started kills exactly these (never anything else).
+STARTED_PIDS=()
+stop_started() {
+  local pid
+  for pid in "${STARTED_PIDS[@]:-}"; do
+    [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
+  done
+  for pid in "${STARTED_PIDS[@]:-}"; do
+    [ -n "$pid" ] && wait "$pid" 2>/dev/null || true
+  done
+  STARTED_PIDS=()
+}
+
+# start_redis PORT DIR [extra redis-server args...]: a throwaway redis-server, no persistence.
+start_redis() {
+  local port=$1 dir=$2
+  shift 2
+  mkdir -p "$dir"
+  redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$dir" \
+    --daemonize no --logfile "$dir/redis.log" "$@" &
+  STARTED_PIDS+=($!)
+  wait_port "$port" || die "redis-server on port $port did not start (log: $dir/redis.log)"
+}
+
+# start_dynalite PORT DIR: dynalite keeping its data in DIR.
+start_dynalite() {
+  local port=$1 dir=$2
+  mkdir -p "$dir"
+  node "$DYNALITE_CLI" --port "$port" --path "$dir/data" >"$dir/dynalite.log" 2>&1 &
+  STARTED_PIDS+=($!)
+  wait_port "$port" || die "dynalite on port $port did not start (log: $dir/dynalite.log)"
+}

@@ -1,0 +1,471 @@
+//! The Redis host: a small RESP2 server speaking to the real `redis` client over turmoil TCP.
+//!
+//! It implements only what the runtime sends, with Redis semantics: `PING`, `CLIENT` (SETINFO),
+//! `SELECT`, `INFO` (with a `run_id` that changes on every start), `HSET`, `HLEN`, `HDEL`, `GET`,
+//! `SET`, `DEL`, `SCRIPT LOAD|FLUSH|EXISTS`, `EVAL` and `EVALSHA`. Scripts are not interpreted: the
+//! two the runtime uses ([`MAX_REGISTER_LUA`], [`END_SESSION_LUA`]) are recognised by their SHA-1
+//! and executed natively; the script cache is empty after a restart (`NOSCRIPT`, as in Redis).
+//!
+//! All data lives in [`RedisState`], reset every time the host software starts: a crash or
+//! bounce loses everything, like a Redis without persistence.
+//!
+//! The host also checks two invariants as commands arrive: I7 (a session's registry entry is
+//! removed only by the server that owns it) and I5 for cached values (no `last_seen` beyond true
+//! time plus the maximum skew).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use presence_core::time::UnixMillis;
+use presence_runtime::store::redis::{END_SESSION_LUA, MAX_REGISTER_LUA};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::rng::mix3;
+use crate::world::{bounds, lock, Plant, World, EPOCH_MS};
+
+/// A Redis value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Val {
+    /// A string.
+    Str(Vec<u8>),
+    /// A hash.
+    Hash(BTreeMap<Vec<u8>, Vec<u8>>),
+}
+
+/// The Redis host's memory (lost on every restart).
+#[derive(Debug)]
+pub struct RedisState {
+    seed: u64,
+    plant: Option<Plant>,
+    /// Starts so far.
+    pub incarnation: u64,
+    /// Whether the host runs.
+    pub up: bool,
+    /// `INFO server` run_id of this incarnation.
+    pub run_id: String,
+    /// The keyspace.
+    pub db: BTreeMap<Vec<u8>, Val>,
+    scripts: BTreeSet<String>,
+    /// Commands served (all incarnations).
+    pub commands: u64,
+}
+
+enum Reply {
+    Simple(&'static str),
+    Err(String),
+    Int(i64),
+    Bulk(Option<Vec<u8>>),
+}
+
+impl Reply {
+    fn write(&self, out: &mut Vec<u8>) {
+        match self {
+            Reply::Simple(s) => out.extend_from_slice(format!("+{s}\r\n").as_bytes()),
+            Reply::Err(s) => out.extend_from_slice(format!("-{s}\r\n").as_bytes()),
+            Reply::Int(n) => out.extend_from_slice(format!(":{n}\r\n").as_bytes()),
+            Reply::Bulk(None) => out.extend_from_slice(b"$-1\r\n"),
+            Reply::Bulk(Some(b)) => {
+                out.extend_from_slice(format!("${}\r\n", b.len()).as_bytes());
+                out.extend_from_slice(b);
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+    }
+
+    fn show(&self) -> String {
+        match self {
+            Reply::Simple(s) => format!("+{s}"),
+            Reply::Err(s) => format!("-{}", s.split(' ').next().unwrap_or("")),
+            Reply::Int(n) => format!(":{n}"),
+            Reply::Bulk(None) => "nil".into(),
+            Reply::Bulk(Some(b)) if b.len() > 40 => format!("${}", b.len()),
+            Reply::Bulk(Some(b)) => String::from_utf8_lossy(b).into_owned(),
+        }
+    }
+}
+
+/// SHA-1 of a script body, lowercase hex (what `EVALSHA` names).
+pub fn sha1_hex(body: &[u8]) -> String {
+    sha1_smol::Sha1::from(body).digest().to_string()
+}
+
+const WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong kind of value";
+
+/// Whether `s` is the fixed-width timestamp the scripts' Lua pattern accepts.
+fn well_formed(s: &[u8]) -> bool {
+    const SHAPE: &[u8; 24] = b"dddd-dd-ddTdd:dd:dd.dddZ";
+    s.len() == 24 && s.iter().zip(SHAPE).all(|(c, p)| if *p == b'd' { c.is_ascii_digit() } else { c == p })
+}
+
+impl RedisState {
+    pub(crate) fn new(seed: u64, plant: Option<Plant>) -> RedisState {
+        RedisState {
+            seed,
+            plant,
+            incarnation: 0,
+            up: false,
+            run_id: String::new(),
+            db: BTreeMap::new(),
+            scripts: BTreeSet::new(),
+            commands: 0,
+        }
+    }
+
+    /// A restart: everything is gone, a new run_id.
+    pub(crate) fn start(&mut self) {
+        self.incarnation += 1;
+        self.up = true;
+        self.run_id =
+            format!("{:016x}{:016x}{:08x}", mix3(self.seed, 0x4ED15, self.incarnation), self.incarnation, 0);
+        self.db.clear();
+        self.scripts.clear();
+    }
+
+    /// A crash: the data is gone at once.
+    pub(crate) fn crash(&mut self) {
+        self.up = false;
+        self.db.clear();
+        self.scripts.clear();
+    }
+
+    /// `HLEN ws:{user} > 0`.
+    pub fn online(&self, user: &str) -> bool {
+        matches!(self.db.get(format!("ws:{{{user}}}").as_bytes()), Some(Val::Hash(h)) if !h.is_empty())
+    }
+
+    /// The registry fields of `user`.
+    pub fn sessions(&self, user: &str) -> Vec<(String, String)> {
+        match self.db.get(format!("ws:{{{user}}}").as_bytes()) {
+            Some(Val::Hash(h)) => h
+                .iter()
+                .map(|(k, v)| {
+                    (String::from_utf8_lossy(k).into_owned(), String::from_utf8_lossy(v).into_owned())
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// `GET last_seen:{user}`, parsed.
+    pub fn last_seen(&self, user: &str) -> Option<i64> {
+        match self.db.get(format!("last_seen:{{{user}}}").as_bytes()) {
+            Some(Val::Str(s)) => UnixMillis::parse_rfc3339(&String::from_utf8_lossy(s)).map(|v| v.0),
+            _ => None,
+        }
+    }
+
+    fn get_str(&self, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
+        match self.db.get(key) {
+            None => Ok(None),
+            Some(Val::Str(s)) => Ok(Some(s.clone())),
+            Some(Val::Hash(_)) => Err(WRONGTYPE.into()),
+        }
+    }
+
+    fn hash_mut(&mut self, key: &[u8]) -> Result<&mut BTreeMap<Vec<u8>, Vec<u8>>, String> {
+        let v = self.db.entry(key.to_vec()).or_insert_with(|| Val::Hash(BTreeMap::new()));
+        match v {
+            Val::Hash(h) => Ok(h),
+            Val::Str(_) => Err(WRONGTYPE.into()),
+        }
+    }
+
+    fn drop_if_empty(&mut self, key: &[u8]) {
+        if matches!(self.db.get(key), Some(Val::Hash(h)) if h.is_empty()) {
+            self.db.remove(key);
+        }
+    }
+
+    /// The max-register both scripts share. `Ok(1)` if it wrote.
+    fn max_register(&mut self, w: &World, key: &[u8], ts: &[u8]) -> Result<i64, String> {
+        if let Some(v) = UnixMillis::parse_rfc3339(&String::from_utf8_lossy(ts)) {
+            let limit = EPOCH_MS + w.now() as i64 + bounds::MAX_SKEW_MS;
+            if v.0 > limit {
+                w.violation(format!(
+                    "I5 redis last_seen write {} is {} ms beyond true time + max skew",
+                    String::from_utf8_lossy(key),
+                    v.0 - limit
+                ));
+            }
+        }
+        let cur = self.get_str(key).map_err(|e| format!("ERR Error running script: {e}"))?;
+        if let Some(cur) = cur {
+            if well_formed(&cur) && cur.as_slice() >= ts {
+                return Ok(0);
+            }
+        }
+        self.db.insert(key.to_vec(), Val::Str(ts.to_vec()));
+        Ok(1)
+    }
+
+    /// Removes `field` from hash `key` on behalf of `peer`, checking ownership (I7).
+    fn owner_delete(&mut self, w: &World, peer: &str, key: &[u8], field: &[u8]) -> Result<i64, String> {
+        let fields: Vec<Vec<u8>> = match self.db.get(key) {
+            None => return Ok(0),
+            Some(Val::Str(_)) => return Err(format!("ERR Error running script: {WRONGTYPE}")),
+            Some(Val::Hash(h)) => match self.plant {
+                Some(Plant::UnconditionalDelete) => h.keys().cloned().collect(),
+                _ => h.contains_key(field).then(|| field.to_vec()).into_iter().collect(),
+            },
+        };
+        let mut n = 0;
+        if let Some(Val::Hash(h)) = self.db.get_mut(key) {
+            for f in fields {
+                if let Some(owner) = h.remove(&f) {
+                    n += 1;
+                    if owner != peer.as_bytes() {
+                        w.violation(format!(
+                            "I7 {peer} removed registry entry {} of {} owned by {}",
+                            String::from_utf8_lossy(&f),
+                            String::from_utf8_lossy(key),
+                            String::from_utf8_lossy(&owner)
+                        ));
+                    }
+                }
+            }
+        }
+        self.drop_if_empty(key);
+        Ok(n)
+    }
+
+    fn run_script(&mut self, w: &World, peer: &str, sha: &str, keys: &[Vec<u8>], args: &[Vec<u8>]) -> Reply {
+        let result = if sha == sha1_hex(MAX_REGISTER_LUA.as_bytes()) {
+            if keys.is_empty() || args.is_empty() {
+                return Reply::Err("ERR Error running script: missing KEYS[1]/ARGV[1]".into());
+            }
+            self.max_register(w, &keys[0], &args[0])
+        } else if sha == sha1_hex(END_SESSION_LUA.as_bytes()) {
+            if keys.len() < 2 || args.len() < 2 {
+                return Reply::Err("ERR Error running script: missing KEYS/ARGV".into());
+            }
+            self.owner_delete(w, peer, &keys[0], &args[0])
+                .and_then(|_| self.max_register(w, &keys[1], &args[1]))
+        } else {
+            return Reply::Err("ERR sim redis: unsupported script".into());
+        };
+        match result {
+            Ok(n) => Reply::Int(n),
+            Err(e) => Reply::Err(e),
+        }
+    }
+
+    fn command(&mut self, w: &World, peer: &str, argv: &[Vec<u8>]) -> Reply {
+        self.commands += 1;
+        let name = String::from_utf8_lossy(&argv[0]).to_ascii_uppercase();
+        let arity = |n: usize| argv.len() >= n;
+        let wrong =
+            || Reply::Err(format!("ERR wrong number of arguments for '{}' command", name.to_lowercase()));
+        match name.as_str() {
+            "PING" => Reply::Simple("PONG"),
+            "CLIENT" | "SELECT" => Reply::Simple("OK"),
+            "INFO" => {
+                let body = format!("# Server\r\nredis_version:7.0.0-sim\r\nrun_id:{}\r\n", self.run_id);
+                Reply::Bulk(Some(body.into_bytes()))
+            }
+            "HSET" if arity(4) && argv.len() % 2 == 0 => match self.hash_mut(&argv[1]) {
+                Ok(h) => {
+                    let mut added = 0;
+                    for pair in argv[2..].chunks(2) {
+                        if h.insert(pair[0].clone(), pair[1].clone()).is_none() {
+                            added += 1;
+                        }
+                    }
+                    Reply::Int(added)
+                }
+                Err(e) => Reply::Err(e),
+            },
+            "HLEN" if arity(2) => match self.db.get(&argv[1]) {
+                None => Reply::Int(0),
+                Some(Val::Hash(h)) => Reply::Int(h.len() as i64),
+                Some(Val::Str(_)) => Reply::Err(WRONGTYPE.into()),
+            },
+            "HDEL" if arity(3) => {
+                let res = match self.db.get_mut(&argv[1]) {
+                    None => Reply::Int(0),
+                    Some(Val::Str(_)) => Reply::Err(WRONGTYPE.into()),
+                    Some(Val::Hash(h)) => {
+                        Reply::Int(argv[2..].iter().filter(|f| h.remove(*f).is_some()).count() as i64)
+                    }
+                };
+                self.drop_if_empty(&argv[1]);
+                res
+            }
+            "GET" if arity(2) => match self.get_str(&argv[1]) {
+                Ok(v) => Reply::Bulk(v),
+                Err(e) => Reply::Err(e),
+            },
+            "SET" if arity(3) => {
+                self.db.insert(argv[1].clone(), Val::Str(argv[2].clone()));
+                Reply::Simple("OK")
+            }
+            "DEL" if arity(2) => {
+                Reply::Int(argv[1..].iter().filter(|k| self.db.remove(*k).is_some()).count() as i64)
+            }
+            "SCRIPT" if arity(2) => match String::from_utf8_lossy(&argv[1]).to_ascii_uppercase().as_str() {
+                "LOAD" if arity(3) => {
+                    let sha = sha1_hex(&argv[2]);
+                    self.scripts.insert(sha.clone());
+                    Reply::Bulk(Some(sha.into_bytes()))
+                }
+                "FLUSH" => {
+                    self.scripts.clear();
+                    Reply::Simple("OK")
+                }
+                _ => Reply::Err("ERR unknown SCRIPT subcommand".into()),
+            },
+            "EVALSHA" | "EVAL" if arity(3) => {
+                let sha = if name == "EVAL" {
+                    let sha = sha1_hex(&argv[1]);
+                    self.scripts.insert(sha.clone());
+                    sha
+                } else {
+                    String::from_utf8_lossy(&argv[1]).to_ascii_lowercase()
+                };
+                if !self.scripts.contains(&sha) {
+                    return Reply::Err("NOSCRIPT No matching script. Please use EVAL.".into());
+                }
+                let Some(nkeys) = std::str::from_utf8(&argv[2]).ok().and_then(|s| s.parse::<usize>().ok())
+                else {
+                    return Reply::Err("ERR value is not an integer or out of range".into());
+                };
+                if argv.len() < 3 + nkeys {
+                    return Reply::Err("ERR Number of keys can't be greater than number of args".into());
+                }
+                let (keys, args) = argv[3..].split_at(nkeys);
+                self.run_script(w, peer, &sha, keys, args)
+            }
+            "HSET" | "HLEN" | "HDEL" | "GET" | "SET" | "DEL" | "SCRIPT" | "EVALSHA" | "EVAL" => wrong(),
+            _ => Reply::Err(format!("ERR unknown command '{}'", name.to_lowercase())),
+        }
+    }
+}
+
+/// Parses one RESP array of bulk strings from the front of `buf`: `Ok(Some((args, used)))`,
+/// `Ok(None)` if incomplete, `Err` if malformed.
+fn parse(buf: &[u8]) -> Result<Option<(Vec<Vec<u8>>, usize)>, ()> {
+    fn line(buf: &[u8], at: usize) -> Option<(&[u8], usize)> {
+        let rest = buf.get(at..)?;
+        let end = rest.windows(2).position(|w| w == b"\r\n")?;
+        Some((&rest[..end], at + end + 2))
+    }
+    fn num(b: &[u8]) -> Result<i64, ()> {
+        std::str::from_utf8(b).ok().and_then(|s| s.parse().ok()).ok_or(())
+    }
+    let Some((head, mut at)) = line(buf, 0) else { return Ok(None) };
+    if head.first() != Some(&b'*') {
+        return Err(());
+    }
+    let n = num(&head[1..])?;
+    if !(1..=1024).contains(&n) {
+        return Err(());
+    }
+    let mut args = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let Some((h, next)) = line(buf, at) else { return Ok(None) };
+        if h.first() != Some(&b'$') {
+            return Err(());
+        }
+        let len = num(&h[1..])?;
+        if !(0..=1 << 20).contains(&len) {
+            return Err(());
+        }
+        let len = len as usize;
+        if buf.len() < next + len + 2 {
+            return Ok(None);
+        }
+        args.push(buf[next..next + len].to_vec());
+        at = next + len + 2;
+    }
+    Ok(Some((args, at)))
+}
+
+fn show_args(argv: &[Vec<u8>]) -> String {
+    argv.iter()
+        .map(
+            |a| {
+                if a.len() > 40 {
+                    format!("<{}B>", a.len())
+                } else {
+                    String::from_utf8_lossy(a).into_owned()
+                }
+            },
+        )
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The Redis host's software: a fresh, empty Redis on port 6379.
+pub async fn redis_main(w: Arc<World>) -> turmoil::Result {
+    let incarnation = {
+        let mut st = lock(&w.redis);
+        st.start();
+        st.incarnation
+    };
+    w.trace(format!("redis start incarnation={incarnation}"));
+    let listener = turmoil::net::TcpListener::bind(("0.0.0.0", 6379)).await?;
+    loop {
+        let (stream, addr) = listener.accept().await?;
+        let peer = turmoil::reverse_lookup(addr.ip()).unwrap_or_else(|| addr.ip().to_string());
+        let w = w.clone();
+        tokio::spawn(async move {
+            let _ = serve_conn(w, peer, stream).await;
+        });
+    }
+}
+
+async fn serve_conn(w: Arc<World>, peer: String, mut stream: turmoil::net::TcpStream) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let mut out = Vec::new();
+        loop {
+            match parse(&buf) {
+                Ok(Some((argv, used))) => {
+                    buf.drain(..used);
+                    let reply = lock(&w.redis).command(&w, &peer, &argv);
+                    let name = String::from_utf8_lossy(&argv[0]).to_ascii_uppercase();
+                    if name != "INFO" && name != "CLIENT" {
+                        w.trace(format!("redis<{peer} {} -> {}", show_args(&argv), reply.show()));
+                    }
+                    reply.write(&mut out);
+                }
+                Ok(None) => break,
+                Err(()) => {
+                    let _ = stream.write_all(b"-ERR Protocol error\r\n").await;
+                    return Ok(());
+                }
+            }
+        }
+        if !out.is_empty() {
+            stream.write_all(&out).await?;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_resp_arrays() {
+        let b = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n*1\r\n$4\r\nPING\r\n";
+        let (a, used) = parse(b).unwrap().unwrap();
+        assert_eq!(a, vec![b"GET".to_vec(), b"k".to_vec()]);
+        let (a, _) = parse(&b[used..]).unwrap().unwrap();
+        assert_eq!(a, vec![b"PING".to_vec()]);
+        assert!(parse(b"*2\r\n$3\r\nGE").unwrap().is_none());
+        assert!(parse(b"+x\r\n").is_err());
+    }
+
+    #[test]
+    fn timestamp_shape() {
+        assert!(well_formed(b"2024-01-15T09:42:00.000Z"));
+        assert!(!well_formed(b"2024-01-15T09:42:00.000+"));
+        assert!(!well_formed(b"yesterday"));
+    }
+}

@@ -1,0 +1,245 @@
+//! `presence-server` processes.
+//!
+//! [`ServerSpec`] is the command line: the harness defaults (short timeouts, a fixed JWT secret,
+//! a data directory inside the test's directory) plus the stores of the test's [`crate::Stack`];
+//! tests override single flags with [`ServerSpec::arg`]. [`ServerSpec::start`] runs the binary with
+//! `--listen 127.0.0.1:0`, reads the address it prints, and waits for `/healthz` and `/readyz`.
+//!
+//! The child gets a clean environment for its own settings: every inherited `PRESENCE_*` and
+//! `AWS_*` variable is removed, so only the flags below configure it.
+//!
+//! | flag                  | harness default | why                                                   |
+//! |-----------------------|-----------------|-------------------------------------------------------|
+//! | `--ping-interval`     | 200ms           | dead connections are found fast...                    |
+//! | `--heartbeat-timeout` | 1s              | ...so the ungraceful scenarios take about a second    |
+//! | `--handshake-timeout` | 2s              |                                                       |
+//! | `--store-timeout`     | 1s              | outages are noticed quickly                           |
+//! | `--shutdown-timeout`  | 5s              | a stuck shutdown fails the test instead of hanging it |
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+use std::time::Duration;
+
+use crate::client::{ConnectError, ConnectOptions, Entry, WsClient};
+use crate::http;
+use crate::process::Proc;
+use crate::time::eventually;
+use crate::token;
+
+/// The command line of one server.
+#[derive(Debug, Clone)]
+pub struct ServerSpec {
+    id: String,
+    dir: PathBuf,
+    secret: String,
+    args: Vec<(String, Option<String>)>,
+}
+
+impl ServerSpec {
+    /// A server with id `id` whose files live under `dir`, with the harness defaults and no stores
+    /// (embedded ones in its data directory).
+    pub fn new(id: &str, dir: &Path, secret: &str) -> ServerSpec {
+        let data = dir.join(format!("{id}-data"));
+        let spec = ServerSpec {
+            id: id.to_owned(),
+            dir: dir.to_owned(),
+            secret: secret.to_owned(),
+            args: Vec::new(),
+        };
+        spec.arg("--listen", "127.0.0.1:0")
+            .arg("--server-id", id)
+            .arg("--jwt-secret", secret)
+            .arg("--data-dir", data.to_str().expect("utf-8 path"))
+            .arg("--ping-interval", "200ms")
+            .arg("--heartbeat-timeout", "1s")
+            .arg("--handshake-timeout", "2s")
+            .arg("--store-timeout", "1s")
+            .arg("--shutdown-timeout", "5s")
+    }
+
+    /// Sets `flag` to `value`, replacing an earlier value.
+    pub fn arg(mut self, flag: &str, value: &str) -> ServerSpec {
+        self.args.retain(|(f, _)| f != flag);
+        self.args.push((flag.to_owned(), Some(value.to_owned())));
+        self
+    }
+
+    /// Adds a flag without value (e.g. `--create-table`).
+    pub fn flag(mut self, flag: &str) -> ServerSpec {
+        self.args.retain(|(f, _)| f != flag);
+        self.args.push((flag.to_owned(), None));
+        self
+    }
+
+    /// The server id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(crate::env::server_bin());
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy();
+            if k.starts_with("PRESENCE_") || k.starts_with("AWS_") {
+                cmd.env_remove(&*k);
+            }
+        }
+        cmd.env("RUST_LOG", "info").env("RUST_BACKTRACE", "1");
+        for (k, v) in &self.args {
+            cmd.arg(k);
+            if let Some(v) = v {
+                cmd.arg(v);
+            }
+        }
+        cmd
+    }
+
+    /// Starts the server and waits until it is healthy and ready.
+    pub async fn start(self) -> PresenceServer {
+        let mut server = PresenceServer { spec: self, addr: None, proc: None };
+        server.spawn().await;
+        server
+    }
+}
+
+/// A running `presence-server`; killed on drop.
+pub struct PresenceServer {
+    spec: ServerSpec,
+    addr: Option<SocketAddr>,
+    proc: Option<Proc>,
+}
+
+impl PresenceServer {
+    async fn spawn(&mut self) {
+        let mut spec = self.spec.clone();
+        if let Some(addr) = self.addr {
+            // A restart keeps the address, so clients and tests can reconnect to the same place.
+            spec = spec.arg("--listen", &addr.to_string());
+        }
+        let log = self.spec.dir.join(format!("{}.log", self.spec.id));
+        let offset = std::fs::metadata(&log).map_or(0, |m| m.len() as usize);
+        let mut proc = Proc::spawn(&format!("presence-server {}", self.spec.id), spec.command(), &log);
+        let addr =
+            eventually(&format!("{} to print its address", self.spec.id), Duration::from_secs(30), || {
+                let found = listening_addr(&log, offset);
+                let exited = proc.try_exit();
+                async move {
+                    if let Some(status) = exited {
+                        return Err(format!("exited with {status:?}"));
+                    }
+                    found.ok_or_else(|| "not listening yet".to_owned())
+                }
+            })
+            .await;
+        proc.assert_running();
+        self.addr = Some(addr);
+        self.proc = Some(proc);
+        eventually(
+            &format!("{} /healthz and /readyz", self.spec.id),
+            Duration::from_secs(20),
+            || async move {
+                let h = http::get(addr, "/healthz").await?;
+                let r = http::get(addr, "/readyz").await?;
+                if h.status == 200 && r.status == 200 {
+                    Ok(())
+                } else {
+                    Err(format!("/healthz {} /readyz {} {}", h.status, r.status, r.body))
+                }
+            },
+        )
+        .await;
+    }
+
+    /// The server id.
+    pub fn id(&self) -> &str {
+        &self.spec.id
+    }
+
+    /// The listening address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr.expect("server started")
+    }
+
+    /// A valid token for `user`, signed with this server's secret.
+    pub fn token(&self, user: &str) -> String {
+        token::valid(&self.spec.secret, user)
+    }
+
+    /// Connects `user` with a valid token; panics if refused.
+    pub async fn connect(&self, user: &str) -> WsClient {
+        let options = ConnectOptions { token: Some(self.token(user)), ..ConnectOptions::default() };
+        WsClient::connect(self.addr(), user, &options)
+            .await
+            .unwrap_or_else(|e| panic!("{user} could not connect to {}: {e:?}", self.id()))
+    }
+
+    /// Connects with explicit options (tokens, Origin); the error carries the HTTP status.
+    pub async fn connect_with(&self, user: &str, options: &ConnectOptions) -> Result<WsClient, ConnectError> {
+        WsClient::connect(self.addr(), user, options).await
+    }
+
+    /// `GET path` on this server.
+    pub async fn get(&self, path: &str) -> http::Response {
+        http::get(self.addr(), path).await.unwrap_or_else(|e| panic!("{} GET {path}: {e}", self.id()))
+    }
+
+    /// `GET /healthz` status.
+    pub async fn healthz(&self) -> u16 {
+        self.get("/healthz").await.status
+    }
+
+    /// `GET /readyz`: status and JSON body.
+    pub async fn readyz(&self) -> (u16, serde_json::Value) {
+        let r = self.get("/readyz").await;
+        (r.status, r.json())
+    }
+
+    /// `GET /v1/presence?users=...` as `as_user`.
+    pub async fn presence_http(&self, as_user: &str, users: &[&str]) -> Vec<Entry> {
+        let path = format!("/v1/presence?users={}", users.join(","));
+        let auth = format!("Bearer {}", self.token(as_user));
+        let r = http::request(self.addr(), "GET", &path, &[("Authorization", &auth)])
+            .await
+            .unwrap_or_else(|e| panic!("{} GET {path}: {e}", self.id()));
+        assert_eq!(r.status, 200, "GET {path}: {}", r.body);
+        r.json()["users"].as_array().expect("users").iter().map(Entry::from_json).collect()
+    }
+
+    /// Panics (with the log's tail) if the process has exited.
+    pub fn assert_running(&mut self) {
+        self.proc.as_mut().expect("server running").assert_running();
+    }
+
+    /// SIGTERM, then waits up to `limit` for the exit; returns the exit status.
+    pub async fn terminate(&mut self, limit: Duration) -> ExitStatus {
+        let mut proc = self.proc.take().expect("server running");
+        proc.terminate(limit).await
+    }
+
+    /// SIGKILL (a crash), then waits for the exit.
+    pub async fn kill9(&mut self) {
+        let mut proc = self.proc.take().expect("server running");
+        proc.kill9().await;
+    }
+
+    /// Starts the server again with the same flags and address (after terminate or kill9).
+    pub async fn restart(&mut self) {
+        assert!(self.proc.is_none(), "{}: restart while running", self.id());
+        self.spawn().await;
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.spec.dir.join(format!("{}.log", self.spec.id))).unwrap_or_default()
+    }
+}
+
+/// The address in the `presence-server listening on http://ADDR` line written after `offset`.
+fn listening_addr(log: &Path, offset: usize) -> Option<SocketAddr> {
+    let text = std::fs::read(log).ok()?;
+    let text = String::from_utf8_lossy(text.get(offset..)?);
+    let line = text.lines().find(|l| l.starts_with("presence-server listening on http://"))?;
+    let rest = line.strip_prefix("presence-server listening on http://")?;
+    rest.split_whitespace().next()?.parse().ok()
+}

@@ -1,0 +1,42 @@
+//! HS256 tokens as any client library would make them (`sub` = user id, `exp` = expiry), plus the
+//! bad ones the security scenario needs. Built from the public contract, not the server's code.
+
+use base64::Engine;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+
+fn sign(secret: &str, user: &str, exp: i64) -> String {
+    let claims = serde_json::json!({ "sub": user, "exp": exp });
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("HS256 signing")
+}
+
+fn now_secs() -> i64 {
+    crate::time::now_ms() / 1000
+}
+
+/// A valid token for `user`, for one hour.
+pub fn valid(secret: &str, user: &str) -> String {
+    sign(secret, user, now_secs() + 3600)
+}
+
+/// A token that expired an hour ago (well past any leeway).
+pub fn expired(secret: &str, user: &str) -> String {
+    sign(secret, user, now_secs() - 3600)
+}
+
+/// A well-formed token signed with another secret.
+pub fn forged(user: &str) -> String {
+    sign("not-the-servers-secret", user, now_secs() + 3600)
+}
+
+/// An unsigned token (`"alg":"none"`, empty signature).
+pub fn alg_none(user: &str) -> String {
+    let b64 = |s: String| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+    let header = b64(r#"{"alg":"none","typ":"JWT"}"#.to_owned());
+    let payload = b64(serde_json::json!({ "sub": user, "exp": now_secs() + 3600 }).to_string());
+    format!("{header}.{payload}.")
+}
