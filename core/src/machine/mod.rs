@@ -16,6 +16,7 @@ mod writes;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use rand_chacha::rand_core::SeedableRng;
+use rustc_hash::FxHashMap;
 use rand_chacha::ChaCha8Rng;
 
 use crate::clock::WallClock;
@@ -41,8 +42,9 @@ pub struct Presence {
     wall: UnixMillis,
     next_effect: u64,
     next_sid: u64,
-    /// Live connections. Looked up on every frame; never iterated into an output without sorting.
-    conns: HashMap<ConnId, Conn>,
+    /// Live connections. Looked up on every frame, so hashed with FxHash (the keys are ids the
+    /// driver assigns, not attacker-chosen); never iterated into an output without sorting.
+    conns: FxHashMap<ConnId, Conn>,
     /// One heartbeat check per connection, (when, conn). Re-armed lazily when it fires, so a frame
     /// costs a hash lookup and two stores, not a tree update.
     timers: BTreeSet<(MonoTime, ConnId)>,
@@ -59,7 +61,7 @@ pub struct Presence {
     /// Failed writes waiting for their backoff to expire.
     retries: BTreeSet<(MonoTime, RetryKey)>,
     /// What each in-flight store operation was for.
-    in_flight: HashMap<EffectId, InFlight>,
+    in_flight: FxHashMap<EffectId, InFlight>,
     /// Ended sessions whose registry end is not yet acknowledged (part of the pending-write count).
     ending_sessions: usize,
     /// Bumped on every registry restart; results of operations issued before are not trusted.
@@ -93,7 +95,7 @@ impl Presence {
             wall: UnixMillis(0),
             next_effect: 0,
             next_sid: 0,
-            conns: HashMap::new(),
+            conns: FxHashMap::default(),
             timers: BTreeSet::new(),
             sessions: BTreeMap::new(),
             users: HashMap::new(),
@@ -101,7 +103,7 @@ impl Presence {
             dirty_sessions: BTreeSet::new(),
             dirty_durable: BTreeSet::new(),
             retries: BTreeSet::new(),
-            in_flight: HashMap::new(),
+            in_flight: FxHashMap::default(),
             ending_sessions: 0,
             registry_epoch: 0,
             registry_failing: false,
