@@ -307,15 +307,20 @@ impl Driver {
 
     fn send_to_conn(&mut self, conn: ConnId, out: Outbound) {
         let Some(outbox) = self.outboxes.get(&conn) else { return };
-        if let Err(e) = outbox.try_send(out) {
-            // Full: the client does not read fast enough to keep OUTBOX messages; closed: the task
-            // is gone. Either way the connection is over; dropping the sender tells the task.
-            if matches!(e, mpsc::error::TrySendError::Full(_)) {
+        match outbox.try_send(out) {
+            Ok(()) => {}
+            // The client does not read fast enough to keep OUTBOX messages: end its session now
+            // and drop the sender, which tells the task to close the socket.
+            Err(mpsc::error::TrySendError::Full(_)) => {
                 debug!(conn = conn.0, "client too slow; closing");
                 self.metrics.slow_consumers.inc();
+                self.outboxes.remove(&conn);
+                self.feed(Input::Closed { conn, graceful: false });
             }
-            self.outboxes.remove(&conn);
-            self.feed(Input::Closed { conn, graceful: false });
+            // The task has ended; its own `Closed` message (with how it ended) is on its way.
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.outboxes.remove(&conn);
+            }
         }
     }
 

@@ -11,6 +11,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::dynamo::{Dynalite, DynamoProbe};
+use crate::env;
 use crate::redis::{RedisCluster, RedisProbe, RedisServer};
 use crate::server::ServerSpec;
 
@@ -36,6 +37,7 @@ pub struct Stack {
 impl Stack {
     /// A single-node Redis and dynalite.
     pub async fn new(name: &str) -> Stack {
+        require(&[env::server_bin, env::redis_server, env::node, env::dynalite_cli]);
         let dir = TestDir::new(name);
         let (redis_dir, dynalite_dir) = (dir.path().join("redis"), dir.path().join("dynalite"));
         let (redis, dynalite) =
@@ -45,14 +47,17 @@ impl Stack {
 
     /// A three-master Redis Cluster and dynalite.
     pub async fn with_cluster(name: &str) -> Stack {
+        require(&[env::server_bin, env::redis_server, env::redis_cli, env::node, env::dynalite_cli]);
         let dir = TestDir::new(name);
         let dynalite_dir = dir.path().join("dynalite");
-        let (cluster, dynalite) = tokio::join!(RedisCluster::start(dir.path()), Dynalite::start(&dynalite_dir));
+        let (cluster, dynalite) =
+            tokio::join!(RedisCluster::start(dir.path()), Dynalite::start(&dynalite_dir));
         Stack::assemble(name, dir, Redis::Cluster(cluster), Some(dynalite))
     }
 
     /// No external stores: servers use the in-process registry and the embedded durable store.
     pub fn embedded(name: &str) -> Stack {
+        require(&[env::server_bin]);
         Stack::assemble(name, TestDir::new(name), Redis::None, None)
     }
 
@@ -120,6 +125,14 @@ impl Stack {
     pub fn dynalite(&mut self) -> &mut Dynalite {
         let name = self.name.clone();
         self.dynalite.as_mut().unwrap_or_else(|| panic!("{name}: this stack has no dynalite"))
+    }
+}
+
+/// Checks every requirement before anything is started, so a missing one fails the test at once
+/// with its message and leaves no directory behind.
+fn require(checks: &[fn() -> PathBuf]) {
+    for check in checks {
+        check();
     }
 }
 

@@ -38,7 +38,11 @@ async fn embedded_persistence() {
         let server = &server;
         async move {
             let (_, body) = server.readyz().await;
-            if body["pending_writes"] == 0 { Ok(()) } else { Err(body.to_string()) }
+            if body["pending_writes"] == 0 {
+                Ok(())
+            } else {
+                Err(body.to_string())
+            }
         }
     })
     .await;

@@ -1,4 +1,5 @@
-//! Scenario 5, Redis restart: `kill -9` redis-server and restart it empty on the same port.
+//! Scenario 5, Redis restart: `kill -9` redis-server and, a second later, restart it empty on the
+//! same port.
 //!
 //! - Live sessions are registered again within [`REREGISTER_BOUND`]: each server's Redis executor
 //!   sees its connection drop, reconnects with exponential backoff (50 ms doubling, capped at 2 s),
@@ -6,6 +7,8 @@
 //!   (one `HSET` each, bounded by `--store-timeout`, 1 s here). Bound = backoff cap + one op.
 //! - last_seen reads fall back to DynamoDB and refill Redis (`last_seen:{u}` reappears).
 //! - No value regresses: every answer after the restart equals the one before.
+//! - A session that ended while Redis was down gets its end (last_seen = its close time) once
+//!   Redis is back, and is not registered again; meanwhile queries answer `unavailable`.
 //! - Session ends after the restart work (the scripts are loaded again after `NOSCRIPT`).
 
 use std::time::Duration;
@@ -14,6 +17,9 @@ use presence_tests::scenarios::assert_recorded_at;
 use presence_tests::{eventually, now_ms, rfc3339, Stack};
 
 const REREGISTER_BOUND: Duration = Duration::from_secs(3);
+/// A session end that failed during the outage is retried with the core's backoff (100 ms
+/// doubling, capped at 10 s); after a one-second outage the next retry is due within a few seconds.
+const ERIN_BOUND: Duration = Duration::from_secs(12);
 
 #[tokio::test]
 #[ignore = "needs redis-server and dynalite: run scripts/test"]
@@ -47,7 +53,16 @@ async fn redis_restart() {
         "{before:?}"
     );
 
+    let erin = a.connect("erin").await;
+    redis.wait_sessions_on("erin", &["ws-a"], Duration::from_secs(5)).await;
+
+    // The outage: Redis is gone for about a second, and Erin leaves meanwhile.
     stack.redis_server().kill9().await;
+    let erin_closed = erin.close().await;
+    // While the registry is down, presence is unknown, never "offline".
+    let err = alice.try_query(&["bob"]).await.expect_err("no answer without the registry");
+    assert_eq!(err["code"], "unavailable", "{err}");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     stack.redis_server().restart_empty().await;
     let restarted = now_ms();
     // Nothing but the servers writes to it now; a query would backfill, and none ran yet.
@@ -76,6 +91,20 @@ async fn redis_restart() {
         .await;
     }
     assert_eq!(redis.last_seen("carol").await, None, "carol was never seen");
+
+    // Erin's end, retried after the outage, lands as her close time; she is not re-registered.
+    let erin_ls = eventually("Erin's end to reach the new Redis", ERIN_BOUND, || {
+        let redis = &redis;
+        async move { redis.try_last_seen("erin").await?.ok_or_else(|| "no last_seen:{erin} yet".to_owned()) }
+    })
+    .await;
+    eprintln!("Erin's end reached Redis {} ms after the restart", now_ms() - restarted);
+    let erin_ls = presence_tests::time::parse_rfc3339(&erin_ls);
+    assert_recorded_at("Erin, who left during the outage", erin_ls, erin_closed);
+    assert!(!redis.ws_key_exists("erin").await, "Erin's ended session was registered again");
+    dynamo.wait_last_seen("erin", erin_ls, Duration::from_secs(3)).await;
+    let seen = alice.entry("erin").await;
+    assert_eq!((seen.online, seen.last_seen), (false, Some(erin_ls)), "{seen:?}");
 
     // Session ends work against the new Redis.
     let carol_closed = carol.close().await;

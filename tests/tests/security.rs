@@ -59,7 +59,8 @@ async fn security() {
         assert_eq!(status, 401, "{what} token on /v1/ws: {body}");
         let in_query = ConnectOptions { token: t.clone(), token_in_query: true, ..ConnectOptions::default() };
         assert_eq!(refused(&server, in_query).await.0, 401, "{what} token as access_token");
-        let headers: Vec<(&str, String)> = t.iter().map(|t| ("Authorization", format!("Bearer {t}"))).collect();
+        let headers: Vec<(&str, String)> =
+            t.iter().map(|t| ("Authorization", format!("Bearer {t}"))).collect();
         let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let r = http::request(server.addr(), "GET", "/v1/presence?users=bob", &headers).await.expect("http");
         assert_eq!(r.status, 401, "{what} token on /v1/presence: {}", r.body);
@@ -67,12 +68,17 @@ async fn security() {
     // A good token works, as a header or as access_token.
     let mut ok = server.connect("bob").await;
     ok.ping().await;
-    let in_query = ConnectOptions { token: Some(server.token("bob")), token_in_query: true, ..ConnectOptions::default() };
+    let in_query = ConnectOptions {
+        token: Some(server.token("bob")),
+        token_in_query: true,
+        ..ConnectOptions::default()
+    };
     server.connect_with("bob", &in_query).await.expect("token as access_token").ping().await;
     assert_healthy(&mut server).await;
 
     // Origin: a browser page from elsewhere is refused; the allowed one is not.
-    let evil = ConnectOptions { origin: Some("https://evil.example".into()), ..with_token(server.token("bob")) };
+    let evil =
+        ConnectOptions { origin: Some("https://evil.example".into()), ..with_token(server.token("bob")) };
     let (status, body) = refused(&server, evil).await;
     assert_eq!(status, 403, "disallowed Origin: {body}");
     let good = ConnectOptions { origin: Some(ALLOWED_ORIGIN.into()), ..with_token(server.token("bob")) };
@@ -89,11 +95,17 @@ async fn security() {
     assert_eq!((&e["type"], &e["code"]), (&json!("error"), &json!("bad_frame")), "{e}");
     c.send_json(json!({"type": "query", "id": 5, "users": ["not a user id"]})).await;
     let e = c.next_frame(Duration::from_secs(2)).await;
-    assert_eq!((&e["type"], &e["id"], &e["code"]), (&json!("error"), &json!(5), &json!("invalid_user")), "{e}");
+    assert_eq!(
+        (&e["type"], &e["id"], &e["code"]),
+        (&json!("error"), &json!(5), &json!("invalid_user")),
+        "{e}"
+    );
     c.send_binary(vec![0xff, 0x00]).await;
     match c.next_event(Duration::from_secs(2)).await {
         // Binary error frame: tag 0x08, no id, code 0x00 (bad_frame).
-        Some((_, presence_tests::client::Event::Binary(b))) => assert_eq!(&b[..3], &[0x08, 0x00, 0x00], "{b:?}"),
+        Some((_, presence_tests::client::Event::Binary(b))) => {
+            assert_eq!(&b[..3], &[0x08, 0x00, 0x00], "{b:?}")
+        }
         other => panic!("expected a binary error frame, got {other:?}"),
     }
     c.ping().await;
@@ -120,7 +132,9 @@ async fn security() {
     assert_healthy(&mut server).await;
 
     // Sockets that never finish their request are dropped after --handshake-timeout (500 ms).
-    for (what, sent) in [("a silent socket", &b""[..]), ("a half-sent request", &b"GET /v1/ws HTTP/1.1\r\nHost: x\r\n"[..])] {
+    for (what, sent) in
+        [("a silent socket", &b""[..]), ("a half-sent request", &b"GET /v1/ws HTTP/1.1\r\nHost: x\r\n"[..])]
+    {
         let started = Instant::now();
         let mut s = tokio::net::TcpStream::connect(server.addr()).await.expect("connect");
         s.write_all(sent).await.expect("write");

@@ -24,16 +24,20 @@ async fn ungraceful() {
     redis.wait_sessions_on("bob", &["ws-a"], Duration::from_secs(5)).await;
 
     // An idle client that answers the server's pings stays online past the heartbeat timeout.
-    eventually("Bob to answer server pings for longer than the heartbeat timeout", Duration::from_secs(4), || {
-        let answered = bob.last_activity_ms();
-        async move {
-            if answered >= connected + HEARTBEAT_TIMEOUT_MS + 200 {
-                Ok(())
-            } else {
-                Err(format!("last answered ping {} ms after connecting", answered - connected))
+    eventually(
+        "Bob to answer server pings for longer than the heartbeat timeout",
+        Duration::from_secs(4),
+        || {
+            let answered = bob.last_activity_ms();
+            async move {
+                if answered >= connected + HEARTBEAT_TIMEOUT_MS + 200 {
+                    Ok(())
+                } else {
+                    Err(format!("last answered ping {} ms after connecting", answered - connected))
+                }
             }
-        }
-    })
+        },
+    )
     .await;
     assert!(alice.entry("bob").await.online, "an idle but answering client is online");
 
