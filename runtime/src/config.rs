@@ -113,6 +113,10 @@ pub struct ServeArgs {
     /// Timeout of one store operation.
     #[arg(long, env = "PRESENCE_STORE_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
     pub store_timeout: Duration,
+    /// Longest delay between retries of a failed store write (exponential backoff from 100 ms,
+    /// with jitter). Bounds how long a recovered store waits for the backlog to resume.
+    #[arg(long, env = "PRESENCE_RETRY_MAX", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub retry_max: Duration,
     /// On SIGTERM/SIGINT, how long to keep flushing pending writes before exiting.
     #[arg(long, env = "PRESENCE_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
@@ -152,6 +156,9 @@ impl ServeArgs {
         if self.heartbeat_timeout <= self.ping_interval {
             return Err(ConfigError::Heartbeat { ping: self.ping_interval, timeout: self.heartbeat_timeout });
         }
+        if self.retry_max.is_zero() {
+            return Err(ConfigError::Zero("--retry-max"));
+        }
         for (name, v) in [
             ("--max-connections", self.max_connections),
             ("--max-pending-writes", self.max_pending_writes),
@@ -175,6 +182,7 @@ impl ServeArgs {
             heartbeat_timeout: self.heartbeat_timeout,
             max_pending_writes: self.max_pending_writes,
             max_clock_skew: self.max_clock_skew,
+            retry_max: self.retry_max,
             frame_rate: self.frame_rate,
             frame_burst: self.frame_burst,
             limits,
