@@ -15,18 +15,27 @@ use crate::world::EPOCH_MS;
 #[derive(Debug)]
 pub struct SimClock {
     offset_ms: AtomicI64,
+    /// Largest offset ever set.
+    max_offset: AtomicI64,
     /// Largest value ever returned (the oracle's bound on what the core may believe "now" is).
     max_returned: AtomicI64,
 }
 
 impl SimClock {
     pub(crate) fn new() -> SimClock {
-        SimClock { offset_ms: AtomicI64::new(0), max_returned: AtomicI64::new(i64::MIN) }
+        SimClock { offset_ms: AtomicI64::new(0), max_offset: AtomicI64::new(i64::MIN), max_returned: AtomicI64::new(i64::MIN) }
     }
 
     /// Sets the offset from true time.
     pub fn set_offset(&self, ms: i64) {
         self.offset_ms.store(ms, Ordering::Relaxed);
+        self.max_offset.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// The largest offset this clock ever had. After a backward step the core extrapolates from
+    /// its last reading at the monotonic rate, so its "now" is at most true time + this.
+    pub fn max_offset(&self) -> i64 {
+        self.max_offset.load(Ordering::Relaxed)
     }
 
     /// The offset from true time.

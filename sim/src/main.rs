@@ -38,14 +38,18 @@ fn main() -> ExitCode {
     let started = Instant::now();
     let mut failed = Vec::new();
     for seed in from..from.saturating_add(seeds) {
-        let o = run_seed(seed, &params, keep_trace);
+        let o = run_seed(seed, &params, keep_trace || twice);
         let mut status =
             if o.violations.is_empty() { "ok".to_owned() } else { format!("FAIL ({})", o.violations.len()) };
         if twice {
-            let again = run_seed(seed, &params, false);
+            let again = run_seed(seed, &params, true);
             if again.hash != o.hash {
                 status.push_str(&format!(" NONDETERMINISTIC ({:016x} vs {:016x})", o.hash, again.hash));
                 failed.push(seed);
+                let dir = presence_sim::run::trace_dir();
+                let _ = std::fs::create_dir_all(&dir);
+                let _ = std::fs::write(dir.join(format!("seed-{seed}.first.txt")), o.trace.as_deref().unwrap_or(""));
+                let _ = std::fs::write(dir.join(format!("seed-{seed}.rerun.txt")), again.trace.as_deref().unwrap_or(""));
             }
         }
         println!(

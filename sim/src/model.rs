@@ -68,7 +68,8 @@ pub struct Answer {
     pub t_sent: u64,
     /// When the answer arrived.
     pub t_recv: u64,
-    /// The answering server's largest wall-clock reading by `t_recv`.
+    /// Upper bound of the answering server's core "now" at `t_recv`: its largest clock reading,
+    /// or true time + its largest clock offset, whichever is larger.
     pub reader_max_wall: i64,
     /// `(user index, online, last_seen)`.
     pub entries: Vec<(usize, bool, Option<i64>)>,

@@ -59,7 +59,7 @@ pub fn plan(seed: u64, p: &Params) -> Vec<(u64, Action)> {
     }
     // Per target, when its current crash/outage window ends (no overlapping windows).
     let mut busy: BTreeMap<String, u64> = BTreeMap::new();
-    let mut free = |what: &str, t: u64, until: u64, busy: &mut BTreeMap<String, u64>| {
+    let free = |what: &str, t: u64, until: u64, busy: &mut BTreeMap<String, u64>| {
         if busy.get(what).is_some_and(|&b| b + 200 > t) {
             return false;
         }

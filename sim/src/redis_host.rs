@@ -262,7 +262,7 @@ impl RedisState {
                 let body = format!("# Server\r\nredis_version:7.0.0-sim\r\nrun_id:{}\r\n", self.run_id);
                 Reply::Bulk(Some(body.into_bytes()))
             }
-            "HSET" if arity(4) && argv.len() % 2 == 0 => match self.hash_mut(&argv[1]) {
+            "HSET" if arity(4) && argv.len().is_multiple_of(2) => match self.hash_mut(&argv[1]) {
                 Ok(h) => {
                     let mut added = 0;
                     for pair in argv[2..].chunks(2) {
@@ -342,7 +342,10 @@ impl RedisState {
 
 /// Parses one RESP array of bulk strings from the front of `buf`: `Ok(Some((args, used)))`,
 /// `Ok(None)` if incomplete, `Err` if malformed.
-fn parse(buf: &[u8]) -> Result<Option<(Vec<Vec<u8>>, usize)>, ()> {
+/// One parsed command (its arguments) and the bytes it used.
+type Parsed = Option<(Vec<Vec<u8>>, usize)>;
+
+fn parse(buf: &[u8]) -> Result<Parsed, ()> {
     fn line(buf: &[u8], at: usize) -> Option<(&[u8], usize)> {
         let rest = buf.get(at..)?;
         let end = rest.windows(2).position(|w| w == b"\r\n")?;

@@ -27,7 +27,7 @@ impl Rng {
     }
 
     /// A uniformly random `u64`.
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0.next_u64()
     }
 
@@ -36,7 +36,7 @@ impl Rng {
         if hi <= lo {
             return lo;
         }
-        lo + self.next() % (hi - lo)
+        lo + self.next_u64() % (hi - lo)
     }
 
     /// Uniform in `lo..=hi` for signed values.
@@ -44,12 +44,12 @@ impl Rng {
         if hi <= lo {
             return lo;
         }
-        lo + (self.next() % ((hi - lo) as u64 + 1)) as i64
+        lo + (self.next_u64() % ((hi - lo) as u64 + 1)) as i64
     }
 
     /// True with probability `p` (0..=1).
     pub fn chance(&mut self, p: f64) -> bool {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= p
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 <= p
     }
 
     /// An index below `n` (0 if `n` is 0).

@@ -3,7 +3,7 @@
 use std::cell::RefCell;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Once};
+use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
 use crate::device::{device_main, probe_main};
@@ -55,8 +55,30 @@ fn install_panic_hook() {
     });
 }
 
+/// One run at a time per process: tokio task ids come from one process-wide counter (see
+/// [`align_task_ids`]), so concurrent runs would perturb each other.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// tokio numbers tasks from a process-wide counter, and a runtime keeps its tasks in 4 lists
+/// chosen by `id % 4`; when turmoil crashes a host it drops the runtime, and the tasks (and their
+/// sockets, whose FIN/RST the peers see) go in list order. For the same seed to give the same
+/// trace in any process, every run starts with the counter at the same residue mod 4.
+fn align_task_ids() {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread().build() else { return };
+    for _ in 0..8 {
+        let id = rt.block_on(async { tokio::spawn(async { tokio::task::id() }).await.ok() });
+        match id.and_then(|id| id.to_string().parse::<u64>().ok()) {
+            Some(n) if n % 4 == 3 => return,
+            Some(_) => {}
+            None => return,
+        }
+    }
+}
+
 /// Runs `seed` with `params`. `keep_trace`: keep the rendered trace even if the seed passes.
 pub fn run_seed(seed: u64, params: &Params, keep_trace: bool) -> Outcome {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    align_task_ids();
     install_panic_hook();
     PANICS.with(|p| p.borrow_mut().clear());
     let w = World::new(seed, params.clone());
@@ -116,6 +138,8 @@ pub fn run_seed(seed: u64, params: &Params, keep_trace: bool) -> Outcome {
     violations.extend(lock(&w.live_violations).iter().cloned());
     violations.extend(PANICS.with(|p| p.borrow().iter().map(|m| format!("panic: {m}")).collect::<Vec<_>>()));
     violations.extend(verdict.violations.iter().cloned());
+    // Session ids carry the OS-random boot id: hide it, so reports are identical across runs.
+    let violations: Vec<String> = violations.iter().map(|v| crate::trace::normalize(v)).collect();
     drop(sim);
     let (hash, trace_lines, trace) = {
         let t = lock(&w.trace);

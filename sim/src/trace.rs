@@ -55,7 +55,7 @@ impl Trace {
 
 /// Session ids are `<server>.<boot>.<n>` where `<boot>` is drawn by `serve()` from the OS RNG
 /// (`rand::random`), not from the seed: replace it by `*` so the trace stays deterministic.
-fn normalize(line: &str) -> String {
+pub(crate) fn normalize(line: &str) -> String {
     let b = line.as_bytes();
     let mut out = String::with_capacity(line.len());
     let mut i = 0;

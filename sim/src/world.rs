@@ -139,7 +139,7 @@ pub struct World {
     /// The Redis host's state (data dies with the host).
     pub redis: Mutex<RedisState>,
     /// The DynamoDB stand-in (data survives everything).
-    pub dynamo: Arc<SimDynamo>,
+    pub dynamo: SimDynamo,
     /// Each server's wall clock.
     pub clocks: Vec<Arc<SimClock>>,
     /// Each server's lifecycle.
@@ -173,7 +173,7 @@ impl World {
             trace: Mutex::new(Trace::default()),
             model: Mutex::new(Model::new(users)),
             redis: Mutex::new(RedisState::new(seed, params.plant)),
-            dynamo: Arc::new(SimDynamo::new(seed, params.plant)),
+            dynamo: SimDynamo::new(seed, params.plant),
             clocks,
             servers: Mutex::new(servers),
             quiet: AtomicBool::new(false),
