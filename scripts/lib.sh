@@ -3,9 +3,24 @@
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf '\033[1;31mFAILED: %s\033[0m\n' "$*" >&2; exit 1; }
 
-# A free TCP port on 127.0.0.1 (the kernel picks it; a tiny race with other processes is possible).
+# A free TCP port, below the kernel's ephemeral range (32768+) so that no outgoing connection
+# (load generators, other tests) can be holding it, and free on every address (servers that bind
+# the wildcard). A tiny race with other processes remains possible.
 free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+  python3 - <<'PY'
+import random, socket
+for _ in range(200):
+    p = random.randrange(20000, 32000)
+    try:
+        for addr in ("0.0.0.0", "127.0.0.1"):
+            s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((addr, p)); s.close()
+        print(p); break
+    except OSError:
+        continue
+else:
+    raise SystemExit("no free port found in 20000-32000")
+PY
 }
 
 # Waits until host:port accepts TCP connections, or fails after $2 seconds (default 20).
@@ -67,14 +82,21 @@ start_redis() {
   redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$dir" \
     --daemonize no --logfile "$dir/redis.log" "$@" &
   STARTED_PIDS+=($!)
-  wait_port "$port" || die "redis-server on port $port did not start (log: $dir/redis.log)"
+  if ! wait_port "$port" 30; then
+    tail -20 "$dir/redis.log" >&2 || true
+    die "redis-server on port $port did not start within 30 s"
+  fi
 }
 
 # start_dynalite PORT DIR: dynalite keeping its data in DIR.
 start_dynalite() {
   local port=$1 dir=$2
   mkdir -p "$dir"
-  node "$DYNALITE_CLI" --port "$port" --path "$dir/data" >"$dir/dynalite.log" 2>&1 &
+  node "$DYNALITE_CLI" --host 127.0.0.1 --port "$port" --path "$dir/data" >"$dir/dynalite.log" 2>&1 &
   STARTED_PIDS+=($!)
-  wait_port "$port" || die "dynalite on port $port did not start (log: $dir/dynalite.log)"
+  # Node starts slowly on a loaded 2-core machine: allow a minute.
+  if ! wait_port "$port" 60; then
+    tail -20 "$dir/dynalite.log" >&2 || true
+    die "dynalite on port $port did not start within 60 s"
+  fi
 }

@@ -24,7 +24,12 @@ pub enum RegistryOp {
         session: SessionId,
     },
     /// In one atomic step: `HDEL ws:{user} <session>` (only this session's field, so never another
-    /// session's entry) and the max-register `last_seen:{user} = max(old, last_seen)`. Idempotent.
+    /// session's entry) and, **if `last_seen:{user}` exists**, the max-register
+    /// `last_seen:{user} = max(old, last_seen)`. Idempotent.
+    ///
+    /// An absent key is left absent: after the registry lost its data this value may be older than
+    /// the durable one, and readers fall back to the durable store when the key is absent. The
+    /// core sets the key with `SetLastSeen` once the durable write is applied.
     EndSession {
         /// Whose session.
         user: UserId,
@@ -33,7 +38,9 @@ pub enum RegistryOp {
         /// The session's last_seen.
         last_seen: UnixMillis,
     },
-    /// Max-register `last_seen:{user} = max(old, last_seen)`: backfill after a cache miss.
+    /// Max-register `last_seen:{user} = max(old, last_seen)`, creating the key if absent. Only
+    /// for values known to be durable: a backfill after a cache miss (read from the durable store),
+    /// or a durable write the durable store reported as applied.
     SetLastSeen {
         /// Whose value.
         user: UserId,
@@ -52,7 +59,8 @@ pub enum RegistryOp {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DurableOp {
     /// Conditional max-register write: `SET last_seen = :ts IF attribute_not_exists OR last_seen < :ts`.
-    /// A failed condition means a newer value already won: the executor reports success.
+    /// Answered with [`StoreOutput::Done`] when applied and [`StoreOutput::Superseded`] when the
+    /// condition failed (an equal or newer value is already stored): both are success.
     Write {
         /// Whose value.
         user: UserId,
@@ -88,8 +96,11 @@ pub struct RegistryEntry {
 /// A successful result.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StoreOutput {
-    /// A write completed.
+    /// A write completed (for a durable write: it was applied).
     Done,
+    /// A durable write was not applied because the stored value is equal or newer: success, and
+    /// the stored value is not this one.
+    Superseded,
     /// Answer to `RegistryOp::Read`.
     Registry(Vec<RegistryEntry>),
     /// Answer to `DurableOp::Read`.

@@ -43,7 +43,10 @@ impl MemoryStores {
                         self.ws.remove(user);
                     }
                 }
-                max_register(&mut self.registry_last_seen, user, *last_seen);
+                // Only raise a value that is there (see `RegistryOp::EndSession`).
+                if self.registry_last_seen.contains_key(user) {
+                    max_register(&mut self.registry_last_seen, user, *last_seen);
+                }
                 StoreOutput::Done
             }
             StoreOp::Registry(RegistryOp::SetLastSeen { user, last_seen }) => {
@@ -60,6 +63,9 @@ impl MemoryStores {
                     .collect(),
             ),
             StoreOp::Durable(DurableOp::Write { user, last_seen }) => {
+                if self.durable_last_seen.get(user).is_some_and(|old| old >= last_seen) {
+                    return StoreOutput::Superseded;
+                }
                 max_register(&mut self.durable_last_seen, user, *last_seen);
                 StoreOutput::Done
             }

@@ -109,6 +109,9 @@ pub async fn serve<L: Listener>(
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
+            // Fixed polling order: the simulation replays runs exactly (tokio's random branch
+            // choice is not seeded).
+            biased;
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok(io) => {

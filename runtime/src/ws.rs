@@ -95,6 +95,35 @@ async fn serve<Io: AsyncRead + AsyncWrite + Unpin + Send>(mut ws: WebSocketStrea
     // `None` when the server closed it (the core already knows).
     let ended: Option<bool> = loop {
         tokio::select! {
+            // Fixed polling order, the server's own messages first (a client flooding frames
+            // cannot delay its close), and the simulation replays runs exactly (tokio's random
+            // branch choice is not seeded).
+            biased;
+            out = rx.recv() => match out {
+                Some(Outbound::Message(m)) => {
+                    let msg = match m {
+                        OutMessage::Text(t) => Message::text(t),
+                        OutMessage::Binary(b) => Message::binary(b),
+                    };
+                    if !send(&mut ws, msg, &ctx.limits).await {
+                        break Some(false);
+                    }
+                }
+                Some(Outbound::Ping) => {
+                    if !send(&mut ws, Message::Ping(Default::default()), &ctx.limits).await {
+                        break Some(false);
+                    }
+                }
+                Some(Outbound::Close(code, reason)) => {
+                    let _ = close(&mut ws, code, reason, &ctx.limits).await;
+                    break None;
+                }
+                // The driver dropped us (too slow to read, or it stopped): it already ended the session.
+                None => {
+                    let _ = close(&mut ws, close_code::GOING_AWAY, "connection closed by server", &ctx.limits).await;
+                    break None;
+                }
+            },
             msg = ws.next() => match msg {
                 Some(Ok(Message::Text(t))) => {
                     let payload = t.as_bytes().to_vec();
@@ -120,31 +149,6 @@ async fn serve<Io: AsyncRead + AsyncWrite + Unpin + Send>(mut ws: WebSocketStrea
                 Some(Err(e)) => {
                     debug!(error = %e, "connection failed");
                     break Some(false);
-                }
-            },
-            out = rx.recv() => match out {
-                Some(Outbound::Message(m)) => {
-                    let msg = match m {
-                        OutMessage::Text(t) => Message::text(t),
-                        OutMessage::Binary(b) => Message::binary(b),
-                    };
-                    if !send(&mut ws, msg, &ctx.limits).await {
-                        break Some(false);
-                    }
-                }
-                Some(Outbound::Ping) => {
-                    if !send(&mut ws, Message::Ping(Default::default()), &ctx.limits).await {
-                        break Some(false);
-                    }
-                }
-                Some(Outbound::Close(code, reason)) => {
-                    let _ = close(&mut ws, code, reason, &ctx.limits).await;
-                    break None;
-                }
-                // The driver dropped us (too slow to read, or it stopped): it already ended the session.
-                None => {
-                    let _ = close(&mut ws, close_code::GOING_AWAY, "connection closed by server", &ctx.limits).await;
-                    break None;
                 }
             },
         }

@@ -52,9 +52,12 @@ fn user(s: &str) -> UserId {
     UserId::new(s).unwrap()
 }
 
-async fn write(store: &DynamoDurable, u: &str, ms: i64) {
+/// A write that must succeed: applied (`Done`) or refused by the max-register (`Superseded`).
+async fn write(store: &DynamoDurable, u: &str, ms: i64) -> StoreOutput {
     let op = DurableOp::Write { user: user(u), last_seen: UnixMillis(ms) };
-    assert_eq!(store.execute(op).await, Ok(StoreOutput::Done));
+    let out = store.execute(op).await;
+    assert!(matches!(out, Ok(StoreOutput::Done | StoreOutput::Superseded)), "{out:?}");
+    out.unwrap()
 }
 
 async fn read(store: &DynamoDurable, users: &[String]) -> Vec<Option<i64>> {
@@ -95,9 +98,10 @@ async fn create_table_is_idempotent() {
 #[ignore = "needs dynamodb: run via scripts/test"]
 async fn conditional_write_keeps_the_max() {
     let store = store("max").await;
-    write(&store, "bob", 2_000).await;
-    write(&store, "bob", 1_000).await; // ConditionalCheckFailed: success, value kept
-    write(&store, "bob", 2_000).await; // equal: also refused, also success
+    assert_eq!(write(&store, "bob", 2_000).await, StoreOutput::Done);
+    // ConditionalCheckFailed: success, value kept, reported as superseded.
+    assert_eq!(write(&store, "bob", 1_000).await, StoreOutput::Superseded);
+    assert_eq!(write(&store, "bob", 2_000).await, StoreOutput::Superseded); // equal: refused too
     assert_eq!(read(&store, &names(&["bob"])).await, vec![Some(2_000)]);
     write(&store, "bob", 3_000).await;
     assert_eq!(read(&store, &names(&["bob"])).await, vec![Some(3_000)]);

@@ -23,7 +23,11 @@ pub struct SimClock {
 
 impl SimClock {
     pub(crate) fn new() -> SimClock {
-        SimClock { offset_ms: AtomicI64::new(0), max_offset: AtomicI64::new(i64::MIN), max_returned: AtomicI64::new(i64::MIN) }
+        SimClock {
+            offset_ms: AtomicI64::new(0),
+            max_offset: AtomicI64::new(i64::MIN),
+            max_returned: AtomicI64::new(i64::MIN),
+        }
     }
 
     /// Sets the offset from true time.

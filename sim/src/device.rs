@@ -319,7 +319,9 @@ impl Device {
                 // The reader's core may extrapolate past its clock's readings after a backward step, but
                 // never beyond true time + the largest offset its clock ever had.
                 let clock = &self.w.clocks[server];
-                let reader_max_wall = clock.max_returned().max((crate::world::EPOCH_MS + now as i64).saturating_add(clock.max_offset()));
+                let reader_max_wall = clock
+                    .max_returned()
+                    .max((crate::world::EPOCH_MS + now as i64).saturating_add(clock.max_offset()));
                 m.answers.push(Answer {
                     conn: c,
                     server,

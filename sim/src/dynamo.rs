@@ -104,8 +104,10 @@ impl Inner {
                 };
                 if wins {
                     t.insert(user.as_str().to_owned(), last_seen.0);
+                    StoreOutput::Done
+                } else {
+                    StoreOutput::Superseded
                 }
-                StoreOutput::Done
             }
             DurableOp::Read { users } => {
                 let t = lock(&self.table);

@@ -48,8 +48,14 @@ fn main() -> ExitCode {
                 failed.push(seed);
                 let dir = presence_sim::run::trace_dir();
                 let _ = std::fs::create_dir_all(&dir);
-                let _ = std::fs::write(dir.join(format!("seed-{seed}.first.txt")), o.trace.as_deref().unwrap_or(""));
-                let _ = std::fs::write(dir.join(format!("seed-{seed}.rerun.txt")), again.trace.as_deref().unwrap_or(""));
+                let _ = std::fs::write(
+                    dir.join(format!("seed-{seed}.first.txt")),
+                    o.trace.as_deref().unwrap_or(""),
+                );
+                let _ = std::fs::write(
+                    dir.join(format!("seed-{seed}.rerun.txt")),
+                    again.trace.as_deref().unwrap_or(""),
+                );
             }
         }
         println!(

@@ -1,7 +1,8 @@
 //! Scenario 6, DynamoDB outage: the DynamoDB-compatible server (dynalite) is killed for 10 s
 //! while users disconnect, then restarted with its data directory. Meanwhile the writes are
-//! retried and `/readyz` reports the backlog (503, `pending_writes`); reads stay correct from
-//! Redis, and a read that needs DynamoDB is "unavailable", never "offline, never seen". Afterwards
+//! retried and `/readyz` reports the backlog (503, `pending_writes`); reads of cached values stay
+//! correct from Redis, and a read that needs DynamoDB is "unavailable", never "offline, never
+//! seen" and never a value that is not durable yet. Afterwards
 //! every last_seen is in DynamoDB, equal to the one in Redis: nothing lost.
 
 use std::time::Duration;
@@ -23,10 +24,25 @@ async fn dynamodb_outage() {
     let (a, b) = tokio::join!(stack.server("ws-a").start(), stack.server("ws-b").start());
 
     let users = ["u1", "u2", "u3", "u4"];
+    // Each user has been seen before, so Redis caches a last_seen for them (the cache only
+    // receives durable values: docs/STORES.md, "Cache fill").
+    for u in users {
+        a.connect(u).await.close().await;
+    }
+    for u in users {
+        eventually("the cached last_seen", Duration::from_secs(5), || {
+            let redis = &redis;
+            async move { redis.last_seen(u).await.ok_or("not cached yet") }
+        })
+        .await;
+    }
     let mut clients = Vec::new();
     for u in users {
         clients.push(a.connect(u).await);
     }
+    // A user seen for the first time, who leaves during the outage: nothing cached to raise.
+    let newcomer = a.connect("newbie").await;
+    redis.wait_sessions_on("newbie", &["ws-a"], Duration::from_secs(5)).await;
     let mut alice = b.connect("alice").await;
     for u in users {
         redis.wait_sessions_on(u, &["ws-a"], Duration::from_secs(5)).await;
@@ -39,13 +55,14 @@ async fn dynamodb_outage() {
     for c in clients {
         closed.push(c.close().await);
     }
+    newcomer.close().await;
 
     // The backlog is visible: one pending durable write per user, not ready.
     let body = eventually("A's /readyz to report the backlog", Duration::from_secs(5), || {
         let a = &a;
         async move {
             let (status, body) = a.readyz().await;
-            if status == 503 && body["pending_writes"] == users.len() && body["durable_failing"] == true {
+            if status == 503 && body["pending_writes"] == users.len() + 1 && body["durable_failing"] == true {
                 Ok(body)
             } else {
                 Err(format!("{status} {body}"))
@@ -56,7 +73,7 @@ async fn dynamodb_outage() {
     assert_eq!(body["ready"], false, "{body}");
     assert_eq!(a.healthz().await, 200, "still alive while DynamoDB is down");
 
-    // Reads are served from Redis, exact values.
+    // Reads of users with a cached last_seen are served from Redis, exact values.
     let seen = alice.query(&users).await;
     for ((e, &closed_at), u) in seen.iter().zip(&closed).zip(users) {
         assert!(!e.online, "{e:?}");
@@ -66,10 +83,14 @@ async fn dynamodb_outage() {
     // A user Redis knows nothing about needs DynamoDB: the answer is unknown, not "never seen".
     let err = alice.try_query(&["zed"]).await.expect_err("zed's presence cannot be known now");
     assert_eq!(err["code"], "unavailable", "{err}");
+    // Likewise the newcomer: the only value is not durable yet, and an uncached value might be
+    // older than DynamoDB's (after a Redis restart), so the answer is unknown until DynamoDB is back.
+    let err = alice.try_query(&["newbie"]).await.expect_err("newbie's last_seen is not durable yet");
+    assert_eq!(err["code"], "unavailable", "{err}");
 
     tokio::time::sleep(OUTAGE.saturating_sub(outage_started.elapsed())).await;
     let (status, body) = a.readyz().await;
-    assert_eq!((status, &body["pending_writes"]), (503, &serde_json::json!(users.len())), "{body}");
+    assert_eq!((status, &body["pending_writes"]), (503, &serde_json::json!(users.len() + 1)), "{body}");
     stack.dynalite().restart().await;
     let restarted = now_ms();
 
@@ -91,5 +112,8 @@ async fn dynamodb_outage() {
         assert_eq!(dynamo.last_seen(u).await, e.last_seen, "DynamoDB last_seen of {u}");
     }
     assert_eq!(dynamo.last_seen("zed").await, None);
+    let newbie = alice.entry("newbie").await;
+    assert_eq!(dynamo.last_seen("newbie").await, newbie.last_seen, "the newcomer's last_seen is durable");
+    assert!(newbie.last_seen.is_some() && !newbie.online, "{newbie:?}");
     assert_eq!(alice.query(&users).await, seen, "answers after the outage");
 }

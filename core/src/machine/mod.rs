@@ -16,8 +16,8 @@ mod writes;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use rand_chacha::rand_core::SeedableRng;
-use rustc_hash::FxHashMap;
 use rand_chacha::ChaCha8Rng;
+use rustc_hash::FxHashMap;
 
 use crate::clock::WallClock;
 use crate::config::Config;

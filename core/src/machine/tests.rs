@@ -88,10 +88,31 @@ fn graceful_close_records_close_time_in_both_stores() {
         ]
     );
     assert_eq!(r.p.pending_writes(), 2);
-    for e in &e {
-        assert!(r.done(store(e).0, Ok(StoreOutput::Done)).is_empty());
-    }
+    assert!(r.done(store(&e[0]).0, Ok(StoreOutput::Done)).is_empty());
+    // The durable store applied the value: now it is safe to put in the registry's cache.
+    let refresh = r.done(store(&e[1]).0, Ok(StoreOutput::Done));
+    assert_eq!(store(&refresh[0]).1, reg(RegistryOp::SetLastSeen { user: uid("bob"), last_seen: at }));
+    assert_eq!(r.p.pending_writes(), 1);
+    assert!(r.done(store(&refresh[0]).0, Ok(StoreOutput::Done)).is_empty());
     assert_eq!(r.p.pending_writes(), 0);
+    assert!(r.p.is_idle());
+}
+
+#[test]
+fn superseded_durable_write_refreshes_the_cache_with_the_durable_value() {
+    let mut r = Rig::new(Config::default());
+    let e = r.open(1, "bob");
+    r.done(store(&e[0]).0, Ok(StoreOutput::Done));
+    let e = r.input(Input::Closed { conn: ConnId(1), graceful: false });
+    r.done(store(&e[0]).0, Ok(StoreOutput::Done));
+    // A newer value is already durable (another server): the cache gets the durable value read
+    // back, never this older one.
+    let e = r.done(store(&e[1]).0, Ok(StoreOutput::Superseded));
+    assert_eq!(store(&e[0]).1, StoreOp::Durable(DurableOp::Read { users: vec![uid("bob")] }));
+    let newer = UnixMillis(T0 + 60_000);
+    let e = r.done(store(&e[0]).0, Ok(StoreOutput::Durable(vec![Some(newer)])));
+    assert_eq!(store(&e[0]).1, reg(RegistryOp::SetLastSeen { user: uid("bob"), last_seen: newer }));
+    r.done(store(&e[0]).0, Ok(StoreOutput::Done));
     assert!(r.p.is_idle());
 }
 
@@ -172,6 +193,7 @@ fn failed_writes_retry_with_backoff_and_coalesce() {
         store(&e[0]).1,
         StoreOp::Durable(DurableOp::Write { user: uid("bob"), last_seen: UnixMillis(T0 + 1_010) })
     );
+    let e = r.done(store(&e[0]).0, Ok(StoreOutput::Done));
     r.done(store(&e[0]).0, Ok(StoreOutput::Done));
     assert!(r.p.is_idle());
     assert!(r.p.readiness().is_ready());

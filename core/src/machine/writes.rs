@@ -45,15 +45,39 @@ impl Session {
     }
 }
 
-/// A pending durable write for one user.
+/// A pending durable write for one user, then the refresh of the registry's cached value.
+///
+/// Two phases: the durable write of the newest value (coalesced), then, if the durable store
+/// applied a value, `SetLastSeen` of it in the registry. The registry's `EndSession` only raises a
+/// cached value that exists (`RegistryOp::EndSession`), so this refresh is what puts a durable value
+/// back into an empty cache: never an older one than the durable store holds.
 #[derive(Debug)]
 pub(super) struct DurableWrite {
-    /// Newest value wanted in the store.
+    /// Newest value wanted in the durable store.
     value: UnixMillis,
-    /// The value of the write in flight, if one is.
-    in_flight: Option<(EffectId, UnixMillis)>,
+    /// Highest value the durable store acknowledged (applied or superseded).
+    acked: Option<UnixMillis>,
+    /// A durable value (applied by us, or read back) still to be set in the registry.
+    refresh: Option<UnixMillis>,
+    /// A write came back superseded: read the durable value back to refresh the cache with it
+    /// (the stored value is unknown: ours, if an earlier attempt timed out after applying it, or
+    /// another server's newer one).
+    read_back: bool,
+    /// The operation in flight, if one is.
+    in_flight: Option<(EffectId, DurablePhase)>,
     attempts: u32,
     retry_at: Option<MonoTime>,
+}
+
+/// What a user's in-flight durable work is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum DurablePhase {
+    /// The durable write of this value.
+    Write(UnixMillis),
+    /// The registry refresh of this (durable) value.
+    Refresh(UnixMillis),
+    /// A consistent read of the durable value, after a superseded write.
+    ReadBack,
 }
 
 /// What a store operation in flight was for.
@@ -104,10 +128,16 @@ impl Presence {
             Some(w) => w.value = w.value.max(value),
             None => {
                 self.user_ref(&user);
-                self.durable.insert(
-                    user.clone(),
-                    DurableWrite { value, in_flight: None, attempts: 0, retry_at: None },
-                );
+                let w = DurableWrite {
+                    value,
+                    acked: None,
+                    refresh: None,
+                    read_back: false,
+                    in_flight: None,
+                    attempts: 0,
+                    retry_at: None,
+                };
+                self.durable.insert(user.clone(), w);
             }
         }
         self.dirty_durable.insert(user);
@@ -141,17 +171,27 @@ impl Presence {
             }
         }
         while let Some(user) = self.dirty_durable.pop_first() {
-            let Some(w) = self.durable.get(&user) else {
-                continue;
-            };
+            let Some(w) = self.durable.get(&user) else { continue };
             if w.in_flight.is_some() || w.retry_at.is_some() {
                 continue;
             }
-            let value = w.value;
-            let op = DurableOp::Write { user: user.clone(), last_seen: value };
-            let id = self.emit_store(StoreOp::Durable(op), InFlight::Durable(user.clone()));
+            let (op, phase) = if w.acked.is_none_or(|a| a < w.value) {
+                let op = StoreOp::Durable(DurableOp::Write { user: user.clone(), last_seen: w.value });
+                (op, DurablePhase::Write(w.value))
+            } else if w.read_back {
+                (StoreOp::Durable(DurableOp::Read { users: vec![user.clone()] }), DurablePhase::ReadBack)
+            } else if let Some(v) = w.refresh {
+                let op = StoreOp::Registry(RegistryOp::SetLastSeen { user: user.clone(), last_seen: v });
+                (op, DurablePhase::Refresh(v))
+            } else {
+                // Durable and refreshed: done.
+                self.durable.remove(&user);
+                self.user_unref(&user);
+                continue;
+            };
+            let id = self.emit_store(op, InFlight::Durable(user.clone()));
             if let Some(w) = self.durable.get_mut(&user) {
-                w.in_flight = Some((id, value));
+                w.in_flight = Some((id, phase));
             }
         }
     }
@@ -165,10 +205,7 @@ impl Presence {
                 self.registry_failing = result.is_err();
                 self.session_done(sid, epoch, end, result.is_ok());
             }
-            InFlight::Durable(user) => {
-                self.durable_failing = result.is_err();
-                self.durable_done(user, result.is_ok());
-            }
+            InFlight::Durable(user) => self.durable_done(user, result),
             InFlight::Backfill => self.registry_failing = result.is_err(),
             InFlight::QueryRegistry(q) => {
                 self.registry_failing = result.is_err();
@@ -212,26 +249,48 @@ impl Presence {
         }
     }
 
-    fn durable_done(&mut self, user: UserId, ok: bool) {
-        let Some(w) = self.durable.get_mut(&user) else {
-            return;
-        };
-        let Some((_, sent)) = w.in_flight.take() else {
-            return;
-        };
-        if !ok {
-            self.stats.durable_failures += 1;
+    fn durable_done(&mut self, user: UserId, result: Result<StoreOutput, StoreError>) {
+        let Some(w) = self.durable.get_mut(&user) else { return };
+        let Some((_, phase)) = w.in_flight.take() else { return };
+        match phase {
+            DurablePhase::Write(_) | DurablePhase::ReadBack => self.durable_failing = result.is_err(),
+            DurablePhase::Refresh(_) => self.registry_failing = result.is_err(),
+        }
+        let Ok(output) = result else {
+            match phase {
+                DurablePhase::Write(_) | DurablePhase::ReadBack => self.stats.durable_failures += 1,
+                DurablePhase::Refresh(_) => self.stats.registry_failures += 1,
+            }
             self.schedule_retry(RetryKey::Durable(user));
             return;
-        }
+        };
         w.attempts = 0;
-        if w.value > sent {
-            // A newer value arrived while this one was in flight.
-            self.dirty_durable.insert(user);
-        } else {
-            self.durable.remove(&user);
-            self.user_unref(&user);
+        match phase {
+            DurablePhase::Write(v) => {
+                w.acked = Some(w.acked.map_or(v, |a| a.max(v)));
+                if output == StoreOutput::Superseded {
+                    w.read_back = true;
+                } else {
+                    // Applied: this value is now the durable maximum, safe to put in the cache.
+                    w.refresh = Some(w.refresh.map_or(v, |r| r.max(v)));
+                }
+            }
+            DurablePhase::ReadBack => {
+                w.read_back = false;
+                if let StoreOutput::Durable(values) = output {
+                    if let Some(Some(m)) = values.first() {
+                        w.refresh = Some(w.refresh.map_or(*m, |r| r.max(*m)));
+                    }
+                }
+            }
+            DurablePhase::Refresh(v) => {
+                if w.refresh == Some(v) {
+                    w.refresh = None;
+                }
+            }
         }
+        // Next: a newer value to write, the refresh, or nothing (the entry is removed).
+        self.dirty_durable.insert(user);
     }
 
     fn schedule_retry(&mut self, key: RetryKey) {

@@ -9,7 +9,7 @@
 //!
 //! - `Write`: `UpdateItem` with `SET #ls = :ts` under the condition
 //!   `attribute_not_exists(#ls) OR #ls < :ts` (a max-register). `ConditionalCheckFailedException`
-//!   means a newer value already won: reported as success.
+//!   means a newer value already won: reported as success ([`StoreOutput::Superseded`]).
 //! - `Read`: `BatchGetItem` with `ConsistentRead=true` (reads decide what users see), 100 distinct
 //!   keys per request (the API limit; duplicates are removed first because the API rejects them),
 //!   chunks in parallel. `UnprocessedKeys` are retried up to [`DynamoConfig::unprocessed_retries`]
@@ -284,7 +284,7 @@ async fn write(
         Ok(_) => Ok(StoreOutput::Done),
         // A newer (or equal) value is already stored: the max-register holds, nothing to do.
         Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => {
-            Ok(StoreOutput::Done)
+            Ok(StoreOutput::Superseded)
         }
         Err(e) => {
             let err = classify(&e);

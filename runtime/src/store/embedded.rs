@@ -90,7 +90,10 @@ impl MemoryRegistry {
             RegistryOp::EndSession { user, session, last_seen } => {
                 let state = users.entry(user.clone()).or_default();
                 state.sessions.remove(session.as_str());
-                max_register(&mut state.last_seen, last_seen);
+                // Like the Redis script: only raise a value that is there (see `RegistryOp`).
+                if state.last_seen.is_some() {
+                    max_register(&mut state.last_seen, last_seen);
+                }
                 StoreOutput::Done
             }
             RegistryOp::SetLastSeen { user, last_seen } => {
@@ -214,7 +217,8 @@ impl RedbDurable {
 
 /// Max-register write in one write transaction: nothing can interleave between the read and the
 /// insert, and the commit is durable before we return.
-fn redb_write(db: &Database, user: &UserId, last_seen: UnixMillis) -> Result<(), redb::Error> {
+/// Returns whether the value was applied (false: an equal or newer one is stored).
+fn redb_write(db: &Database, user: &UserId, last_seen: UnixMillis) -> Result<bool, redb::Error> {
     let txn = db.begin_write()?;
     let changed = {
         let mut table = txn.open_table(LAST_SEEN)?;
@@ -232,7 +236,7 @@ fn redb_write(db: &Database, user: &UserId, last_seen: UnixMillis) -> Result<(),
         // Nothing to persist: skip the fsync a commit would cost.
         txn.abort()?;
     }
-    Ok(())
+    Ok(changed)
 }
 
 /// Reads all users from one read snapshot, in request order.
@@ -247,12 +251,12 @@ impl DurableStore for RedbDurable {
         let db = Arc::clone(&self.db);
         let limit = self.op_timeout;
         Box::pin(with_timeout(limit, async move {
-            let task = tokio::task::spawn_blocking(move || match op {
-                DurableOp::Write { user, last_seen } => {
-                    redb_write(&db, &user, last_seen).map(|()| StoreOutput::Done)
-                }
-                DurableOp::Read { users } => redb_read(&db, &users).map(StoreOutput::Durable),
-            });
+            let task =
+                tokio::task::spawn_blocking(move || match op {
+                    DurableOp::Write { user, last_seen } => redb_write(&db, &user, last_seen)
+                        .map(|applied| if applied { StoreOutput::Done } else { StoreOutput::Superseded }),
+                    DurableOp::Read { users } => redb_read(&db, &users).map(StoreOutput::Durable),
+                });
             match task.await {
                 Ok(Ok(out)) => Ok(out),
                 Ok(Err(e)) => {
@@ -307,6 +311,10 @@ mod tests {
         };
         assert_eq!(reg.execute(end.clone()).await, Ok(StoreOutput::Done));
         assert_eq!(reg.sessions(&user("bob")), vec![("s2".to_owned(), "srv-1".to_owned())]);
+        // No cached value to raise: the end leaves it absent (see `RegistryOp::EndSession`).
+        assert_eq!(read(&reg, &["bob"]).await, vec![entry(true, None)]);
+        let set = RegistryOp::SetLastSeen { user: user("bob"), last_seen: UnixMillis(1_000) };
+        assert_eq!(reg.execute(set).await, Ok(StoreOutput::Done));
         assert_eq!(read(&reg, &["bob"]).await, vec![entry(true, Some(1_000))]);
 
         // Idempotent, and ending the last session makes the user offline.
@@ -359,9 +367,14 @@ mod tests {
         }
     }
 
-    async fn durable_write(db: &RedbDurable, u: &str, t: i64) {
+    /// Writes; returns whether the value was applied (`Done`) rather than superseded.
+    async fn durable_write(db: &RedbDurable, u: &str, t: i64) -> bool {
         let op = DurableOp::Write { user: user(u), last_seen: UnixMillis(t) };
-        assert_eq!(db.execute(op).await, Ok(StoreOutput::Done));
+        match db.execute(op).await {
+            Ok(StoreOutput::Done) => true,
+            Ok(StoreOutput::Superseded) => false,
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     #[tokio::test]
@@ -370,9 +383,9 @@ mod tests {
         {
             let db = RedbDurable::open(dir.path()).unwrap();
             assert_eq!(durable_read(&db, &["bob"]).await, vec![None]);
-            durable_write(&db, "bob", 2_000).await;
-            durable_write(&db, "bob", 1_000).await; // older: refused, still success
-            durable_write(&db, "amy", 10).await;
+            assert!(durable_write(&db, "bob", 2_000).await);
+            assert!(!durable_write(&db, "bob", 1_000).await, "older: refused, still success");
+            assert!(durable_write(&db, "amy", 10).await);
             assert_eq!(durable_read(&db, &["bob", "zed", "amy"]).await, vec![Some(2_000), None, Some(10)]);
             // The file is locked while open.
             assert!(matches!(RedbDurable::open(dir.path()), Err(OpenError::Redb { .. })));
@@ -380,9 +393,9 @@ mod tests {
         // Reopen: the values survived closing the file, and the max-register still holds.
         let db = RedbDurable::open(dir.path()).unwrap();
         assert!(dir.path().join(REDB_FILE_NAME).is_file());
-        durable_write(&db, "bob", 1_500).await;
+        assert!(!durable_write(&db, "bob", 1_500).await, "older value: superseded");
         assert_eq!(durable_read(&db, &["amy", "bob"]).await, vec![Some(10), Some(2_000)]);
-        durable_write(&db, "bob", 2_001).await;
+        assert!(durable_write(&db, "bob", 2_001).await);
         assert_eq!(durable_read(&db, &["bob"]).await, vec![Some(2_001)]);
     }
 

@@ -16,7 +16,7 @@
 //! | op                        | Redis                                                             |
 //! |---------------------------|-------------------------------------------------------------------|
 //! | `Register`                | `HSET ws:{u} <session> <server_id>` (one command is atomic already) |
-//! | `EndSession`              | script [`END_SESSION_LUA`]: `HDEL ws:{u} <session>` + max-register |
+//! | `EndSession`              | script [`END_SESSION_LUA`]: `HDEL ws:{u} <session>` + max-register if the key exists |
 //! | `SetLastSeen`             | script [`MAX_REGISTER_LUA`]                                       |
 //! | `Read` (single node)      | one pipeline of `HLEN ws:{u}` + `GET last_seen:{u}` for all users |
 //! | `Read` (cluster)          | one `HLEN` + `GET` pipeline per user (same slot), all in parallel |
@@ -141,9 +141,20 @@ pub const MAX_REGISTER_LUA: &str = max_register_lua!("1", "1");
 
 /// `EndSession`: `KEYS[1]` = `ws:{u}`, `KEYS[2]` = `last_seen:{u}`, `ARGV[1]` = session id,
 /// `ARGV[2]` = the fixed-width timestamp. `HDEL` of this session's field only, then the
-/// max-register, atomically (one script, one slot).
-pub const END_SESSION_LUA: &str =
-    concat!("redis.call('HDEL', KEYS[1], ARGV[1])\n", max_register_lua!("2", "2"));
+/// max-register **only if `last_seen:{u}` exists**, atomically (one script, one slot).
+///
+/// Why only if it exists: after Redis lost its data, the key is absent, and this session's value
+/// may be older than the durable one (a heartbeat timeout records the last proof of life; another
+/// server's clock may be ahead). Writing it into the empty key would show readers a value older
+/// than DynamoDB's. An absent key makes readers fall back to DynamoDB and backfill instead, and
+/// the core refreshes the key once the durable write is applied (`SetLastSeen`).
+pub const END_SESSION_LUA: &str = concat!(
+    "redis.call('HDEL', KEYS[1], ARGV[1])\n",
+    "if redis.call('EXISTS', KEYS[2]) == 0 then\n",
+    "  return 0\n",
+    "end\n",
+    max_register_lua!("2", "2")
+);
 
 /// The compiled scripts (`Script` precomputes the SHA-1 `EVALSHA` needs).
 struct Scripts {
@@ -796,6 +807,8 @@ async fn supervise_single(
         let mut conn = conn;
         loop {
             let check = tokio::select! {
+                // Fixed polling order, so the simulation replays runs exactly.
+                biased;
                 _ = &mut driver.0 => {
                     tracing::warn!("redis connection closed");
                     break;
@@ -983,6 +996,7 @@ async fn supervise_cluster(inner: Arc<Cluster>, client: ClusterClient) {
     tick.tick().await;
     loop {
         tokio::select! {
+            biased;
             _ = tick.tick() => {}
             _ = inner.events.notified() => {}
         }
