@@ -32,7 +32,7 @@ async fn dynamodb_outage() {
     for u in users {
         eventually("the cached last_seen", Duration::from_secs(5), || {
             let redis = &redis;
-            async move { redis.last_seen(u).await.ok_or("not cached yet") }
+            async move { redis.last_seen(u).await.ok_or_else(|| "not cached yet".to_owned()) }
         })
         .await;
     }
