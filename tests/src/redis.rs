@@ -229,6 +229,19 @@ impl RedisProbe {
         self.try_last_seen(user).await.unwrap_or_else(|e| panic!("GET last_seen:{{{user}}}: {e}"))
     }
 
+    /// Waits until `last_seen:{user}` holds `want`. The cache receives a session's value once
+    /// DynamoDB has applied it (docs/STORES.md, "Cache fill"), so it can lag the answer a reader
+    /// got from the DynamoDB fallback by one DynamoDB round trip.
+    pub async fn wait_last_seen(&self, user: &str, want: &Option<String>, limit: Duration) {
+        crate::time::eventually(&format!("last_seen:{{{user}}} = {want:?}"), limit, || async move {
+            match self.try_last_seen(user).await? {
+                v if &v == want => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+    }
+
     /// Waits until `ws:{user}` holds exactly the sessions of these servers (one entry per server id
     /// listed; a server id may repeat) and returns the hash.
     pub async fn wait_sessions_on(
