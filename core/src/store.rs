@@ -24,12 +24,9 @@ pub enum RegistryOp {
         session: SessionId,
     },
     /// In one atomic step: `HDEL ws:{user} <session>` (only this session's field, so never another
-    /// session's entry) and, **if `last_seen:{user}` exists**, the max-register
-    /// `last_seen:{user} = max(old, last_seen)`. Idempotent.
-    ///
-    /// An absent key is left absent: after the registry lost its data this value may be older than
-    /// the durable one, and readers fall back to the durable store when the key is absent. The
-    /// core sets the key with `SetLastSeen` once the durable write is applied.
+    /// session's entry) and the max-register `last_seen:{user} = max(old, last_seen)`. Idempotent.
+    /// After a registry data loss the value may be below the durable one: the core raises the cache
+    /// to the durable value once the durable store answers (`SetLastSeen`).
     EndSession {
         /// Whose session.
         user: UserId,
@@ -38,9 +35,9 @@ pub enum RegistryOp {
         /// The session's last_seen.
         last_seen: UnixMillis,
     },
-    /// Max-register `last_seen:{user} = max(old, last_seen)`, creating the key if absent. Only
-    /// for values known to be durable: a backfill after a cache miss (read from the durable store),
-    /// or a durable write the durable store reported as applied.
+    /// Max-register `last_seen:{user} = max(old, last_seen)` with a durable value: a backfill after
+    /// a cache miss, the value of an applied durable write, or the durable value read back after a
+    /// superseded one.
     SetLastSeen {
         /// Whose value.
         user: UserId,

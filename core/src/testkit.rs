@@ -43,10 +43,7 @@ impl MemoryStores {
                         self.ws.remove(user);
                     }
                 }
-                // Only raise a value that is there (see `RegistryOp::EndSession`).
-                if self.registry_last_seen.contains_key(user) {
-                    max_register(&mut self.registry_last_seen, user, *last_seen);
-                }
+                max_register(&mut self.registry_last_seen, user, *last_seen);
                 StoreOutput::Done
             }
             StoreOp::Registry(RegistryOp::SetLastSeen { user, last_seen }) => {

@@ -91,9 +91,7 @@ async fn run(args: ServeArgs) -> Result<bool, String> {
         );
     }
     let stores = open_stores(&args, &server_id).await?;
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let listener = bind(args.listen).map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     info!(
         %addr, server_id, registry = stores.registry.kind(), durable = stores.durable.kind(),
@@ -157,6 +155,17 @@ async fn open_stores(args: &ServeArgs, server_id: &str) -> Result<Stores, String
         }
     };
     Ok(Stores { registry, durable })
+}
+
+/// Binds the listener with a deep accept backlog: tokio's default (1,024) overflows when thousands
+/// of clients reconnect at once (BENCHMARKS.md saw SYN retries costing clients a second each).
+fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket =
+        if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    // The kernel caps this at net.core.somaxconn.
+    socket.listen(8192)
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -238,14 +238,8 @@ impl RedisState {
             if keys.len() < 2 || args.len() < 2 {
                 return Reply::Err("ERR Error running script: missing KEYS/ARGV".into());
             }
-            // As END_SESSION_LUA: the max-register only raises a last_seen that exists.
-            self.owner_delete(w, peer, &keys[0], &args[0]).and_then(|_| {
-                if self.db.contains_key(keys[1].as_slice()) {
-                    self.max_register(w, &keys[1], &args[1])
-                } else {
-                    Ok(0)
-                }
-            })
+            self.owner_delete(w, peer, &keys[0], &args[0])
+                .and_then(|_| self.max_register(w, &keys[1], &args[1]))
         } else {
             return Reply::Err("ERR sim redis: unsupported script".into());
         };

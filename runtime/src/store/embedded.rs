@@ -90,10 +90,7 @@ impl MemoryRegistry {
             RegistryOp::EndSession { user, session, last_seen } => {
                 let state = users.entry(user.clone()).or_default();
                 state.sessions.remove(session.as_str());
-                // Like the Redis script: only raise a value that is there (see `RegistryOp`).
-                if state.last_seen.is_some() {
-                    max_register(&mut state.last_seen, last_seen);
-                }
+                max_register(&mut state.last_seen, last_seen);
                 StoreOutput::Done
             }
             RegistryOp::SetLastSeen { user, last_seen } => {
@@ -311,10 +308,6 @@ mod tests {
         };
         assert_eq!(reg.execute(end.clone()).await, Ok(StoreOutput::Done));
         assert_eq!(reg.sessions(&user("bob")), vec![("s2".to_owned(), "srv-1".to_owned())]);
-        // No cached value to raise: the end leaves it absent (see `RegistryOp::EndSession`).
-        assert_eq!(read(&reg, &["bob"]).await, vec![entry(true, None)]);
-        let set = RegistryOp::SetLastSeen { user: user("bob"), last_seen: UnixMillis(1_000) };
-        assert_eq!(reg.execute(set).await, Ok(StoreOutput::Done));
         assert_eq!(read(&reg, &["bob"]).await, vec![entry(true, Some(1_000))]);
 
         // Idempotent, and ending the last session makes the user offline.

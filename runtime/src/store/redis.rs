@@ -16,7 +16,7 @@
 //! | op                        | Redis                                                             |
 //! |---------------------------|-------------------------------------------------------------------|
 //! | `Register`                | `HSET ws:{u} <session> <server_id>` (one command is atomic already) |
-//! | `EndSession`              | script [`END_SESSION_LUA`]: `HDEL ws:{u} <session>` + max-register if the key exists |
+//! | `EndSession`              | script [`END_SESSION_LUA`]: `HDEL ws:{u} <session>` + max-register |
 //! | `SetLastSeen`             | script [`MAX_REGISTER_LUA`]                                       |
 //! | `Read` (single node)      | one pipeline of `HLEN ws:{u}` + `GET last_seen:{u}` for all users |
 //! | `Read` (cluster)          | one `HLEN` + `GET` pipeline per user (same slot), all in parallel |
@@ -141,20 +141,11 @@ pub const MAX_REGISTER_LUA: &str = max_register_lua!("1", "1");
 
 /// `EndSession`: `KEYS[1]` = `ws:{u}`, `KEYS[2]` = `last_seen:{u}`, `ARGV[1]` = session id,
 /// `ARGV[2]` = the fixed-width timestamp. `HDEL` of this session's field only, then the
-/// max-register **only if `last_seen:{u}` exists**, atomically (one script, one slot).
-///
-/// Why only if it exists: after Redis lost its data, the key is absent, and this session's value
-/// may be older than the durable one (a heartbeat timeout records the last proof of life; another
-/// server's clock may be ahead). Writing it into the empty key would show readers a value older
-/// than DynamoDB's. An absent key makes readers fall back to DynamoDB and backfill instead, and
-/// the core refreshes the key once the durable write is applied (`SetLastSeen`).
-pub const END_SESSION_LUA: &str = concat!(
-    "redis.call('HDEL', KEYS[1], ARGV[1])\n",
-    "if redis.call('EXISTS', KEYS[2]) == 0 then\n",
-    "  return 0\n",
-    "end\n",
-    max_register_lua!("2", "2")
-);
+/// max-register, atomically (one script, one slot). After Redis lost its data this value may be
+/// below the durable one; the core then raises the cache to the durable value once DynamoDB
+/// answers (docs/STORES.md, "Cache fill").
+pub const END_SESSION_LUA: &str =
+    concat!("redis.call('HDEL', KEYS[1], ARGV[1])\n", max_register_lua!("2", "2"));
 
 /// The compiled scripts (`Script` precomputes the SHA-1 `EVALSHA` needs).
 struct Scripts {
