@@ -229,9 +229,9 @@ impl RedisProbe {
         self.try_last_seen(user).await.unwrap_or_else(|e| panic!("GET last_seen:{{{user}}}: {e}"))
     }
 
-    /// Waits until `last_seen:{user}` holds `want`. The cache receives a session's value once
-    /// DynamoDB has applied it (docs/STORES.md, "Cache fill"), so it can lag the answer a reader
-    /// got from the DynamoDB fallback by one DynamoDB round trip.
+    /// Waits until `last_seen:{user}` holds `want`. Writes land asynchronously after the answer a
+    /// reader got (the session end, then the refresh after DynamoDB's ack: docs/STORES.md,
+    /// "Cache fill"), so checks of the cache poll instead of reading once.
     pub async fn wait_last_seen(&self, user: &str, want: &Option<String>, limit: Duration) {
         crate::time::eventually(&format!("last_seen:{{{user}}} = {want:?}"), limit, || async move {
             match self.try_last_seen(user).await? {

@@ -24,8 +24,8 @@ async fn dynamodb_outage() {
     let (a, b) = tokio::join!(stack.server("ws-a").start(), stack.server("ws-b").start());
 
     let users = ["u1", "u2", "u3", "u4"];
-    // Each user has been seen before, so Redis caches a last_seen for them (the cache only
-    // receives durable values: docs/STORES.md, "Cache fill").
+    // Each user has been seen before, so Redis already caches a last_seen for them when the
+    // outage starts (the common case in steady state).
     for u in users {
         a.connect(u).await.close().await;
     }

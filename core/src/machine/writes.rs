@@ -47,10 +47,10 @@ impl Session {
 
 /// A pending durable write for one user, then the refresh of the registry's cached value.
 ///
-/// Two phases: the durable write of the newest value (coalesced), then, if the durable store
-/// applied a value, `SetLastSeen` of it in the registry. The registry's `EndSession` only raises a
-/// cached value that exists (`RegistryOp::EndSession`), so this refresh is what puts a durable value
-/// back into an empty cache: never an older one than the durable store holds.
+/// Two phases: the durable write of the newest value (coalesced), then `SetLastSeen` of the durable
+/// value in the registry (the applied value, or the one read back after a superseded write). After
+/// a registry data loss, a session end may have put a value below the durable one into the empty
+/// cache; this refresh raises it (docs/STORES.md, "Cache fill").
 #[derive(Debug)]
 pub(super) struct DurableWrite {
     /// Newest value wanted in the durable store.
