@@ -39,6 +39,15 @@ pub struct Config {
     pub lookup_burst: u32,
     /// Most queries of one connection waiting for the stores at once; more get `rate_limited`. Default 8.
     pub max_queries_in_flight: u32,
+    /// Lifetime of this server's lease in the registry (by the registry's clock). A server that
+    /// could not renew it for this long is presumed dead: its sessions read as offline and are
+    /// reaped. Default 10 s.
+    pub lease_ttl: Duration,
+    /// How often the lease is renewed (and the view of other servers' leases refreshed; the reaper
+    /// looks for expired leases at the same pace). Must be well under `lease_ttl`. Default 3 s.
+    pub lease_renew_interval: Duration,
+    /// Sessions of a dead server reaped per registry round trip. Default 256.
+    pub reap_batch: usize,
     /// Decoder bounds (frame size, users per frame).
     pub limits: Limits,
 }
@@ -58,6 +67,9 @@ impl Default for Config {
             lookup_rate: 100,
             lookup_burst: 1_000,
             max_queries_in_flight: 8,
+            lease_ttl: Duration::from_secs(10),
+            lease_renew_interval: Duration::from_secs(3),
+            reap_batch: 256,
             limits: Limits::default(),
         }
     }

@@ -9,6 +9,14 @@
 use crate::time::UnixMillis;
 use crate::user::{SessionId, UserId};
 
+/// A server incarnation's fencing token: issued by the registry when a server takes a lease, unique
+/// and increasing (a counter that never goes below the registry's clock in milliseconds, so it
+/// keeps increasing across a registry restart). Every registry entry carries the token of the lease
+/// it was written under; readers count an entry only while that lease is live, and the reaper
+/// removes an entry only if it still carries the dead lease's token (docs/STORES.md, "Leases").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LeaseToken(pub u64);
+
 /// Identifies one store operation; results come back with the same id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct EffectId(pub u64);
@@ -16,17 +24,23 @@ pub struct EffectId(pub u64);
 /// An operation on the registry (Redis).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RegistryOp {
-    /// `HSET ws:{user} <session> <server_id>`. Idempotent.
+    /// `SADD sessions:{<incarnation>} "<user> <session>"` (the lease's session index, for the
+    /// reaper), then `HSET ws:{user} <session> <server_id>` and `HSET ws_lease:{user} <session>
+    /// <token>` in one script. Idempotent.
     Register {
         /// Whose session.
         user: UserId,
         /// The hash field.
         session: SessionId,
+        /// The lease this registration is made under.
+        token: LeaseToken,
     },
-    /// In one atomic step: `HDEL ws:{user} <session>` (only this session's field, so never another
-    /// session's entry) and the max-register `last_seen:{user} = max(old, last_seen)`. Idempotent.
-    /// After a registry data loss the value may be below the durable one: the core raises the cache
-    /// to the durable value once the durable store answers (`SetLastSeen`).
+    /// In one atomic step: `HDEL ws:{user} <session>` and `HDEL ws_lease:{user} <session>` (only
+    /// this session's fields, so never another session's entry) and the max-register
+    /// `last_seen:{user} = max(old, last_seen)`; then, if `token` is set, `SREM` the session from
+    /// that lease's index. Idempotent. After a registry data loss the value may be below the
+    /// durable one: the core raises the cache to the durable value once the durable store answers
+    /// (`SetLastSeen`).
     EndSession {
         /// Whose session.
         user: UserId,
@@ -34,6 +48,8 @@ pub enum RegistryOp {
         session: SessionId,
         /// The session's last_seen.
         last_seen: UnixMillis,
+        /// The lease the session was last registered under (whose index lists it), if any.
+        token: Option<LeaseToken>,
     },
     /// Max-register `last_seen:{user} = max(old, last_seen)` with a durable value: a backfill after
     /// a cache miss, the value of an applied durable write, or the durable value read back after a
@@ -44,11 +60,51 @@ pub enum RegistryOp {
         /// The value read from the durable store.
         last_seen: UnixMillis,
     },
-    /// For each user, in one round trip: is `ws:{user}` non-empty, and `last_seen:{user}`.
-    /// Answered with [`StoreOutput::Registry`], one entry per user, same order.
+    /// For each user, in one round trip: the lease tokens of `ws_lease:{user}` (`HVALS`) and
+    /// `last_seen:{user}`. Answered with [`StoreOutput::Registry`], one entry per user, same order.
     Read {
         /// The users, at most `Config::max_query_users`.
         users: Vec<UserId>,
+    },
+    /// Take or renew this server's lease, using the registry's clock: if `token`'s lease is live,
+    /// extend it to now + `ttl`; otherwise (never held, expired, or lost with the registry's data)
+    /// issue a new token and lease. Records `wall` as the lease's last renewal (what the reaper
+    /// records as last_seen if this server dies). Answered with [`StoreOutput::Lease`].
+    RenewLease {
+        /// The lease this server holds, if any.
+        token: Option<LeaseToken>,
+        /// Lease time to live.
+        ttl: std::time::Duration,
+        /// This server's wall clock now.
+        wall: UnixMillis,
+    },
+    /// Claim the reaping of the expired lease `lease` for `ttl` (granted if unclaimed, if the
+    /// claim expired, or if it is ours) and read up to `batch` sessions from its index, each with
+    /// whether `ws_lease:{user}` still holds it under that lease. When the index is empty, drop
+    /// the lease and its index. Answered with [`StoreOutput::Reap`].
+    ClaimReap {
+        /// The expired lease (as named in [`LeaseView::expired`]).
+        lease: String,
+        /// How long the claim holds.
+        ttl: std::time::Duration,
+        /// Most sessions to return.
+        batch: usize,
+    },
+    /// For each session the claim found held (its last_seen is now durable), in one script on the
+    /// user's keys: remove it (`ws` and `ws_lease`) if `ws_lease:{user}` still holds it under
+    /// `token` (a session registered again under a newer lease is left alone), and raise
+    /// `last_seen:{user}` to `last_seen` if the key exists (an absent one sends readers to the
+    /// durable store, which holds at least this). Then `SREM` every session of the batch from the
+    /// lease's index. Idempotent.
+    Reap {
+        /// The expired lease.
+        lease: String,
+        /// Its token.
+        token: LeaseToken,
+        /// The last_seen to record (the dead server's last lease renewal).
+        last_seen: UnixMillis,
+        /// The sessions of this batch: (user, session, held when claimed).
+        sessions: Vec<(UserId, SessionId, bool)>,
     },
 }
 
@@ -82,10 +138,11 @@ pub enum StoreOp {
 }
 
 /// One user's state in the registry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RegistryEntry {
-    /// `ws:{user}` holds at least one session.
-    pub online: bool,
+    /// The lease tokens of the user's registered sessions (`HVALS ws_lease:{user}`); the core
+    /// counts a session online only while its lease is live.
+    pub leases: Vec<LeaseToken>,
     /// `last_seen:{user}`, `None` when absent (never set, or lost in a restart).
     pub last_seen: Option<UnixMillis>,
 }
@@ -102,6 +159,33 @@ pub enum StoreOutput {
     Registry(Vec<RegistryEntry>),
     /// Answer to `DurableOp::Read`.
     Durable(Vec<Option<UnixMillis>>),
+    /// Answer to `RegistryOp::RenewLease`.
+    Lease(LeaseView),
+    /// Answer to `RegistryOp::ClaimReap`: `None` when there is nothing (more) for us to reap (the
+    /// lease is claimed by another server, is live again, or its index is empty and it was dropped).
+    Reap(Option<ReapBatch>),
+}
+
+/// The registry's answer to a lease renewal: our lease, and every other lease.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseView {
+    /// Our lease's token: the one we sent if it was still live, else a new one.
+    pub token: LeaseToken,
+    /// Tokens of the live leases (ours included).
+    pub live: Vec<LeaseToken>,
+    /// Expired leases not yet reaped, by name (the reaper claims them by this name).
+    pub expired: Vec<String>,
+}
+
+/// A batch of sessions of an expired lease, for the reaper.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReapBatch {
+    /// The expired lease's token.
+    pub token: LeaseToken,
+    /// Its last renewal by its holder (wall clock): the last time its sessions are known live.
+    pub last_seen: UnixMillis,
+    /// Sessions from its index: (user, session, still registered under this lease).
+    pub sessions: Vec<(UserId, SessionId, bool)>,
 }
 
 /// A failed store operation. The core retries writes; reads fail the request (`unavailable`).

@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use presence_core::frame::Encoding;
+use presence_core::store::LeaseToken;
 use presence_core::store::{DurableOp, EffectId, RegistryOp, StoreError, StoreOp};
 use presence_core::testkit::{max_register, MemoryStores};
 use presence_core::time::{MonoTime, Now, UnixMillis};
@@ -44,6 +45,9 @@ enum Step {
     /// Complete the in-flight op at this index: 0 ok, 1 failed, 2 applied but reported timed out.
     Complete(usize, u8),
     RegistryRestart,
+    /// The registry lets our lease expire (it saw no renewal for a TTL: a partition); the server
+    /// must get a new one, register again under it and reap the old one, fenced.
+    LeaseExpires,
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -62,6 +66,7 @@ fn step() -> impl Strategy<Value = Step> {
         8 => (any::<usize>(), prop_oneof![6 => Just(0u8), 2 => Just(1u8), 1 => Just(2u8)])
             .prop_map(|(i, o)| Step::Complete(i, o)),
         1 => Just(Step::RegistryRestart),
+        1 => Just(Step::LeaseExpires),
     ]
 }
 
@@ -95,6 +100,9 @@ struct Harness {
     max_recorded: BTreeMap<UserId, UnixMillis>,
     restarts: u64,
     peak_live: usize,
+    /// Completing a reaper claim: the durable writes it asks for carry a dead lease's last renewal,
+    /// not a value this server recorded, so they are not held to its monotone order.
+    reaping: bool,
 }
 
 impl Harness {
@@ -122,6 +130,7 @@ impl Harness {
             max_recorded: BTreeMap::new(),
             restarts: 0,
             peak_live: 0,
+            reaping: false,
         }
     }
 
@@ -200,7 +209,7 @@ impl Harness {
                             session
                         );
                     }
-                    StoreOp::Registry(RegistryOp::EndSession { user, session, last_seen }) => {
+                    StoreOp::Registry(RegistryOp::EndSession { user, session, last_seen, .. }) => {
                         prop_assert!(
                             self.ended_sessions.contains(session),
                             "end of a session not ended: {}",
@@ -208,7 +217,7 @@ impl Harness {
                         );
                         self.check_monotone(user, *last_seen)?;
                     }
-                    StoreOp::Durable(DurableOp::Write { user, last_seen }) => {
+                    StoreOp::Durable(DurableOp::Write { user, last_seen }) if !self.reaping => {
                         self.check_monotone(user, *last_seen)?
                     }
                     _ => {}
@@ -258,7 +267,10 @@ impl Harness {
                 Err(StoreError::Timeout)
             }
         };
-        self.feed(Input::StoreDone { id, result })
+        self.reaping = matches!(op, StoreOp::Registry(RegistryOp::ClaimReap { .. }));
+        let fed = self.feed(Input::StoreDone { id, result });
+        self.reaping = false;
+        fed
     }
 
     fn message(&mut self, c: usize, encoding: Encoding, payload: &[u8]) -> Result<(), TestCaseError> {
@@ -326,6 +338,12 @@ impl Harness {
                 self.restarts += 1;
                 self.feed(Input::RegistryRestarted)
             }
+            Step::LeaseExpires => {
+                for token in self.stores.leases.keys().copied().collect::<Vec<_>>() {
+                    self.stores.expire_lease(token);
+                }
+                Ok(())
+            }
         }
     }
 
@@ -335,7 +353,8 @@ impl Harness {
             while !self.in_flight.is_empty() {
                 self.complete(0, 0)?;
             }
-            if self.p.pending_writes() == 0 && self.p.registry_backlog() == 0 {
+            let reaped = self.stores.expired.is_empty();
+            if self.p.pending_writes() == 0 && self.p.registry_backlog() == 0 && reaped {
                 break;
             }
             for conn in self.live.keys().copied().collect::<Vec<_>>() {
@@ -380,7 +399,19 @@ impl Harness {
         for c in self.live.values() {
             want.entry(c.user.clone()).or_default().insert(c.session.clone());
         }
-        prop_assert_eq!(&self.stores.ws, &want);
+        prop_assert_eq!(&self.stores.registered(), &want);
+        // Every entry is under our current lease, and every expired lease was reaped.
+        prop_assert!(self
+            .stores
+            .ws
+            .values()
+            .flat_map(|m| m.values())
+            .all(|t| self.stores.leases.contains_key(t)));
+        prop_assert!(
+            self.stores.expired.is_empty(),
+            "leases left unreaped: {:?}",
+            self.stores.expired.keys()
+        );
         Ok(())
     }
 }
@@ -402,12 +433,59 @@ proptest! {
     }
 }
 
-fn replay(steps: Vec<Step>) {
+fn replay(steps: Vec<Step>) -> Harness {
     let mut h = Harness::new();
     for s in steps {
         h.run(s).unwrap();
     }
     h.heal().unwrap();
+    h
+}
+
+/// Found by the property test: the reaper's claim saw a session under the expired lease and wrote
+/// its last_seen durably, but the session was registered again under the new lease before the
+/// removal; the cached last_seen must still be raised to match the durable one.
+#[test]
+fn regression_reaped_session_registered_again_before_removal() {
+    use Step::*;
+    let h = replay(vec![
+        Open(2),
+        Close(0, false),
+        Complete(7868587946604838730, 0),
+        Advance(3000, 0),
+        Complete(0, 0),
+        Complete(0, 0),
+        Complete(2752439047758997629, 0),
+        Open(0),
+        Complete(6825421772993407597, 0),
+        Open(2),
+        Complete(154170512866884570, 0),
+        LeaseExpires,
+        Open(0),
+    ]);
+    assert_eq!(h.p.stats().leases_granted, 2);
+}
+
+/// A lease that expires while sessions are live: the server takes a new lease, registers its
+/// sessions under it, and reaps its own old lease without removing them (the fencing token).
+#[test]
+fn expired_lease_is_reaped_without_removing_sessions_registered_again() {
+    use Step::*;
+    let h = replay(vec![
+        Open(0),
+        Open(1),
+        Advance(1, 0),
+        Complete(0, 0),
+        Complete(0, 0),
+        Complete(0, 0),
+        LeaseExpires,
+    ]);
+    assert_eq!(h.p.stats().leases_granted, 2);
+    assert_eq!(h.p.stats().sessions_reaped, 2);
+    assert_eq!(
+        h.stores.ws.values().flat_map(|m| m.values()).collect::<Vec<_>>(),
+        vec![&LeaseToken(2), &LeaseToken(2)]
+    );
 }
 
 /// Found by the property test: an abrupt end recording an older proof of life after another

@@ -1,9 +1,10 @@
 //! The core under arbitrary sequences of inputs: opens, raw frames, proofs of life, closes, time
 //! jumps (both clocks, both directions for the wall clock), store results in any order (ok, failed,
-//! applied-but-timed-out), registry restarts, lookups, shutdown. Asserts: no panic; the last_seen
-//! values asked for a user never regress; no effect for a connection that is not open; pending
-//! writes stay under cap + 2 x live sessions; after healing, nothing is pending and the registry
-//! holds exactly the open sessions.
+//! applied-but-timed-out), registry restarts, lease expiries (and so the reaper), lookups,
+//! shutdown. Asserts: no panic; the last_seen values asked for a user never regress; no effect for
+//! a connection that is not open; pending writes stay under cap + 2 x live sessions; after
+//! healing, nothing is pending, every expired lease is reaped and the registry holds exactly the
+//! open sessions.
 #![no_main]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -27,6 +28,7 @@ enum Op {
     Advance(u16, i32),
     Complete(u8, u8),
     RegistryRestart,
+    LeaseExpires,
     Lookup(Vec<u8>),
     Shutdown,
 }
@@ -44,6 +46,8 @@ struct Run {
     in_flight: Vec<(EffectId, StoreOp)>,
     stores: MemoryStores,
     asked: BTreeMap<UserId, UnixMillis>,
+    /// A reaper claim is being completed (see `feed`).
+    reaping: bool,
 }
 
 impl Run {
@@ -58,9 +62,15 @@ impl Run {
                 }
                 Effect::LookupDone { .. } => {}
                 Effect::Store { id, op } => {
-                    if let StoreOp::Registry(RegistryOp::EndSession { user, last_seen, .. })
-                    | StoreOp::Durable(DurableOp::Write { user, last_seen }) = &op
-                    {
+                    let asked = match &op {
+                        StoreOp::Registry(RegistryOp::EndSession { user, last_seen, .. }) => Some((user, last_seen)),
+                        // The reaper's writes carry a dead lease's last renewal, not our values.
+                        StoreOp::Durable(DurableOp::Write { user, last_seen }) if !self.reaping => {
+                            Some((user, last_seen))
+                        }
+                        _ => None,
+                    };
+                    if let Some((user, last_seen)) = asked {
                         let prev = self.asked.entry(user.clone()).or_insert(*last_seen);
                         assert!(*last_seen >= *prev, "last_seen regression for {user}");
                         *prev = *last_seen;
@@ -87,7 +97,9 @@ impl Run {
                 Err(StoreError::Timeout)
             }
         };
+        self.reaping = matches!(op, StoreOp::Registry(RegistryOp::ClaimReap { .. }));
         self.feed(Input::StoreDone { id, result });
+        self.reaping = false;
     }
 }
 
@@ -109,6 +121,7 @@ fuzz_target!(|ops: Vec<Op>| {
         in_flight: Vec::new(),
         stores: MemoryStores::default(),
         asked: BTreeMap::new(),
+        reaping: false,
     };
     let mut shut = false;
     for op in ops.into_iter().take(500) {
@@ -148,6 +161,11 @@ fuzz_target!(|ops: Vec<Op>| {
                 r.stores.lose_registry();
                 r.feed(Input::RegistryRestarted);
             }
+            Op::LeaseExpires => {
+                for token in r.stores.leases.keys().copied().collect::<Vec<_>>() {
+                    r.stores.expire_lease(token);
+                }
+            }
             Op::Lookup(names) => {
                 let users = names.iter().map(|&n| UserId::new(USERS[usize::from(n) % USERS.len()]).unwrap()).collect();
                 r.feed(Input::Lookup { lookup: LookupId(1), users });
@@ -163,7 +181,7 @@ fuzz_target!(|ops: Vec<Op>| {
         while !r.in_flight.is_empty() {
             r.complete(0, 0);
         }
-        if r.p.pending_writes() == 0 && r.p.registry_backlog() == 0 {
+        if r.p.pending_writes() == 0 && r.p.registry_backlog() == 0 && r.stores.expired.is_empty() {
             break;
         }
         for conn in r.open.keys().copied().collect::<Vec<_>>() {
@@ -181,7 +199,8 @@ fuzz_target!(|ops: Vec<Op>| {
     for (user, session) in r.open.values() {
         want.entry(user.clone()).or_default().insert(session.clone());
     }
-    assert_eq!(r.stores.ws, want);
+    assert_eq!(r.stores.registered(), want);
+    assert!(r.stores.expired.is_empty());
     if shut {
         assert!(r.open.is_empty());
     }

@@ -362,6 +362,9 @@ fn op_kind(op: &StoreOp) -> &'static str {
         StoreOp::Registry(RegistryOp::EndSession { .. }) => "end_session",
         StoreOp::Registry(RegistryOp::SetLastSeen { .. }) => "set_last_seen",
         StoreOp::Registry(RegistryOp::Read { .. }) => "read",
+        StoreOp::Registry(RegistryOp::RenewLease { .. }) => "renew_lease",
+        StoreOp::Registry(RegistryOp::ClaimReap { .. }) => "claim_reap",
+        StoreOp::Registry(RegistryOp::Reap { .. }) => "reap",
         StoreOp::Durable(DurableOp::Write { .. }) => "write",
         StoreOp::Durable(DurableOp::Read { .. }) => "read",
     }

@@ -125,6 +125,13 @@ impl Metrics {
         counter("presence_registry_failures_total", "Failed registry operations.", s.registry_failures);
         counter("presence_durable_failures_total", "Failed durable-store operations.", s.durable_failures);
         counter("presence_registry_restarts_total", "Registry restarts seen.", s.registry_restarts);
+        counter(
+            "presence_leases_granted_total",
+            "Server leases granted (first, and after each loss).",
+            s.leases_granted,
+        );
+        counter("presence_leases_lost_total", "Leases given up after a TTL without renewal.", s.leases_lost);
+        counter("presence_sessions_reaped_total", "Sessions of dead servers reaped here.", s.sessions_reaped);
         counter("presence_queries_total", "Presence queries answered.", s.queries);
         counter("presence_error_frames_total", "error frames sent.", s.errors_sent);
         counter("presence_ws_accepted_total", "WebSocket upgrades accepted.", self.ws_accepted.get());

@@ -17,10 +17,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use presence_core::store::{RegistryEntry, RegistryOp, StoreOutput};
+use presence_core::store::{LeaseToken, RegistryEntry, RegistryOp, StoreOutput};
 use presence_core::time::UnixMillis;
 use presence_core::user::{SessionId, UserId};
-use presence_runtime::store::redis::{last_seen_key, ws_key};
+use presence_runtime::store::redis::{last_seen_key, ws_key, ws_lease_key};
 use presence_runtime::store::{open_redis, RedisClusterRegistry, RedisConfig, RegistryStore};
 use redis::AsyncCommands;
 
@@ -29,6 +29,8 @@ const NEEDS: &str = "PRESENCE_TEST_REDIS_CLUSTER_URL is not set: this test needs
                      (see this file's docs; run it via scripts/test)";
 
 const T0: i64 = 1_705_311_720_000;
+/// The lease the registrations of the first part are made under.
+const TOKEN: LeaseToken = LeaseToken(5);
 
 fn cluster_url() -> String {
     std::env::var("PRESENCE_TEST_REDIS_CLUSTER_URL").unwrap_or_else(|_| panic!("{NEEDS}"))
@@ -51,8 +53,8 @@ async fn cluster_ops_work_across_slots() {
 
     for (i, u) in users.iter().enumerate() {
         let session = |s: &str| SessionId::new(s);
-        ok(&reg, RegistryOp::Register { user: u.clone(), session: session("s1") }).await;
-        ok(&reg, RegistryOp::Register { user: u.clone(), session: session("s2") }).await;
+        ok(&reg, RegistryOp::Register { user: u.clone(), session: session("s1"), token: TOKEN }).await;
+        ok(&reg, RegistryOp::Register { user: u.clone(), session: session("s2"), token: TOKEN }).await;
         // A cached value for the ends to raise (an end never creates the key).
         ok(&reg, RegistryOp::SetLastSeen { user: u.clone(), last_seen: UnixMillis(T0 - 10) }).await;
         if i % 2 == 0 {
@@ -61,6 +63,7 @@ async fn cluster_ops_work_across_slots() {
                 user: u.clone(),
                 session: session("s1"),
                 last_seen: UnixMillis(T0 + i as i64),
+                token: Some(TOKEN),
             };
             ok(&reg, end).await;
             let older = RegistryOp::SetLastSeen { user: u.clone(), last_seen: UnixMillis(T0 - 1) };
@@ -71,6 +74,7 @@ async fn cluster_ops_work_across_slots() {
                     user: u.clone(),
                     session: session(s),
                     last_seen: UnixMillis(T0),
+                    token: Some(TOKEN),
                 };
                 ok(&reg, end).await;
             }
@@ -86,9 +90,9 @@ async fn cluster_ops_work_across_slots() {
     let expect = |u: &UserId| {
         let i = users.iter().position(|x| x == u).unwrap();
         if i % 2 == 0 {
-            RegistryEntry { online: true, last_seen: Some(UnixMillis(T0 + i as i64)) }
+            RegistryEntry { leases: vec![TOKEN], last_seen: Some(UnixMillis(T0 + i as i64)) }
         } else {
-            RegistryEntry { online: false, last_seen: Some(UnixMillis(T0)) }
+            RegistryEntry { leases: vec![], last_seen: Some(UnixMillis(T0)) }
         }
     };
     assert_eq!(got, wanted.iter().map(expect).collect::<Vec<_>>());
@@ -112,8 +116,43 @@ async fn cluster_ops_work_across_slots() {
     let _: redis::Value = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut admin).await.unwrap();
     ok(&reg, RegistryOp::SetLastSeen { user: users[1].clone(), last_seen: UnixMillis(T0 + 99) }).await;
 
+    // Leases across slots: a dead server's sessions (user slots), its index (its own slot) and the
+    // lease keys (the `{presence}` slot), reaped from another server.
+    let dead = RedisClusterRegistry::from_url(&url, RedisConfig::new(format!("dead-{tag}"))).unwrap();
+    assert!(dead.wait_connected(Duration::from_secs(10)).await);
+    let renew = |token, ttl| RegistryOp::RenewLease { token, ttl, wall: UnixMillis(T0) };
+    let td = match dead.execute(renew(None, Duration::from_millis(300))).await {
+        Ok(StoreOutput::Lease(v)) => v.token,
+        other => panic!("unexpected {other:?}"),
+    };
+    for u in &users[..10] {
+        ok(&dead, RegistryOp::Register { user: u.clone(), session: SessionId::new("d1"), token: td }).await;
+    }
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    let name = format!("dead-{tag}#{}", td.0);
+    match reg.execute(renew(None, Duration::from_secs(10))).await {
+        Ok(StoreOutput::Lease(v)) => assert!(v.expired.contains(&name), "{name} not in {:?}", v.expired),
+        other => panic!("unexpected {other:?}"),
+    }
+    let claim = RegistryOp::ClaimReap { lease: name.clone(), ttl: Duration::from_secs(5), batch: 100 };
+    let batch = match reg.execute(claim.clone()).await {
+        Ok(StoreOutput::Reap(Some(b))) => b,
+        other => panic!("unexpected {other:?}"),
+    };
+    let mut want: Vec<_> = users[..10].iter().map(|u| (u.clone(), SessionId::new("d1"), true)).collect();
+    want.sort();
+    assert_eq!(batch.sessions, want);
+    let reap = RegistryOp::Reap { lease: name, token: td, last_seen: batch.last_seen, sessions: want };
+    ok(&reg, reap).await;
+    let got = match reg.execute(RegistryOp::Read { users: users[..10].to_vec() }).await {
+        Ok(StoreOutput::Registry(v)) => v,
+        other => panic!("unexpected {other:?}"),
+    };
+    assert!(got.iter().all(|e| !e.leases.contains(&td)), "{got:?}");
+    assert_eq!(reg.execute(claim).await, Ok(StoreOutput::Reap(None)));
+
     for u in &users {
-        let _: () = admin.del(&[ws_key(u), last_seen_key(u)]).await.unwrap();
+        let _: () = admin.del(&[ws_key(u), last_seen_key(u), ws_lease_key(u)]).await.unwrap();
     }
     assert_eq!(*reg.restarts().borrow(), 0, "no restart while nothing failed");
 }

@@ -18,10 +18,14 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use presence_core::store::{RegistryEntry, RegistryOp, StoreError, StoreOutput};
+use presence_core::store::{
+    LeaseToken, LeaseView, ReapBatch, RegistryEntry, RegistryOp, StoreError, StoreOutput,
+};
 use presence_core::time::UnixMillis;
 use presence_core::user::{SessionId, UserId};
-use presence_runtime::store::redis::{last_seen_key, ws_key};
+use presence_runtime::store::redis::{
+    last_seen_key, lease_index_key, lease_name, ws_key, ws_lease_key, LEASES_KEY,
+};
 use presence_runtime::store::{
     AsyncStream, ConnectFuture, RedisConfig, RedisConnector, RedisRegistry, RegistryStore,
 };
@@ -76,20 +80,29 @@ async fn read1(reg: &dyn RegistryStore, user: &UserId) -> Vec<RegistryEntry> {
     read(reg, std::slice::from_ref(user)).await
 }
 
+/// The lease these tests register under (no renewal needed: the executor does not check it).
+const TOKEN: LeaseToken = LeaseToken(5);
+
 fn register(user: &UserId, session: &str) -> RegistryOp {
-    RegistryOp::Register { user: user.clone(), session: SessionId::new(session) }
+    RegistryOp::Register { user: user.clone(), session: SessionId::new(session), token: TOKEN }
 }
 
 fn end(user: &UserId, session: &str, ms: i64) -> RegistryOp {
-    RegistryOp::EndSession { user: user.clone(), session: SessionId::new(session), last_seen: UnixMillis(ms) }
+    RegistryOp::EndSession {
+        user: user.clone(),
+        session: SessionId::new(session),
+        last_seen: UnixMillis(ms),
+        token: Some(TOKEN),
+    }
 }
 
 fn set(user: &UserId, ms: i64) -> RegistryOp {
     RegistryOp::SetLastSeen { user: user.clone(), last_seen: UnixMillis(ms) }
 }
 
-fn entry(online: bool, ms: Option<i64>) -> RegistryEntry {
-    RegistryEntry { online, last_seen: ms.map(UnixMillis) }
+/// An entry with `sessions` sessions under [`TOKEN`].
+fn entry(sessions: usize, ms: Option<i64>) -> RegistryEntry {
+    RegistryEntry { leases: vec![TOKEN; sessions], last_seen: ms.map(UnixMillis) }
 }
 
 const T0: i64 = 1_705_311_720_000; // 2024-01-15T09:42:00.000Z
@@ -109,14 +122,14 @@ async fn end_session_removes_only_its_field_and_sets_last_seen() {
         hash,
         BTreeMap::from([("s1".to_owned(), "srv-test".to_owned()), ("s2".to_owned(), "srv-test".to_owned())])
     );
-    assert_eq!(read1(&reg, &bob).await, vec![entry(true, None)]);
+    assert_eq!(read1(&reg, &bob).await, vec![entry(2, None)]);
 
     ok(&reg, end(&bob, "s1", T0)).await;
     let hash: BTreeMap<String, String> = admin.hgetall(ws_key(&bob)).await.unwrap();
     assert_eq!(hash, BTreeMap::from([("s2".to_owned(), "srv-test".to_owned())]));
     let stored: Option<String> = admin.get(last_seen_key(&bob)).await.unwrap();
     assert_eq!(stored.as_deref(), Some("2024-01-15T09:42:00.000Z"));
-    assert_eq!(read1(&reg, &bob).await, vec![entry(true, Some(T0))]);
+    assert_eq!(read1(&reg, &bob).await, vec![entry(1, Some(T0))]);
 
     // Idempotent, and an older end of the last session removes it without lowering last_seen.
     ok(&reg, end(&bob, "s1", T0)).await;
@@ -125,7 +138,7 @@ async fn end_session_removes_only_its_field_and_sets_last_seen() {
     assert!(!exists, "the empty hash is gone");
     let stored: Option<String> = admin.get(last_seen_key(&bob)).await.unwrap();
     assert_eq!(stored.as_deref(), Some("2024-01-15T09:42:00.000Z"));
-    assert_eq!(read1(&reg, &bob).await, vec![entry(false, Some(T0))]);
+    assert_eq!(read1(&reg, &bob).await, vec![entry(0, Some(T0))]);
 
     let _: () = admin.del(&[ws_key(&bob), last_seen_key(&bob)]).await.unwrap();
 }
@@ -150,12 +163,12 @@ async fn set_last_seen_is_a_max_register() {
     ok(&reg, set(&bob, T0 + 9_999)).await;
     ok(&reg, set(&bob, T0 + 10_000)).await;
     ok(&reg, set(&bob, T0 + 9_998)).await;
-    assert_eq!(read1(&reg, &bob).await, vec![entry(false, Some(T0 + 10_000))]);
+    assert_eq!(read1(&reg, &bob).await, vec![entry(0, Some(T0 + 10_000))]);
 
     // A value that is not a fixed-width timestamp reads as absent and is overwritten by the
     // next write, even an old one (it would otherwise block the register forever).
     let _: () = admin.set(&key, "zzz not a time").await.unwrap();
-    assert_eq!(read1(&reg, &bob).await, vec![entry(false, None)]);
+    assert_eq!(read1(&reg, &bob).await, vec![entry(0, None)]);
     ok(&reg, set(&bob, 5)).await;
     let stored: String = admin.get(&key).await.unwrap();
     assert_eq!(stored, "1970-01-01T00:00:00.005Z");
@@ -179,12 +192,7 @@ async fn batch_read_answers_in_request_order() {
 
     assert_eq!(
         read(&reg, &[never.clone(), offline.clone(), online.clone(), offline.clone()]).await,
-        vec![
-            entry(false, None),
-            entry(false, Some(T0 + 5)),
-            entry(true, Some(T0)),
-            entry(false, Some(T0 + 5)),
-        ]
+        vec![entry(0, None), entry(0, Some(T0 + 5)), entry(1, Some(T0)), entry(0, Some(T0 + 5)),]
     );
     assert_eq!(read(&reg, &[]).await, vec![]);
 
@@ -195,7 +203,7 @@ async fn batch_read_answers_in_request_order() {
         ok(&reg, set(u, T0 + i as i64)).await;
     }
     let got = read(&reg, &many).await;
-    let want: Vec<_> = (0..300).map(|i| entry(false, (i % 3 == 0).then_some(T0 + i as i64))).collect();
+    let want: Vec<_> = (0..300).map(|i| entry(0, (i % 3 == 0).then_some(T0 + i as i64))).collect();
     assert_eq!(got, want);
 
     let mut keys = vec![ws_key(&online), last_seen_key(&online), last_seen_key(&offline)];
@@ -218,7 +226,7 @@ async fn scripts_survive_script_flush() {
     ok(&reg, end(&bob, "s1", T0 + 1)).await;
     let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut admin).await.unwrap();
     ok(&reg, set(&bob, T0 + 2)).await;
-    assert_eq!(read1(&reg, &bob).await, vec![entry(false, Some(T0 + 2))]);
+    assert_eq!(read1(&reg, &bob).await, vec![entry(0, Some(T0 + 2))]);
 
     let _: () = admin.del(last_seen_key(&bob)).await.unwrap();
 }
@@ -313,7 +321,7 @@ async fn restart_generation_bumps_when_our_connection_is_killed() {
 
         // What the driver does on the signal: re-register; it works on the new connection.
         eventually_ok(&reg, register(&bob, "s1")).await;
-        assert_eq!(read1(&reg, &bob).await, vec![entry(true, None)]);
+        assert_eq!(read1(&reg, &bob).await, vec![entry(1, None)]);
     }
     // No spurious bumps afterwards.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -353,7 +361,7 @@ async fn a_hung_server_times_out_and_the_connection_is_replaced() {
         .unwrap();
     assert!(locals.lock().unwrap().len() >= 2);
     eventually_ok(&reg, register(&bob, "s1")).await;
-    assert_eq!(read1(&reg, &bob).await, vec![entry(true, None)]);
+    assert_eq!(read1(&reg, &bob).await, vec![entry(1, None)]);
 
     let _: () = admin.del(ws_key(&bob)).await.unwrap();
 }
@@ -406,4 +414,110 @@ async fn a_silent_peer_never_makes_ops_hang() {
         Err(StoreError::Unavailable(_))
     ));
     accept.abort();
+}
+
+async fn renew(reg: &dyn RegistryStore, token: Option<LeaseToken>, ttl: Duration, wall: i64) -> LeaseView {
+    match reg.execute(RegistryOp::RenewLease { token, ttl, wall: UnixMillis(wall) }).await {
+        Ok(StoreOutput::Lease(v)) => v,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+async fn claim(reg: &dyn RegistryStore, lease: &str) -> Option<ReapBatch> {
+    let op = RegistryOp::ClaimReap { lease: lease.to_owned(), ttl: Duration::from_secs(5), batch: 10 };
+    match reg.execute(op).await {
+        Ok(StoreOutput::Reap(b)) => b,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs redis: run via scripts/test"]
+async fn leases_expire_and_the_reaper_removes_only_fenced_entries() {
+    let _serial = SERIAL.lock().await;
+    let mut admin = admin().await;
+    let (bob, carol) = (fresh_user("lease-b"), fresh_user("lease-c"));
+    let tag = fresh_user("srv");
+    let with_id = |id: String| RedisConfig { server_id: id, ..config() };
+    let dead = connected(with_id(format!("{tag}-dead"))).await;
+    let live = connected(with_id(format!("{tag}-live"))).await;
+    let other = connected(with_id(format!("{tag}-other"))).await;
+    let short = Duration::from_millis(300);
+
+    // A lease, renewed under the same token while live.
+    let v = renew(&dead, None, short, T0).await;
+    let td = v.token;
+    assert!(v.live.contains(&td));
+    assert_eq!(renew(&dead, Some(td), short, T0 + 100).await.token, td);
+    let name = lease_name(&format!("{tag}-dead"), td);
+
+    // The doomed server registers bob twice and carol once; carol's session is then registered
+    // again by a newer lease (say its owner came back with a new token).
+    let reg = |u: &UserId, s: &str, token| RegistryOp::Register {
+        user: u.clone(),
+        session: SessionId::new(s),
+        token,
+    };
+    ok(&dead, reg(&bob, "b1", td)).await;
+    ok(&dead, reg(&bob, "b2", td)).await;
+    ok(&dead, reg(&carol, "c1", td)).await;
+    let tl = renew(&live, None, Duration::from_secs(10), T0).await.token;
+    assert!(tl > td, "tokens increase: {tl:?} after {td:?}");
+    ok(&live, reg(&carol, "c1", tl)).await;
+    let _: () = admin.set(last_seen_key(&bob), "2024-01-15T09:41:00.000Z").await.unwrap();
+    let entries = read(&live, &[bob.clone(), carol.clone()]).await;
+    assert_eq!(entries[0].leases, vec![td, td]);
+    assert_eq!(entries[1].leases, vec![tl]);
+
+    // The lease runs out by the Redis clock: the next renewal lists it as expired.
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    let v = renew(&live, Some(tl), Duration::from_secs(10), T0 + 1_000).await;
+    assert_eq!(v.token, tl);
+    assert!(!v.live.contains(&td) && v.live.contains(&tl));
+    assert!(v.expired.contains(&name), "{name} not in {:?}", v.expired);
+
+    // One claimer at a time.
+    let batch = claim(&live, &name).await.expect("claimed");
+    assert_eq!(claim(&other, &name).await, None);
+    assert_eq!(batch.token, td);
+    assert_eq!(batch.last_seen, UnixMillis(T0 + 100), "the dead lease's last renewal");
+    let want = vec![
+        (bob.clone(), SessionId::new("b1"), true),
+        (bob.clone(), SessionId::new("b2"), true),
+        (carol.clone(), SessionId::new("c1"), false),
+    ];
+    assert_eq!(batch.sessions, want);
+
+    let reap =
+        RegistryOp::Reap { lease: name.clone(), token: td, last_seen: batch.last_seen, sessions: want };
+    ok(&live, reap.clone()).await;
+    ok(&live, reap).await; // idempotent
+    let bob_ws: BTreeMap<String, String> = admin.hgetall(ws_key(&bob)).await.unwrap();
+    assert!(bob_ws.is_empty());
+    let carol_ws: BTreeMap<String, String> = admin.hgetall(ws_key(&carol)).await.unwrap();
+    assert_eq!(carol_ws, BTreeMap::from([("c1".to_owned(), format!("{tag}-live"))]));
+    let stored: Option<String> = admin.get(last_seen_key(&bob)).await.unwrap();
+    assert_eq!(
+        stored.as_deref(),
+        Some("2024-01-15T09:42:00.100Z"),
+        "raised to the dead lease's last renewal"
+    );
+    let carol_cached: Option<String> = admin.get(last_seen_key(&carol)).await.unwrap();
+    assert_eq!(carol_cached, None, "an absent cached value stays absent");
+
+    // The index is empty now: the next claim drops the lease.
+    assert_eq!(claim(&live, &name).await, None);
+    let score: Option<f64> = admin.zscore(LEASES_KEY, &name).await.unwrap();
+    assert_eq!(score, None);
+    let index: bool = admin.exists(lease_index_key(&name)).await.unwrap();
+    assert!(!index);
+
+    let keys = [
+        ws_key(&carol),
+        ws_lease_key(&carol),
+        last_seen_key(&bob),
+        lease_index_key(&lease_name(&format!("{tag}-live"), tl)),
+    ];
+    let _: () = admin.del(&keys).await.unwrap();
+    let _: () = admin.zrem(LEASES_KEY, lease_name(&format!("{tag}-live"), tl)).await.unwrap();
 }

@@ -187,6 +187,12 @@ pub struct Stats {
     pub errors_sent: u64,
     /// Registry restarts seen.
     pub registry_restarts: u64,
+    /// Leases granted to this server (the first, and one after each loss).
+    pub leases_granted: u64,
+    /// Times this server could not renew its lease for a whole TTL and assumed it lost.
+    pub leases_lost: u64,
+    /// Sessions of dead servers this server reaped (last_seen recorded, entry removed).
+    pub sessions_reaped: u64,
 }
 
 /// Whether the server should receive traffic (`/readyz`).

@@ -6,10 +6,12 @@
 //! draws randomness of its own: the same inputs give the same effects, byte for byte.
 //!
 //! Submodules: `conn` (connections, heartbeat, frames), `writes` (registry and durable writes with
-//! retries and coalescing), `query` (presence reads with the durable fallback).
+//! retries and coalescing), `query` (presence reads with the durable fallback), `lease` (this
+//! server's lease, the lease view readers filter with, and the reaper of dead servers' sessions).
 
 mod conn;
 pub(crate) mod io;
+mod lease;
 mod query;
 mod writes;
 
@@ -28,6 +30,7 @@ use crate::user::UserId;
 pub use io::{close_code, ConnId, Effect, EndReason, Input, LookupId, OutMessage, Readiness, Stats};
 
 use conn::Conn;
+use lease::Lease;
 use writes::{DurableWrite, InFlight, RetryKey, Session, Sid};
 
 /// The presence logic of one WS server. See the module docs for the calling contract.
@@ -69,6 +72,8 @@ pub struct Presence {
     registry_failing: bool,
     durable_failing: bool,
     shutting_down: bool,
+    /// Our lease, the view of everyone's, and the reaper.
+    lease: Lease,
     effects: VecDeque<Effect>,
     stats: Stats,
 }
@@ -109,6 +114,7 @@ impl Presence {
             registry_failing: false,
             durable_failing: false,
             shutting_down: false,
+            lease: Lease::default(),
             effects: VecDeque::new(),
             stats: Stats::default(),
         }
@@ -150,10 +156,7 @@ impl Presence {
     pub fn poll_timeout(&self) -> Option<MonoTime> {
         let hb = self.timers.first().map(|(t, _)| *t);
         let retry = self.retries.first().map(|(t, _)| *t);
-        match (hb, retry) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [hb, retry, self.lease_deadline()].into_iter().flatten().min()
     }
 
     /// Counters for metrics.
@@ -257,6 +260,7 @@ impl Presence {
             self.retries.pop_first();
             self.retry_due(key);
         }
+        self.lease_tick();
     }
 }
 

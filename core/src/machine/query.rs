@@ -18,6 +18,8 @@ pub(super) struct QueryState {
     asker: Asker,
     users: Vec<UserId>,
     entries: Vec<RegistryEntry>,
+    /// Per user: a registry entry under a live lease.
+    online: Vec<bool>,
 }
 
 /// Who gets the answer.
@@ -76,7 +78,7 @@ impl Presence {
 
     fn read_registry(&mut self, asker: Asker, users: Vec<UserId>) {
         let op = StoreOp::Registry(RegistryOp::Read { users: users.clone() });
-        let state = QueryState { asker, users, entries: Vec::new() };
+        let state = QueryState { asker, users, entries: Vec::new(), online: Vec::new() };
         self.emit_store(op, InFlight::QueryRegistry(Box::new(state)));
     }
 
@@ -86,7 +88,21 @@ impl Presence {
             Ok(_) => return self.fail_query(q, "registry answered with the wrong shape"),
             Err(e) => return self.fail_query(q, &format!("registry: {e}")),
         };
+        // An entry counts only under a live lease: a dead server's sessions read as offline even
+        // before the reaper removes them. Without a recent view of the leases we cannot tell.
+        let mut online = Vec::with_capacity(entries.len());
+        for e in &entries {
+            let mut any = false;
+            for t in &e.leases {
+                match self.lease_is_live(*t) {
+                    Some(live) => any |= live,
+                    None => return self.fail_query(q, "registry: no recent view of the server leases"),
+                }
+            }
+            online.push(any);
+        }
         q.entries = entries;
+        q.online = online;
         let missing: Vec<usize> = (0..q.users.len()).filter(|&i| q.entries[i].last_seen.is_none()).collect();
         if missing.is_empty() {
             return self.reply(q);
@@ -156,12 +172,12 @@ impl Presence {
         let users = q
             .users
             .iter()
-            .zip(&q.entries)
-            .map(|(user, e)| {
+            .zip(q.entries.iter().zip(&q.online))
+            .map(|(user, (e, &registered))| {
                 let local = self.users.get(user);
                 // A live session here is online even if its registration has not landed yet, and a
                 // value this server recorded is visible even if its write is still pending.
-                let online = e.online || local.is_some_and(|u| u.live > 0);
+                let online = registered || local.is_some_and(|u| u.live > 0);
                 let recorded = local.and_then(|u| u.max_recorded);
                 let last_seen = max_opt(e.last_seen, recorded).map(|v| v.min(ceiling));
                 PresenceEntry { user: user.clone(), online, last_seen }

@@ -3,21 +3,36 @@
 use std::time::Duration;
 
 use crate::frame::Encoding;
-use crate::store::{DurableOp, EffectId, RegistryEntry, RegistryOp, StoreError, StoreOp, StoreOutput};
+use crate::store::{
+    DurableOp, EffectId, LeaseToken, LeaseView, ReapBatch, RegistryEntry, RegistryOp, StoreError, StoreOp,
+    StoreOutput,
+};
 use crate::time::{MonoTime, Now, UnixMillis};
 use crate::user::{SessionId, UserId};
 use crate::{close_code, Config, ConnId, Effect, Input, OutMessage, Presence};
 
 const T0: i64 = 1_705_311_720_000; // 2024-01-15T09:42:00.000Z
 
+/// Our lease in these tests.
+const LEASE: LeaseToken = LeaseToken(100);
+
 struct Rig {
     p: Presence,
     ms: u64,
+    /// Answer lease renewals at once with [`LEASE`] (and no other lease), hiding them from the test.
+    auto_lease: bool,
 }
 
 impl Rig {
+    /// A core that holds [`LEASE`]; renewals are answered behind the test's back.
     fn new(config: Config) -> Self {
-        Rig { p: Presence::new(config, 7), ms: 0 }
+        let mut r = Rig { p: Presence::new(config, 7), ms: 0, auto_lease: true };
+        assert!(r.input(Input::Timeout).is_empty());
+        r
+    }
+    /// A core whose lease renewals the test answers itself.
+    fn manual_lease(config: Config) -> Self {
+        Rig { p: Presence::new(config, 7), ms: 0, auto_lease: false }
     }
     fn now(&self) -> Now {
         Now { mono: MonoTime::from_nanos(self.ms * 1_000_000), wall: UnixMillis(T0 + self.ms as i64) }
@@ -29,7 +44,19 @@ impl Rig {
     fn input(&mut self, input: Input<'_>) -> Vec<Effect> {
         let now = self.now();
         self.p.handle(now, input);
-        std::iter::from_fn(|| self.p.poll_effect()).collect()
+        let mut out = Vec::new();
+        while let Some(e) = self.p.poll_effect() {
+            match e {
+                Effect::Store { id, op: StoreOp::Registry(RegistryOp::RenewLease { .. }) }
+                    if self.auto_lease =>
+                {
+                    let view = LeaseView { token: LEASE, live: vec![LEASE], expired: Vec::new() };
+                    self.p.handle(now, Input::StoreDone { id, result: Ok(StoreOutput::Lease(view)) });
+                }
+                e => out.push(e),
+            }
+        }
+        out
     }
     fn open(&mut self, conn: u64, user: &str) -> Vec<Effect> {
         self.input(Input::Open {
@@ -74,7 +101,10 @@ fn graceful_close_records_close_time_in_both_stores() {
     let e = r.open(1, "bob");
     assert_eq!(e.len(), 1);
     let (id, op) = store(&e[0]);
-    assert_eq!(op, reg(RegistryOp::Register { user: uid("bob"), session: SessionId::new("s1") }));
+    assert_eq!(
+        op,
+        reg(RegistryOp::Register { user: uid("bob"), session: SessionId::new("s1"), token: LEASE })
+    );
     assert!(r.done(id, Ok(StoreOutput::Done)).is_empty());
     r.advance(5_000);
     let e = r.input(Input::Closed { conn: ConnId(1), graceful: true });
@@ -83,7 +113,12 @@ fn graceful_close_records_close_time_in_both_stores() {
     assert_eq!(
         ops,
         vec![
-            reg(RegistryOp::EndSession { user: uid("bob"), session: SessionId::new("s1"), last_seen: at }),
+            reg(RegistryOp::EndSession {
+                user: uid("bob"),
+                session: SessionId::new("s1"),
+                last_seen: at,
+                token: Some(LEASE)
+            }),
             StoreOp::Durable(DurableOp::Write { user: uid("bob"), last_seen: at }),
         ]
     );
@@ -118,7 +153,13 @@ fn superseded_durable_write_refreshes_the_cache_with_the_durable_value() {
 
 #[test]
 fn heartbeat_probes_then_ends_with_last_proof_of_life() {
-    let mut r = Rig::new(Config::default());
+    // Lease renewals far apart, so the only deadlines are the heartbeat's.
+    let config = Config {
+        lease_renew_interval: Duration::from_secs(60),
+        lease_ttl: Duration::from_secs(120),
+        ..Config::default()
+    };
+    let mut r = Rig::new(config);
     let e = r.open(1, "bob");
     r.done(store(&e[0]).0, Ok(StoreOutput::Done));
     r.advance(4_000);
@@ -141,7 +182,8 @@ fn heartbeat_probes_then_ends_with_last_proof_of_life() {
         reg(RegistryOp::EndSession {
             user: uid("bob"),
             session: SessionId::new("s1"),
-            last_seen: last_proof
+            last_seen: last_proof,
+            token: Some(LEASE),
         })
     );
     assert_eq!(
@@ -225,7 +267,10 @@ fn registry_restart_registers_live_sessions_again() {
     let e = r.open(1, "bob");
     r.done(store(&e[0]).0, Ok(StoreOutput::Done));
     let e = r.input(Input::RegistryRestarted);
-    assert_eq!(store(&e[0]).1, reg(RegistryOp::Register { user: uid("bob"), session: SessionId::new("s1") }));
+    assert_eq!(
+        store(&e[0]).1,
+        reg(RegistryOp::Register { user: uid("bob"), session: SessionId::new("s1"), token: LEASE })
+    );
 }
 
 #[test]
@@ -236,8 +281,8 @@ fn query_falls_back_to_durable_and_backfills() {
     let (id, op) = store(&e[0]);
     assert_eq!(op, reg(RegistryOp::Read { users: vec![uid("bob"), uid("carol")] }));
     let entries = vec![
-        RegistryEntry { online: false, last_seen: None },
-        RegistryEntry { online: true, last_seen: None },
+        RegistryEntry { leases: vec![], last_seen: None },
+        RegistryEntry { leases: vec![LEASE], last_seen: None },
     ];
     let e = r.done(id, Ok(StoreOutput::Registry(entries)));
     let (id, op) = store(&e[0]);
@@ -270,7 +315,7 @@ fn future_values_are_clamped_in_answers() {
     let far = UnixMillis(T0 + 3_600_000);
     let e = r.done(
         store(&e[0]).0,
-        Ok(StoreOutput::Registry(vec![RegistryEntry { online: false, last_seen: Some(far) }])),
+        Ok(StoreOutput::Registry(vec![RegistryEntry { leases: vec![], last_seen: Some(far) }])),
     );
     // now = T0, skew bound 5 s.
     assert_eq!(
@@ -302,7 +347,8 @@ fn wall_clock_stepping_back_never_regresses_last_seen() {
         reg(RegistryOp::EndSession {
             user: uid("bob"),
             session: SessionId::new("s2"),
-            last_seen: UnixMillis(T0 + 1_010)
+            last_seen: UnixMillis(T0 + 1_010),
+            token: Some(LEASE),
         })
     );
 }
@@ -357,4 +403,182 @@ fn shutdown_closes_everyone_with_1001_and_records_last_seen() {
         .count();
     assert_eq!(writes, 2);
     assert!(!r.p.readiness().accepting);
+}
+
+fn lease_view(token: u64, live: &[u64], expired: &[&str]) -> Result<StoreOutput, StoreError> {
+    Ok(StoreOutput::Lease(LeaseView {
+        token: LeaseToken(token),
+        live: live.iter().map(|&t| LeaseToken(t)).collect(),
+        expired: expired.iter().map(|s| s.to_string()).collect(),
+    }))
+}
+
+#[test]
+fn registrations_wait_for_a_lease_and_carry_its_token() {
+    let mut r = Rig::manual_lease(Config::default());
+    let e = r.input(Input::Timeout);
+    let (renew, op) = store(&e[0]);
+    assert_eq!(
+        op,
+        reg(RegistryOp::RenewLease { token: None, ttl: Duration::from_secs(10), wall: UnixMillis(T0) })
+    );
+    // No lease yet: the session is live here but not registered.
+    assert!(r.open(1, "bob").is_empty());
+    let e = r.done(renew, lease_view(7, &[7], &[]));
+    assert_eq!(
+        store(&e[0]).1,
+        reg(RegistryOp::Register { user: uid("bob"), session: SessionId::new("s1"), token: LeaseToken(7) })
+    );
+    // The next renewal is due 3 s later and names the lease.
+    assert!(r.advance(2_999).is_empty());
+    let e = r.advance(1);
+    assert_eq!(
+        store(&e[0]).1,
+        reg(RegistryOp::RenewLease {
+            token: Some(LeaseToken(7)),
+            ttl: Duration::from_secs(10),
+            wall: UnixMillis(T0 + 3_000)
+        })
+    );
+}
+
+#[test]
+fn a_lease_not_renewed_for_a_ttl_is_given_up_and_sessions_register_again_under_the_new_one() {
+    let mut r = Rig::manual_lease(Config::default());
+    let e = r.input(Input::Timeout);
+    r.done(store(&e[0]).0, lease_view(7, &[7], &[]));
+    let e = r.open(1, "bob");
+    r.done(store(&e[0]).0, Ok(StoreOutput::Done));
+    // Renewals at 3, 6, 9 s all fail (the registry is unreachable).
+    for at in [3_000, 6_000, 9_000] {
+        let e = r.advance(at - r.ms);
+        let (id, _) = store(&e[0]);
+        r.done(id, Err(StoreError::Timeout));
+    }
+    assert_eq!(r.p.stats().leases_lost, 0);
+    // At 10 s the lease confirmed at 0 s has expired: the server stops counting on it, and a
+    // query cannot tell live leases from dead ones any more.
+    assert!(r.advance(1_000).is_empty());
+    assert_eq!(r.p.stats().leases_lost, 1);
+    let e = r.text(1, r#"{"type":"query","id":1,"users":["carol"]}"#);
+    let (q, _) = store(&e[0]);
+    let e = r.done(
+        q,
+        Ok(StoreOutput::Registry(vec![RegistryEntry { leases: vec![LeaseToken(7)], last_seen: None }])),
+    );
+    assert_eq!(
+        text_of(&e[0]),
+        r#"{"type":"error","id":1,"code":"unavailable","message":"registry: no recent view of the server leases"}"#
+    );
+    // The renewal at 12 s asks for a new lease; the grant re-registers bob under it.
+    let e = r.advance(2_000);
+    let (id, op) = store(&e[0]);
+    assert!(matches!(op, StoreOp::Registry(RegistryOp::RenewLease { token: None, .. })));
+    let e = r.done(id, lease_view(9, &[9], &["ws-1#7"]));
+    // The reaper claims the old lease (our own, dead: a late removal of its entries is fenced by
+    // token 7, which the new registrations no longer carry) ...
+    assert_eq!(
+        store(&e[0]).1,
+        reg(RegistryOp::ClaimReap { lease: "ws-1#7".into(), ttl: Duration::from_secs(10), batch: 256 })
+    );
+    assert_eq!(
+        store(&e[1]).1,
+        reg(RegistryOp::Register { user: uid("bob"), session: SessionId::new("s1"), token: LeaseToken(9) })
+    );
+}
+
+#[test]
+fn readers_count_only_entries_under_live_leases() {
+    let mut r = Rig::manual_lease(Config::default());
+    let e = r.input(Input::Timeout);
+    // Live: ours (7) and 5. Dead: 3. Newest seen: 7, so 8 is a lease granted since: live.
+    r.done(store(&e[0]).0, lease_view(7, &[5, 7], &["ws-x#3"]));
+    let e = r.input(Input::Lookup {
+        lookup: crate::LookupId(1),
+        users: vec![uid("a"), uid("b"), uid("c"), uid("d")],
+    });
+    let (q, _) = store(&e[0]);
+    let entry = |leases: &[u64]| RegistryEntry {
+        leases: leases.iter().map(|&t| LeaseToken(t)).collect(),
+        last_seen: Some(UnixMillis(T0 - 1_000)),
+    };
+    let e = r.done(q, Ok(StoreOutput::Registry(vec![entry(&[3]), entry(&[5]), entry(&[3, 8]), entry(&[])])));
+    let online: Vec<bool> = match &e[..] {
+        [Effect::LookupDone { result: Ok(users), .. }] => users.iter().map(|u| u.online).collect(),
+        other => panic!("unexpected {other:?}"),
+    };
+    assert_eq!(online, vec![false, true, true, false]);
+}
+
+#[test]
+fn reaper_writes_durable_first_then_removes_fenced_entries_batch_by_batch() {
+    let config = Config { reap_batch: 2, ..Config::default() };
+    let mut r = Rig::manual_lease(config);
+    let e = r.input(Input::Timeout);
+    let e = r.done(store(&e[0]).0, lease_view(7, &[7], &["ws-9#4"]));
+    let (claim, op) = store(&e[0]);
+    assert_eq!(
+        op,
+        reg(RegistryOp::ClaimReap { lease: "ws-9#4".into(), ttl: Duration::from_secs(10), batch: 2 })
+    );
+    let dead_renewal = UnixMillis(T0 - 4_000);
+    let batch = ReapBatch {
+        token: LeaseToken(4),
+        last_seen: dead_renewal,
+        sessions: vec![(uid("bob"), SessionId::new("x1"), true), (uid("carol"), SessionId::new("x2"), false)],
+    };
+    // Only bob's entry is still under the dead lease: only bob gets a durable write.
+    let e = r.done(claim, Ok(StoreOutput::Reap(Some(batch))));
+    assert_eq!(e.len(), 1);
+    let (w, op) = store(&e[0]);
+    assert_eq!(op, StoreOp::Durable(DurableOp::Write { user: uid("bob"), last_seen: dead_renewal }));
+    // A failed durable write abandons the batch: nothing is removed before last_seen is durable.
+    assert!(r.done(w, Err(StoreError::Throttled)).is_empty());
+    // The next renewal claims it again (the claim is still ours) and redoes the batch.
+    let e = r.advance(3_000);
+    let e = r.done(store(&e[0]).0, lease_view(7, &[7], &["ws-9#4"]));
+    let (claim, _) = store(&e[0]);
+    let batch = ReapBatch {
+        token: LeaseToken(4),
+        last_seen: dead_renewal,
+        sessions: vec![(uid("bob"), SessionId::new("x1"), true)],
+    };
+    let e = r.done(claim, Ok(StoreOutput::Reap(Some(batch))));
+    let (w, _) = store(&e[0]);
+    let e = r.done(w, Ok(StoreOutput::Superseded));
+    let (remove, op) = store(&e[0]);
+    assert_eq!(
+        op,
+        reg(RegistryOp::Reap {
+            lease: "ws-9#4".into(),
+            token: LeaseToken(4),
+            last_seen: dead_renewal,
+            sessions: vec![(uid("bob"), SessionId::new("x1"), true)],
+        })
+    );
+    // Removed: claim the next batch; the registry says the index is empty and drops the lease.
+    let e = r.done(remove, Ok(StoreOutput::Done));
+    assert_eq!(
+        store(&e[0]).1,
+        reg(RegistryOp::ClaimReap { lease: "ws-9#4".into(), ttl: Duration::from_secs(10), batch: 2 })
+    );
+    assert!(r.done(store(&e[0]).0, Ok(StoreOutput::Reap(None))).is_empty());
+    assert_eq!(r.p.stats().sessions_reaped, 1);
+}
+
+#[test]
+fn a_dead_servers_clock_ahead_of_ours_is_not_recorded_past_our_now() {
+    let mut r = Rig::manual_lease(Config::default());
+    let e = r.input(Input::Timeout);
+    let e = r.done(store(&e[0]).0, lease_view(7, &[7], &["ws-9#4"]));
+    let batch = ReapBatch {
+        token: LeaseToken(4),
+        last_seen: UnixMillis(T0 + 60_000),
+        sessions: vec![(uid("bob"), SessionId::new("x1"), true)],
+    };
+    let e = r.done(store(&e[0]).0, Ok(StoreOutput::Reap(Some(batch))));
+    assert_eq!(
+        store(&e[0]).1,
+        StoreOp::Durable(DurableOp::Write { user: uid("bob"), last_seen: UnixMillis(T0) })
+    );
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use rand_chacha::rand_core::RngCore;
 
-use crate::store::{DurableOp, EffectId, RegistryOp, StoreError, StoreOp, StoreOutput};
+use crate::store::{DurableOp, EffectId, LeaseToken, RegistryOp, StoreError, StoreOp, StoreOutput};
 use crate::time::{MonoTime, UnixMillis};
 use crate::user::{SessionId, UserId};
 
@@ -28,8 +28,10 @@ pub(super) struct Session {
     id: SessionId,
     /// `Some(last_seen)` once the session ended.
     ended: Option<UnixMillis>,
-    /// The registry holds our entry (acknowledged since the last registry restart).
+    /// The registry holds our entry (acknowledged since the last registry restart or new lease).
     registered: bool,
+    /// The lease of the last `Register` sent: its index lists the session, so the end removes it.
+    token: Option<LeaseToken>,
     in_flight: Option<EffectId>,
     attempts: u32,
     retry_at: Option<MonoTime>,
@@ -37,7 +39,16 @@ pub(super) struct Session {
 
 impl Session {
     pub(super) fn new(user: UserId, id: SessionId) -> Self {
-        Session { user, id, ended: None, registered: false, in_flight: None, attempts: 0, retry_at: None }
+        Session {
+            user,
+            id,
+            ended: None,
+            registered: false,
+            token: None,
+            in_flight: None,
+            attempts: 0,
+            retry_at: None,
+        }
     }
 
     pub(super) fn is_unregistered(&self) -> bool {
@@ -93,6 +104,14 @@ pub(super) enum InFlight {
     QueryRegistry(Box<QueryState>),
     /// A query waiting for the durable read of the users the registry had no last_seen for.
     QueryDurable(Box<QueryState>, Vec<usize>),
+    /// Our lease renewal, sent at this time.
+    RenewLease { sent: MonoTime },
+    /// The reaper's claim of an expired lease (and its next batch).
+    ReapClaim,
+    /// The reaper's durable write for one user of its batch.
+    ReapDurable,
+    /// The reaper's removal of its batch's entries.
+    ReapRemove,
 }
 
 /// Which write a retry timer belongs to.
@@ -159,15 +178,29 @@ impl Presence {
                     // values asked for a user never go down.
                     let max = self.users.get(&s.user).and_then(|u| u.max_recorded);
                     let last_seen = max.map_or(ended, |m| m.max(ended));
-                    RegistryOp::EndSession { user: s.user.clone(), session: s.id.clone(), last_seen }
+                    RegistryOp::EndSession {
+                        user: s.user.clone(),
+                        session: s.id.clone(),
+                        last_seen,
+                        token: s.token,
+                    }
                 }
-                None if !s.registered => RegistryOp::Register { user: s.user.clone(), session: s.id.clone() },
+                None if !s.registered => {
+                    // Registrations wait for a lease (the grant makes every session dirty again).
+                    let Some(token) = self.lease.token else { continue };
+                    RegistryOp::Register { user: s.user.clone(), session: s.id.clone(), token }
+                }
                 None => continue,
+            };
+            let registering = match &op {
+                RegistryOp::Register { token, .. } => Some(*token),
+                _ => None,
             };
             let (epoch, end) = (self.registry_epoch, s.ended.is_some());
             let id = self.emit_store(StoreOp::Registry(op), InFlight::Session { sid, epoch, end });
             if let Some(s) = self.sessions.get_mut(&sid) {
                 s.in_flight = Some(id);
+                s.token = registering.or(s.token);
             }
         }
         while let Some(user) = self.dirty_durable.pop_first() {
@@ -215,6 +248,10 @@ impl Presence {
                 self.durable_failing = result.is_err();
                 self.query_durable_done(*q, missing, result);
             }
+            InFlight::RenewLease { sent } => self.lease_renewed(sent, result),
+            InFlight::ReapClaim => self.reap_claimed(result),
+            InFlight::ReapDurable => self.reap_durable_done(&result),
+            InFlight::ReapRemove => self.reap_removed(result),
         }
     }
 
@@ -346,11 +383,20 @@ impl Presence {
         }
     }
 
-    /// The registry lost (or may have lost) its data: everything must be written again.
+    /// The registry lost (or may have lost) its data, our lease with it: renew at once, and
+    /// register everything again under the lease that renewal grants.
     pub(super) fn on_registry_restarted(&mut self) {
-        self.registry_epoch += 1;
         self.stats.registry_restarts += 1;
         self.registry_failing = false;
+        self.lease.token = None;
+        self.renew_lease_now();
+        self.register_all_again();
+    }
+
+    /// Registers every live session again and re-sends pending ends: results of operations sent
+    /// before are not trusted (they may have landed before a data loss, or under an old lease).
+    pub(super) fn register_all_again(&mut self) {
+        self.registry_epoch += 1;
         for (sid, s) in self.sessions.iter_mut() {
             s.registered = false;
             s.attempts = 0;

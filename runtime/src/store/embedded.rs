@@ -3,7 +3,8 @@
 //! - [`MemoryRegistry`] plays Redis: per user a map session id -> server id, and a cached
 //!   last_seen, with the same semantics as the Lua scripts (owner-only removal, max-register).
 //!   It lives in this process, so it can never lose its data while the process runs:
-//!   [`RegistryStore::restarts`] never changes.
+//!   [`RegistryStore::restarts`] never changes. One process is the only server, so its lease
+//!   (token 1) is always live and there is never anything to reap.
 //! - [`RedbDurable`] plays DynamoDB: a [`redb`] file `<data_dir>/presence.redb` with one table
 //!   `last_seen: user_id -> i64 epoch millis`. Every write is a max-register done inside one write
 //!   transaction (read, compare, insert, commit), so it is atomic against concurrent writers, and
@@ -20,7 +21,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use presence_core::store::{DurableOp, RegistryEntry, RegistryOp, StoreError, StoreOutput};
+use presence_core::store::{
+    DurableOp, LeaseToken, LeaseView, RegistryEntry, RegistryOp, StoreError, StoreOutput,
+};
 use presence_core::time::UnixMillis;
 use presence_core::user::UserId;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -33,6 +36,8 @@ use super::{with_timeout, DurableStore, RegistryStore, StoreFuture};
 struct UserState {
     /// `ws:{user}`: session id -> server id. A `BTreeMap` so inspection output is ordered.
     sessions: BTreeMap<String, String>,
+    /// `ws_lease:{user}`: session id -> lease token.
+    leases: BTreeMap<String, LeaseToken>,
     /// `last_seen:{user}`, already clamped to the wire range like the Redis string is.
     last_seen: Option<UnixMillis>,
 }
@@ -79,20 +84,26 @@ impl MemoryRegistry {
     fn apply(&self, op: RegistryOp) -> StoreOutput {
         let mut users = self.lock();
         match op {
-            RegistryOp::Register { user, session } => {
-                users
-                    .entry(user)
-                    .or_default()
-                    .sessions
-                    .insert(session.as_str().to_owned(), self.server_id.to_string());
+            RegistryOp::Register { user, session, token } => {
+                let state = users.entry(user).or_default();
+                state.leases.insert(session.as_str().to_owned(), token);
+                state.sessions.insert(session.as_str().to_owned(), self.server_id.to_string());
                 StoreOutput::Done
             }
-            RegistryOp::EndSession { user, session, last_seen } => {
+            RegistryOp::EndSession { user, session, last_seen, .. } => {
                 let state = users.entry(user.clone()).or_default();
                 state.sessions.remove(session.as_str());
+                state.leases.remove(session.as_str());
                 max_register(&mut state.last_seen, last_seen);
                 StoreOutput::Done
             }
+            RegistryOp::RenewLease { .. } => StoreOutput::Lease(LeaseView {
+                token: EMBEDDED_LEASE,
+                live: vec![EMBEDDED_LEASE],
+                expired: Vec::new(),
+            }),
+            RegistryOp::ClaimReap { .. } => StoreOutput::Reap(None),
+            RegistryOp::Reap { .. } => StoreOutput::Done,
             RegistryOp::SetLastSeen { user, last_seen } => {
                 max_register(&mut users.entry(user).or_default().last_seen, last_seen);
                 StoreOutput::Done
@@ -101,16 +112,20 @@ impl MemoryRegistry {
                 wanted
                     .iter()
                     .map(|u| match users.get(u) {
-                        Some(state) => {
-                            RegistryEntry { online: !state.sessions.is_empty(), last_seen: state.last_seen }
-                        }
-                        None => RegistryEntry { online: false, last_seen: None },
+                        Some(state) => RegistryEntry {
+                            leases: state.leases.values().copied().collect(),
+                            last_seen: state.last_seen,
+                        },
+                        None => RegistryEntry { leases: Vec::new(), last_seen: None },
                     })
                     .collect(),
             ),
         }
     }
 }
+
+/// The lease of the only server of an embedded registry.
+const EMBEDDED_LEASE: LeaseToken = LeaseToken(1);
 
 /// `slot = max(slot, new)`, with the value clamped to what the Redis string can represent, so the
 /// embedded registry answers exactly what Redis would.
@@ -280,8 +295,9 @@ mod tests {
         UserId::new(s).unwrap()
     }
 
-    fn entry(online: bool, last_seen: Option<i64>) -> RegistryEntry {
-        RegistryEntry { online, last_seen: last_seen.map(UnixMillis) }
+    /// An entry with `sessions` sessions under the embedded lease.
+    fn entry(sessions: usize, last_seen: Option<i64>) -> RegistryEntry {
+        RegistryEntry { leases: vec![EMBEDDED_LEASE; sessions], last_seen: last_seen.map(UnixMillis) }
     }
 
     async fn read(reg: &MemoryRegistry, users: &[&str]) -> Vec<RegistryEntry> {
@@ -296,19 +312,21 @@ mod tests {
     async fn memory_end_session_removes_only_that_session() {
         let reg = MemoryRegistry::new("srv-1");
         for s in ["s1", "s2"] {
-            let op = RegistryOp::Register { user: user("bob"), session: SessionId::new(s) };
+            let op =
+                RegistryOp::Register { user: user("bob"), session: SessionId::new(s), token: EMBEDDED_LEASE };
             assert_eq!(reg.execute(op).await, Ok(StoreOutput::Done));
         }
-        assert_eq!(read(&reg, &["bob"]).await, vec![entry(true, None)]);
+        assert_eq!(read(&reg, &["bob"]).await, vec![entry(2, None)]);
 
         let end = RegistryOp::EndSession {
             user: user("bob"),
             session: SessionId::new("s1"),
             last_seen: UnixMillis(1_000),
+            token: None,
         };
         assert_eq!(reg.execute(end.clone()).await, Ok(StoreOutput::Done));
         assert_eq!(reg.sessions(&user("bob")), vec![("s2".to_owned(), "srv-1".to_owned())]);
-        assert_eq!(read(&reg, &["bob"]).await, vec![entry(true, Some(1_000))]);
+        assert_eq!(read(&reg, &["bob"]).await, vec![entry(1, Some(1_000))]);
 
         // Idempotent, and ending the last session makes the user offline.
         assert_eq!(reg.execute(end).await, Ok(StoreOutput::Done));
@@ -316,9 +334,10 @@ mod tests {
             user: user("bob"),
             session: SessionId::new("s2"),
             last_seen: UnixMillis(2_000),
+            token: None,
         };
         assert_eq!(reg.execute(end2).await, Ok(StoreOutput::Done));
-        assert_eq!(read(&reg, &["bob"]).await, vec![entry(false, Some(2_000))]);
+        assert_eq!(read(&reg, &["bob"]).await, vec![entry(0, Some(2_000))]);
     }
 
     #[tokio::test]
@@ -332,6 +351,7 @@ mod tests {
             user: user("bob"),
             session: SessionId::new("gone"),
             last_seen: UnixMillis(3_000),
+            token: None,
         })
         .await
         .unwrap();
@@ -342,11 +362,11 @@ mod tests {
         assert_eq!(
             read(&reg, &["carl", "bob", "amy", "bob", "neg"]).await,
             vec![
-                entry(false, None),
-                entry(false, Some(5_000)),
-                entry(false, Some(7)),
-                entry(false, Some(5_000)),
-                entry(false, Some(0)),
+                entry(0, None),
+                entry(0, Some(5_000)),
+                entry(0, Some(7)),
+                entry(0, Some(5_000)),
+                entry(0, Some(0)),
             ]
         );
         assert_eq!(*reg.restarts().borrow(), 0);

@@ -7,19 +7,37 @@
 //!   Absent or empty = offline.
 //! - `last_seen:{<user>}`: a string, RFC 3339 UTC with milliseconds, fixed width
 //!   (`2024-01-15T09:42:00.000Z`), so string order is time order.
+//! - `ws_lease:{<user>}`: a hash beside `ws:{<user>}`, field = session id, value = the fencing
+//!   token (decimal) of the server lease the session was registered under. Readers count a session
+//!   online only while that lease is live.
 //!
-//! The braces are literal Redis Cluster hash tags: both keys of one user live in the same slot, so
-//! one script can touch both atomically, on a single node and on a cluster alike.
+//! Leases (docs/STORES.md, "Leases"; all under the `{presence}` hash tag, so one slot):
+//!
+//! - `leases:{presence}`: a sorted set, member = lease name `<server_id>#<token>`, score = expiry
+//!   in Unix milliseconds by the Redis clock (`TIME`).
+//! - `lease_renewed:{presence}`: a hash, lease name -> the holder's wall clock (Unix ms) at its
+//!   last renewal: the last_seen the reaper records for the lease's sessions.
+//! - `lease_claims:{presence}`: a hash, lease name -> `<claimer> <until ms>`, the reaper's claim.
+//! - `lease_token:{presence}`: the token counter; never set below the Redis clock in ms, so tokens
+//!   keep increasing across a restart that lost it.
+//! - `sessions:{<server_id>#<token>}`: a set per lease, members `<user> <session>`: the index the
+//!   reaper walks (user ids never contain a space).
+//!
+//! The braces are literal Redis Cluster hash tags: the keys of one user live in the same slot, so
+//! one script can touch them atomically, on a single node and on a cluster alike.
 //!
 //! # Operations
 //!
 //! | op                        | Redis                                                             |
 //! |---------------------------|-------------------------------------------------------------------|
-//! | `Register`                | `HSET ws:{u} <session> <server_id>` (one command is atomic already) |
-//! | `EndSession`              | script [`END_SESSION_LUA`]: `HDEL ws:{u} <session>` + max-register |
+//! | `Register`                | `SADD sessions:{lease}`, then a pipeline `HSET ws_lease:{u}` + `HSET ws:{u}` |
+//! | `EndSession`              | script [`END_SESSION_LUA`]: `HDEL` both hashes + max-register, then `SREM sessions:{lease}` |
 //! | `SetLastSeen`             | script [`MAX_REGISTER_LUA`]                                       |
-//! | `Read` (single node)      | one pipeline of `HLEN ws:{u}` + `GET last_seen:{u}` for all users |
-//! | `Read` (cluster)          | one `HLEN` + `GET` pipeline per user (same slot), all in parallel |
+//! | `Read` (single node)      | one pipeline of `HVALS ws_lease:{u}` + `GET last_seen:{u}` for all users |
+//! | `Read` (cluster)          | one `HVALS` + `GET` pipeline per user (same slot), all in parallel |
+//! | `RenewLease`              | script [`RENEW_LEASE_LUA`]                                        |
+//! | `ClaimReap`               | script [`CLAIM_REAP_LUA`], `SRANDMEMBER sessions:{lease}`, `HGET ws_lease:{u}` per session; or [`DROP_LEASE_LUA`] when the index is empty |
+//! | `Reap`                    | script [`REAP_LUA`] per held session (in parallel), then `SREM sessions:{lease}` |
 //!
 //! Scripts run with `EVALSHA`; after a Redis restart (or `SCRIPT FLUSH`) the script cache is empty
 //! and Redis answers `NOSCRIPT`, on which [`redis::Script::invoke_async`] loads the script and
@@ -79,9 +97,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use presence_core::store::{RegistryEntry, RegistryOp, StoreError, StoreOutput};
+use presence_core::store::{
+    LeaseToken, LeaseView, ReapBatch, RegistryEntry, RegistryOp, StoreError, StoreOutput,
+};
 use presence_core::time::UnixMillis;
-use presence_core::user::UserId;
+use presence_core::user::{SessionId, UserId};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
@@ -109,7 +129,41 @@ pub fn last_seen_key(user: &UserId) -> String {
     format!("last_seen:{{{user}}}")
 }
 
-/// The max-register body shared by both scripts: set `KEYS[ls]` to `ARGV[ts]` unless it already
+/// The lease hash of `user`: `ws_lease:{<user>}` (session id -> lease token).
+pub fn ws_lease_key(user: &UserId) -> String {
+    format!("ws_lease:{{{user}}}")
+}
+
+/// The sorted set of leases (name -> expiry by the Redis clock).
+pub const LEASES_KEY: &str = "leases:{presence}";
+/// Lease name -> its holder's wall clock at its last renewal.
+pub const LEASE_RENEWED_KEY: &str = "lease_renewed:{presence}";
+/// Lease name -> the reaper's claim (`<claimer> <until ms>`).
+pub const LEASE_CLAIMS_KEY: &str = "lease_claims:{presence}";
+/// The lease token counter.
+pub const LEASE_TOKEN_KEY: &str = "lease_token:{presence}";
+
+/// The name of a server's lease: `<server_id>#<token>`.
+pub fn lease_name(server_id: &str, token: LeaseToken) -> String {
+    format!("{server_id}#{}", token.0)
+}
+
+/// The token of a lease name (after its last `#`).
+fn lease_token(name: &str) -> Option<LeaseToken> {
+    name.rsplit_once('#')?.1.parse().ok().map(LeaseToken)
+}
+
+/// The session index of a lease: `sessions:{<lease name>}`.
+pub fn lease_index_key(lease: &str) -> String {
+    format!("sessions:{{{lease}}}")
+}
+
+/// A member of a lease's session index: `<user> <session>`.
+fn index_member(user: &UserId, session: &SessionId) -> String {
+    format!("{user} {}", session.as_str())
+}
+
+/// The max-register body shared by the scripts: set `KEYS[ls]` to `ARGV[ts]` unless it already
 /// holds a well-formed timestamp that is not older. Returns 1 if it wrote, 0 if not.
 macro_rules! max_register_lua {
     ($ls:literal, $ts:literal) => {
@@ -139,23 +193,114 @@ macro_rules! max_register_lua {
 /// Public so a test double (the simulator's Redis) can recognise it by its SHA-1.
 pub const MAX_REGISTER_LUA: &str = max_register_lua!("1", "1");
 
-/// `EndSession`: `KEYS[1]` = `ws:{u}`, `KEYS[2]` = `last_seen:{u}`, `ARGV[1]` = session id,
-/// `ARGV[2]` = the fixed-width timestamp. `HDEL` of this session's field only, then the
-/// max-register, atomically (one script, one slot). After Redis lost its data this value may be
-/// below the durable one; the core then raises the cache to the durable value once DynamoDB
-/// answers (docs/STORES.md, "Cache fill").
-pub const END_SESSION_LUA: &str =
-    concat!("redis.call('HDEL', KEYS[1], ARGV[1])\n", max_register_lua!("2", "2"));
+/// `EndSession`: `KEYS[1]` = `ws:{u}`, `KEYS[2]` = `last_seen:{u}`, `KEYS[3]` = `ws_lease:{u}`,
+/// `ARGV[1]` = session id, `ARGV[2]` = the fixed-width timestamp. `HDEL` of this session's fields
+/// only, then the max-register, atomically (one script, one slot). After Redis lost its data this
+/// value may be below the durable one; the core then raises the cache to the durable value once
+/// DynamoDB answers (docs/STORES.md, "Cache fill").
+pub const END_SESSION_LUA: &str = concat!(
+    "redis.call('HDEL', KEYS[1], ARGV[1])\n",
+    "redis.call('HDEL', KEYS[3], ARGV[1])\n",
+    max_register_lua!("2", "2")
+);
+
+/// The Redis clock in Unix milliseconds, as a Lua local `now`.
+macro_rules! redis_now_lua {
+    () => {
+        "local t = redis.call('TIME')\nlocal now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    };
+}
+
+/// `RenewLease`: `KEYS` = leases, lease_renewed, lease_token; `ARGV[1]` = server id, `ARGV[2]` =
+/// the token held (or empty), `ARGV[3]` = TTL ms, `ARGV[4]` = the server's wall clock (ms).
+/// Extends the lease if it is live; otherwise issues a new token (never below the clock in ms) and
+/// lease. Returns `{token, live lease names, up to 16 expired lease names}`.
+pub const RENEW_LEASE_LUA: &str = concat!(
+    redis_now_lua!(),
+    "local token = ARGV[2]\n",
+    "local exp = nil\n",
+    "if token ~= '' then exp = redis.call('ZSCORE', KEYS[1], ARGV[1] .. '#' .. token) end\n",
+    "if (not exp) or tonumber(exp) <= now then\n",
+    "  local n = redis.call('INCR', KEYS[3])\n",
+    "  if n < now then n = now; redis.call('SET', KEYS[3], string.format('%d', n)) end\n",
+    "  token = string.format('%d', n)\n",
+    "end\n",
+    "local name = ARGV[1] .. '#' .. token\n",
+    "redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), name)\n",
+    "redis.call('HSET', KEYS[2], name, ARGV[4])\n",
+    "local live = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')\n",
+    "local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 16)\n",
+    "return {token, live, dead}\n",
+);
+
+/// `ClaimReap`, first step: `KEYS` = leases, lease_renewed, lease_claims; `ARGV[1]` = the expired
+/// lease, `ARGV[2]` = the claimer (our server id), `ARGV[3]` = claim TTL ms. Claims the lease if it
+/// is still expired and unclaimed (or the claim expired, or is ours). Returns its last renewal
+/// (wall ms, as a string), or nil when it is not ours to reap.
+pub const CLAIM_REAP_LUA: &str = concat!(
+    redis_now_lua!(),
+    "local exp = redis.call('ZSCORE', KEYS[1], ARGV[1])\n",
+    "if (not exp) or tonumber(exp) > now then return false end\n",
+    "local claim = redis.call('HGET', KEYS[3], ARGV[1])\n",
+    "if claim then\n",
+    "  local who, untl = string.match(claim, '^(.*) (%d+)$')\n",
+    "  if who and who ~= ARGV[2] and tonumber(untl) > now then return false end\n",
+    "end\n",
+    "redis.call('HSET', KEYS[3], ARGV[1], ARGV[2] .. ' ' .. string.format('%d', now + tonumber(ARGV[3])))\n",
+    "return redis.call('HGET', KEYS[2], ARGV[1]) or '0'\n",
+);
+
+/// `ClaimReap` on an empty index: `KEYS` = leases, lease_renewed, lease_claims; `ARGV[1]` = the
+/// lease. Forgets it if it is still expired (an expired lease is never renewed, so this is only a
+/// guard against a clock step).
+pub const DROP_LEASE_LUA: &str = concat!(
+    redis_now_lua!(),
+    "local exp = redis.call('ZSCORE', KEYS[1], ARGV[1])\n",
+    "if exp and tonumber(exp) <= now then\n",
+    "  redis.call('ZREM', KEYS[1], ARGV[1])\n",
+    "  redis.call('HDEL', KEYS[2], ARGV[1])\n",
+    "  redis.call('HDEL', KEYS[3], ARGV[1])\n",
+    "end\n",
+    "return 1\n",
+);
+
+/// `Reap`, per session: `KEYS[1]` = `ws:{u}`, `KEYS[2]` = `ws_lease:{u}`, `KEYS[3]` =
+/// `last_seen:{u}`; `ARGV[1]` = session, `ARGV[2]` = the dead lease's token, `ARGV[3]` = the
+/// fixed-width timestamp. Compare-and-delete on the fencing token, then raise the cached last_seen
+/// if it is present and older (an absent one sends readers to DynamoDB, which holds at least this).
+pub const REAP_LUA: &str = concat!(
+    "if redis.call('HGET', KEYS[2], ARGV[1]) == ARGV[2] then\n",
+    "  redis.call('HDEL', KEYS[1], ARGV[1])\n",
+    "  redis.call('HDEL', KEYS[2], ARGV[1])\n",
+    "end\n",
+    "local cur = redis.call('GET', KEYS[3])\n",
+    "if cur and string.len(cur) == 24 and ",
+    "string.find(cur, '^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d%.%d%d%dZ$') and cur < ARGV[3] then\n",
+    "  redis.call('SET', KEYS[3], ARGV[3])\n",
+    "end\n",
+    "return 1\n",
+);
 
 /// The compiled scripts (`Script` precomputes the SHA-1 `EVALSHA` needs).
 struct Scripts {
     max_register: Script,
     end_session: Script,
+    renew: Script,
+    claim: Script,
+    drop_lease: Script,
+    reap: Script,
 }
 
 impl Scripts {
     fn new() -> Scripts {
-        Scripts { max_register: Script::new(MAX_REGISTER_LUA), end_session: Script::new(END_SESSION_LUA) }
+        Scripts {
+            max_register: Script::new(MAX_REGISTER_LUA),
+            end_session: Script::new(END_SESSION_LUA),
+            renew: Script::new(RENEW_LEASE_LUA),
+            claim: Script::new(CLAIM_REAP_LUA),
+            drop_lease: Script::new(DROP_LEASE_LUA),
+            reap: Script::new(REAP_LUA),
+        }
     }
 }
 
@@ -179,24 +324,133 @@ where
     C: ConnectionLike + Clone + Send + 'static,
 {
     match op {
-        RegistryOp::Register { user, session } => {
-            redis::cmd("HSET")
+        RegistryOp::Register { user, session, token } => {
+            // Index first: a server that dies between the two leaves an index entry with no
+            // registration (the reaper skips it), never a registration the reaper cannot find.
+            let lease = lease_name(server_id, token);
+            redis::cmd("SADD")
+                .arg(lease_index_key(&lease))
+                .arg(index_member(&user, &session))
+                .query_async::<i64>(&mut conn)
+                .await?;
+            // The lease before the server id: readers look at `ws_lease` only.
+            redis::pipe()
+                .cmd("HSET")
+                .arg(ws_lease_key(&user))
+                .arg(session.as_str())
+                .arg(token.0)
+                .ignore()
+                .cmd("HSET")
                 .arg(ws_key(&user))
                 .arg(session.as_str())
                 .arg(server_id)
-                .query_async::<i64>(&mut conn)
+                .ignore()
+                .query_async::<()>(&mut conn)
                 .await?;
             Ok(StoreOutput::Done)
         }
-        RegistryOp::EndSession { user, session, last_seen } => {
+        RegistryOp::EndSession { user, session, last_seen, token } => {
             scripts
                 .end_session
                 .key(ws_key(&user))
                 .key(last_seen_key(&user))
+                .key(ws_lease_key(&user))
                 .arg(session.as_str())
                 .arg(last_seen.to_rfc3339())
                 .invoke_async::<i64>(&mut conn)
                 .await?;
+            if let Some(token) = token {
+                redis::cmd("SREM")
+                    .arg(lease_index_key(&lease_name(server_id, token)))
+                    .arg(index_member(&user, &session))
+                    .query_async::<i64>(&mut conn)
+                    .await?;
+            }
+            Ok(StoreOutput::Done)
+        }
+        RegistryOp::RenewLease { token, ttl, wall } => {
+            let reply = scripts
+                .renew
+                .key(LEASES_KEY)
+                .key(LEASE_RENEWED_KEY)
+                .key(LEASE_TOKEN_KEY)
+                .arg(server_id)
+                .arg(token.map(|t| t.0.to_string()).unwrap_or_default())
+                .arg(ttl.as_millis() as u64)
+                .arg(wall.0)
+                .invoke_async::<(String, Vec<String>, Vec<String>)>(&mut conn)
+                .await?;
+            parse_lease_view(reply)
+        }
+        RegistryOp::ClaimReap { lease, ttl, batch } => {
+            let renewed = scripts
+                .claim
+                .key(LEASES_KEY)
+                .key(LEASE_RENEWED_KEY)
+                .key(LEASE_CLAIMS_KEY)
+                .arg(&lease)
+                .arg(server_id)
+                .arg(ttl.as_millis() as u64)
+                .invoke_async::<Option<i64>>(&mut conn)
+                .await?;
+            let (Some(renewed), Some(token)) = (renewed, lease_token(&lease)) else {
+                return Ok(StoreOutput::Reap(None));
+            };
+            let members = redis::cmd("SRANDMEMBER")
+                .arg(lease_index_key(&lease))
+                .arg(batch.max(1))
+                .query_async::<Vec<String>>(&mut conn)
+                .await?;
+            if members.is_empty() {
+                scripts
+                    .drop_lease
+                    .key(LEASES_KEY)
+                    .key(LEASE_RENEWED_KEY)
+                    .key(LEASE_CLAIMS_KEY)
+                    .arg(&lease)
+                    .invoke_async::<i64>(&mut conn)
+                    .await?;
+                return Ok(StoreOutput::Reap(None));
+            }
+            // Sorted, so the batch (and what is done with it) does not depend on the set's order.
+            let mut sessions: Vec<(UserId, SessionId)> =
+                members.iter().filter_map(|m| parse_member(m)).collect();
+            sessions.sort();
+            let held = sessions.iter().map(|(user, session)| {
+                let mut conn = conn.clone();
+                let cmd = redis::cmd("HGET").arg(ws_lease_key(user)).arg(session.as_str()).clone();
+                async move { cmd.query_async::<Option<u64>>(&mut conn).await }
+            });
+            let held = futures_util::future::try_join_all(held).await?;
+            let sessions = sessions
+                .into_iter()
+                .zip(held)
+                .map(|((user, session), t)| (user, session, t == Some(token.0)))
+                .collect();
+            let stray = members.iter().filter(|m| parse_member(m).is_none()).count();
+            if stray > 0 {
+                tracing::warn!(%lease, stray, "unparseable members in a lease index: left alone");
+            }
+            Ok(StoreOutput::Reap(Some(ReapBatch { token, last_seen: UnixMillis(renewed), sessions })))
+        }
+        RegistryOp::Reap { lease, token, last_seen, sessions } => {
+            let ts = last_seen.to_rfc3339();
+            let reaps = sessions.iter().filter(|s| s.2).map(|(user, session, _)| {
+                let mut conn = conn.clone();
+                let mut call = scripts.reap.prepare_invoke();
+                call.key(ws_key(user)).key(ws_lease_key(user)).key(last_seen_key(user));
+                call.arg(session.as_str()).arg(token.0).arg(&ts);
+                async move { call.invoke_async::<i64>(&mut conn).await }
+            });
+            futures_util::future::try_join_all(reaps).await?;
+            let mut srem = redis::cmd("SREM");
+            srem.arg(lease_index_key(&lease));
+            for (user, session, _) in &sessions {
+                srem.arg(index_member(user, session));
+            }
+            if !sessions.is_empty() {
+                srem.query_async::<i64>(&mut conn).await?;
+            }
             Ok(StoreOutput::Done)
         }
         RegistryOp::SetLastSeen { user, last_seen } => {
@@ -216,7 +470,7 @@ where
                 Topology::Single => {
                     let mut pipe = redis::pipe();
                     for user in &users {
-                        pipe.cmd("HLEN").arg(ws_key(user));
+                        pipe.cmd("HVALS").arg(ws_lease_key(user));
                         pipe.cmd("GET").arg(last_seen_key(user));
                     }
                     pipe.query_async::<Vec<Value>>(&mut conn).await?
@@ -225,7 +479,7 @@ where
                     let reads = users.iter().map(|user| {
                         let mut conn = conn.clone();
                         let mut pipe = redis::pipe();
-                        pipe.cmd("HLEN").arg(ws_key(user));
+                        pipe.cmd("HVALS").arg(ws_lease_key(user));
                         pipe.cmd("GET").arg(last_seen_key(user));
                         async move { pipe.query_async::<Vec<Value>>(&mut conn).await }
                     });
@@ -249,21 +503,45 @@ where
     }
 }
 
-/// Turns the `HLEN` and `GET` replies of one user into an entry.
+/// The renewal script's reply: `{token, live names, expired names}`.
+fn parse_lease_view((token, live, expired): (String, Vec<String>, Vec<String>)) -> RedisResult<StoreOutput> {
+    let bad = |what: &str, v: &str| {
+        RedisError::from((
+            ErrorKind::UnexpectedReturnType,
+            "lease renewal: bad reply",
+            format!("{what}: {v:?}"),
+        ))
+    };
+    let token = LeaseToken(token.parse().map_err(|_| bad("token", &token))?);
+    let live =
+        live.iter().map(|n| lease_token(n).ok_or_else(|| bad("lease name", n))).collect::<Result<_, _>>()?;
+    Ok(StoreOutput::Lease(LeaseView { token, live, expired }))
+}
+
+/// A lease index member `<user> <session>`.
+fn parse_member(member: &str) -> Option<(UserId, SessionId)> {
+    let (user, session) = member.split_once(' ')?;
+    Some((UserId::new(user).ok()?, SessionId::new(session)))
+}
+
+/// Turns the `HVALS ws_lease` and `GET` replies of one user into an entry.
 ///
-/// A wrong `HLEN` reply type is an error (something else owns the key: do not guess "offline");
-/// a `last_seen` that is not a fixed-width timestamp is logged and reported as absent, so the core
-/// falls back to the durable store and the backfill overwrites it.
-fn parse_entry(user: &UserId, hlen: &Value, last_seen: &Value) -> RedisResult<RegistryEntry> {
-    let online = match hlen {
-        Value::Int(n) => *n > 0,
-        other => {
-            return Err(RedisError::from((
-                ErrorKind::UnexpectedReturnType,
-                "registry read: HLEN did not return an integer",
-                format!("{}: {other:?}", ws_key(user)),
-            )))
-        }
+/// A wrong `HVALS` reply, or a token that is not a number, is an error (something else owns the
+/// key: do not guess "offline"); a `last_seen` that is not a fixed-width timestamp is logged and
+/// reported as absent, so the core falls back to the durable store and the backfill overwrites it.
+fn parse_entry(user: &UserId, tokens: &Value, last_seen: &Value) -> RedisResult<RegistryEntry> {
+    let wrong = |what: String| {
+        RedisError::from((ErrorKind::UnexpectedReturnType, "registry read: bad ws_lease reply", what))
+    };
+    let leases = match tokens {
+        Value::Array(items) | Value::Set(items) => items
+            .iter()
+            .map(|v| match redis::from_redis_value_ref::<u64>(v) {
+                Ok(t) => Ok(LeaseToken(t)),
+                Err(_) => Err(wrong(format!("{}: {v:?}", ws_lease_key(user)))),
+            })
+            .collect::<RedisResult<Vec<_>>>()?,
+        other => return Err(wrong(format!("{}: {other:?}", ws_lease_key(user)))),
     };
     let text = match last_seen {
         Value::Nil => None,
@@ -283,7 +561,7 @@ fn parse_entry(user: &UserId, hlen: &Value, last_seen: &Value) -> RedisResult<Re
         }
         parsed
     });
-    Ok(RegistryEntry { online, last_seen })
+    Ok(RegistryEntry { leases, last_seen })
 }
 
 /// How a failed command maps to the core's error, and whether the connection is now suspect.
@@ -1031,11 +1309,21 @@ mod tests {
         let bob = UserId::new("bob").unwrap();
         assert_eq!(ws_key(&bob), "ws:{bob}");
         assert_eq!(last_seen_key(&bob), "last_seen:{bob}");
+        assert_eq!(ws_lease_key(&bob), "ws_lease:{bob}");
+        let lease = lease_name("ws-1", LeaseToken(17));
+        assert_eq!(lease, "ws-1#17");
+        assert_eq!(lease_index_key(&lease), "sessions:{ws-1#17}");
+        assert_eq!(lease_token("a#b#17"), Some(LeaseToken(17)));
+        assert_eq!(parse_member("bob s-1.x.2"), Some((bob.clone(), SessionId::new("s-1.x.2"))));
+        for key in [LEASES_KEY, LEASE_RENEWED_KEY, LEASE_CLAIMS_KEY, LEASE_TOKEN_KEY] {
+            assert!(key.ends_with(":{presence}"));
+        }
     }
 
     #[test]
     fn scripts_are_what_we_think() {
-        assert!(END_SESSION_LUA.starts_with("redis.call('HDEL', KEYS[1], ARGV[1])\n"));
+        assert!(END_SESSION_LUA
+            .starts_with("redis.call('HDEL', KEYS[1], ARGV[1])\nredis.call('HDEL', KEYS[3], ARGV[1])\n"));
         assert!(END_SESSION_LUA.contains("GET', KEYS[2]"));
         assert!(MAX_REGISTER_LUA.contains("cur >= ARGV[1]"));
         assert!(!MAX_REGISTER_LUA.contains("KEYS[2]"));
@@ -1065,15 +1353,17 @@ mod tests {
         let bob = UserId::new("bob").unwrap();
         let ts = Value::BulkString(b"2024-01-15T09:42:00.000Z".to_vec());
         assert_eq!(
-            parse_entry(&bob, &Value::Int(2), &ts).unwrap(),
-            RegistryEntry { online: true, last_seen: Some(UnixMillis(1_705_311_720_000)) }
+            parse_entry(&bob, &Value::Array(vec![Value::BulkString(b"17".to_vec())]), &ts).unwrap(),
+            RegistryEntry { leases: vec![LeaseToken(17)], last_seen: Some(UnixMillis(1_705_311_720_000)) }
         );
         let garbage = Value::BulkString(b"yesterday".to_vec());
         assert_eq!(
-            parse_entry(&bob, &Value::Int(0), &garbage).unwrap(),
-            RegistryEntry { online: false, last_seen: None }
+            parse_entry(&bob, &Value::Array(vec![]), &garbage).unwrap(),
+            RegistryEntry { leases: vec![], last_seen: None }
         );
         assert!(parse_entry(&bob, &Value::Nil, &Value::Nil).is_err());
+        let not_a_token = Value::Array(vec![Value::BulkString(b"ws-1".to_vec())]);
+        assert!(parse_entry(&bob, &not_a_token, &Value::Nil).is_err());
     }
 
     #[test]
