@@ -117,6 +117,16 @@ pub struct ServeArgs {
     /// with jitter). Bounds how long a recovered store waits for the backlog to resume.
     #[arg(long, env = "PRESENCE_RETRY_MAX", default_value = "10s", value_parser = humantime::parse_duration)]
     pub retry_max: Duration,
+    /// Lifetime of this server's lease in the registry. A server that cannot renew it for this long
+    /// is presumed dead: its users read as offline and a live server reaps their sessions
+    /// (records last_seen = its last renewal). Ghost-online bound after a crash: TTL + renewal
+    /// interval; after a user's last proof of life: heartbeat timeout + TTL + renewal interval.
+    #[arg(long, env = "PRESENCE_LEASE_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub lease_ttl: Duration,
+    /// How often the lease is renewed (and dead servers looked for); the last_seen recorded for a
+    /// crashed server's users is at most this much before the crash. At most half the TTL.
+    #[arg(long, env = "PRESENCE_LEASE_RENEW_INTERVAL", default_value = "3s", value_parser = humantime::parse_duration)]
+    pub lease_renew_interval: Duration,
     /// On SIGTERM/SIGINT, how long to keep flushing pending writes before exiting.
     #[arg(long, env = "PRESENCE_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
@@ -145,6 +155,14 @@ pub enum ConfigError {
     /// A limit that is zero.
     #[error("{0} must be greater than zero")]
     Zero(&'static str),
+    /// The lease would expire between two renewals that each take a moment.
+    #[error("--lease-renew-interval ({renew:?}) must be at most half of --lease-ttl ({ttl:?})")]
+    Lease {
+        /// The renewal interval.
+        renew: Duration,
+        /// The TTL.
+        ttl: Duration,
+    },
 }
 
 impl ServeArgs {
@@ -158,6 +176,12 @@ impl ServeArgs {
         }
         if self.retry_max.is_zero() {
             return Err(ConfigError::Zero("--retry-max"));
+        }
+        if self.lease_renew_interval.is_zero() {
+            return Err(ConfigError::Zero("--lease-renew-interval"));
+        }
+        if self.lease_renew_interval * 2 > self.lease_ttl {
+            return Err(ConfigError::Lease { renew: self.lease_renew_interval, ttl: self.lease_ttl });
         }
         for (name, v) in [
             ("--max-connections", self.max_connections),
@@ -185,6 +209,8 @@ impl ServeArgs {
             retry_max: self.retry_max,
             frame_rate: self.frame_rate,
             frame_burst: self.frame_burst,
+            lease_ttl: self.lease_ttl,
+            lease_renew_interval: self.lease_renew_interval,
             limits,
             ..presence_core::Config::default()
         }
@@ -208,7 +234,24 @@ mod tests {
         assert_eq!(s.heartbeat_timeout, Duration::from_secs(30));
         assert_eq!(s.handshake_timeout, Duration::from_secs(10));
         assert_eq!(s.max_message_size, 65536);
+        assert_eq!(s.lease_ttl, Duration::from_secs(10));
+        assert_eq!(s.lease_renew_interval, Duration::from_secs(3));
         assert_eq!(s.validate(), Ok(()));
+        let core = s.core_config();
+        assert_eq!((core.lease_ttl, core.lease_renew_interval), (s.lease_ttl, s.lease_renew_interval));
+    }
+
+    #[test]
+    fn lease_renewal_must_fit_twice_in_the_ttl() {
+        let cli = parse(&["--lease-ttl", "1s", "--lease-renew-interval", "500ms"]).unwrap();
+        assert_eq!(cli.serve.validate(), Ok(()));
+        let cli = parse(&["--lease-ttl", "1s", "--lease-renew-interval", "501ms"]).unwrap();
+        assert_eq!(
+            cli.serve.validate(),
+            Err(ConfigError::Lease { renew: Duration::from_millis(501), ttl: Duration::from_secs(1) })
+        );
+        let cli = parse(&["--lease-renew-interval", "0s"]).unwrap();
+        assert_eq!(cli.serve.validate(), Err(ConfigError::Zero("--lease-renew-interval")));
     }
 
     #[test]

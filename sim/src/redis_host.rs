@@ -1,23 +1,28 @@
 //! The Redis host: a small RESP2 server speaking to the real `redis` client over turmoil TCP.
 //!
 //! It implements only what the runtime sends, with Redis semantics: `PING`, `CLIENT` (SETINFO),
-//! `SELECT`, `INFO` (with a `run_id` that changes on every start), `HSET`, `HLEN`, `HDEL`, `GET`,
-//! `SET`, `DEL`, `SCRIPT LOAD|FLUSH|EXISTS`, `EVAL` and `EVALSHA`. Scripts are not interpreted: the
-//! two the runtime uses ([`MAX_REGISTER_LUA`], [`END_SESSION_LUA`]) are recognised by their SHA-1
-//! and executed natively; the script cache is empty after a restart (`NOSCRIPT`, as in Redis).
+//! `SELECT`, `INFO` (with a `run_id` that changes on every start), `HSET`, `HGET`, `HVALS`,
+//! `HLEN`, `HDEL`, `GET`, `SET`, `DEL`, `SADD`, `SREM`, `SRANDMEMBER` (the first members in
+//! order, so runs replay), `SCRIPT LOAD|FLUSH`, `EVAL` and `EVALSHA`. Scripts are not
+//! interpreted: the ones the runtime uses ([`MAX_REGISTER_LUA`], [`END_SESSION_LUA`],
+//! [`RENEW_LEASE_LUA`], [`CLAIM_REAP_LUA`], [`DROP_LEASE_LUA`], [`REAP_LUA`]) are recognised by
+//! their SHA-1 and executed natively, with the Redis clock (`TIME`) = true virtual time; the
+//! script cache is empty after a restart (`NOSCRIPT`, as in Redis).
 //!
 //! All data lives in [`RedisState`], reset every time the host software starts: a crash or
 //! bounce loses everything, like a Redis without persistence.
 //!
 //! The host also checks two invariants as commands arrive: I7 (a session's registry entry is
-//! removed only by the server that owns it) and I5 for cached values (no `last_seen` beyond true
-//! time plus the maximum skew).
+//! removed only by the server that owns it, or by a reaper once the lease it was registered under
+//! has expired) and I5 for cached values (no `last_seen` beyond true time plus the maximum skew).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use presence_core::time::UnixMillis;
-use presence_runtime::store::redis::{END_SESSION_LUA, MAX_REGISTER_LUA};
+use presence_runtime::store::redis::{
+    CLAIM_REAP_LUA, DROP_LEASE_LUA, END_SESSION_LUA, MAX_REGISTER_LUA, REAP_LUA, RENEW_LEASE_LUA,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::rng::mix3;
@@ -30,6 +35,10 @@ pub enum Val {
     Str(Vec<u8>),
     /// A hash.
     Hash(BTreeMap<Vec<u8>, Vec<u8>>),
+    /// A set.
+    Set(BTreeSet<Vec<u8>>),
+    /// A sorted set: member -> score (integer scores are all the runtime uses).
+    ZSet(BTreeMap<Vec<u8>, i64>),
 }
 
 /// The Redis host's memory (lost on every restart).
@@ -55,6 +64,11 @@ enum Reply {
     Err(String),
     Int(i64),
     Bulk(Option<Vec<u8>>),
+    Array(Vec<Reply>),
+}
+
+fn bulk(b: impl Into<Vec<u8>>) -> Reply {
+    Reply::Bulk(Some(b.into()))
 }
 
 impl Reply {
@@ -69,6 +83,12 @@ impl Reply {
                 out.extend_from_slice(b);
                 out.extend_from_slice(b"\r\n");
             }
+            Reply::Array(items) => {
+                out.extend_from_slice(format!("*{}\r\n", items.len()).as_bytes());
+                for i in items {
+                    i.write(out);
+                }
+            }
         }
     }
 
@@ -80,6 +100,10 @@ impl Reply {
             Reply::Bulk(None) => "nil".into(),
             Reply::Bulk(Some(b)) if b.len() > 40 => format!("${}", b.len()),
             Reply::Bulk(Some(b)) => String::from_utf8_lossy(b).into_owned(),
+            Reply::Array(items) if items.len() > 6 => format!("[{} items]", items.len()),
+            Reply::Array(items) => {
+                format!("[{}]", items.iter().map(Reply::show).collect::<Vec<_>>().join(","))
+            }
         }
     }
 }
@@ -158,7 +182,37 @@ impl RedisState {
         match self.db.get(key) {
             None => Ok(None),
             Some(Val::Str(s)) => Ok(Some(s.clone())),
-            Some(Val::Hash(_)) => Err(WRONGTYPE.into()),
+            Some(_) => Err(WRONGTYPE.into()),
+        }
+    }
+
+    fn set_mut(&mut self, key: &[u8]) -> Result<&mut BTreeSet<Vec<u8>>, String> {
+        match self.db.entry(key.to_vec()).or_insert_with(|| Val::Set(BTreeSet::new())) {
+            Val::Set(s) => Ok(s),
+            _ => Err(WRONGTYPE.into()),
+        }
+    }
+
+    fn zset_mut(&mut self, key: &[u8]) -> Result<&mut BTreeMap<Vec<u8>, i64>, String> {
+        match self.db.entry(key.to_vec()).or_insert_with(|| Val::ZSet(BTreeMap::new())) {
+            Val::ZSet(z) => Ok(z),
+            _ => Err(WRONGTYPE.into()),
+        }
+    }
+
+    fn zscore(&self, key: &[u8], member: &[u8]) -> Result<Option<i64>, String> {
+        match self.db.get(key) {
+            None => Ok(None),
+            Some(Val::ZSet(z)) => Ok(z.get(member).copied()),
+            Some(_) => Err(WRONGTYPE.into()),
+        }
+    }
+
+    fn hget(&self, key: &[u8], field: &[u8]) -> Result<Option<Vec<u8>>, String> {
+        match self.db.get(key) {
+            None => Ok(None),
+            Some(Val::Hash(h)) => Ok(h.get(field).cloned()),
+            Some(_) => Err(WRONGTYPE.into()),
         }
     }
 
@@ -166,12 +220,19 @@ impl RedisState {
         let v = self.db.entry(key.to_vec()).or_insert_with(|| Val::Hash(BTreeMap::new()));
         match v {
             Val::Hash(h) => Ok(h),
-            Val::Str(_) => Err(WRONGTYPE.into()),
+            _ => Err(WRONGTYPE.into()),
         }
     }
 
+    /// Redis removes a hash, set or sorted set when its last element goes.
     fn drop_if_empty(&mut self, key: &[u8]) {
-        if matches!(self.db.get(key), Some(Val::Hash(h)) if h.is_empty()) {
+        let empty = match self.db.get(key) {
+            Some(Val::Hash(h)) => h.is_empty(),
+            Some(Val::Set(s)) => s.is_empty(),
+            Some(Val::ZSet(z)) => z.is_empty(),
+            _ => false,
+        };
+        if empty {
             self.db.remove(key);
         }
     }
@@ -202,11 +263,11 @@ impl RedisState {
     fn owner_delete(&mut self, w: &World, peer: &str, key: &[u8], field: &[u8]) -> Result<i64, String> {
         let fields: Vec<Vec<u8>> = match self.db.get(key) {
             None => return Ok(0),
-            Some(Val::Str(_)) => return Err(format!("ERR Error running script: {WRONGTYPE}")),
             Some(Val::Hash(h)) => match self.plant {
                 Some(Plant::UnconditionalDelete) => h.keys().cloned().collect(),
                 _ => h.contains_key(field).then(|| field.to_vec()).into_iter().collect(),
             },
+            Some(_) => return Err(format!("ERR Error running script: {WRONGTYPE}")),
         };
         let mut n = 0;
         if let Some(Val::Hash(h)) = self.db.get_mut(key) {
@@ -229,17 +290,42 @@ impl RedisState {
     }
 
     fn run_script(&mut self, w: &World, peer: &str, sha: &str, keys: &[Vec<u8>], args: &[Vec<u8>]) -> Reply {
+        let need = |k: usize, a: usize| {
+            (keys.len() < k || args.len() < a)
+                .then(|| Reply::Err("ERR Error running script: missing KEYS/ARGV".into()))
+        };
         let result = if sha == sha1_hex(MAX_REGISTER_LUA.as_bytes()) {
-            if keys.is_empty() || args.is_empty() {
-                return Reply::Err("ERR Error running script: missing KEYS[1]/ARGV[1]".into());
+            if let Some(e) = need(1, 1) {
+                return e;
             }
             self.max_register(w, &keys[0], &args[0])
         } else if sha == sha1_hex(END_SESSION_LUA.as_bytes()) {
-            if keys.len() < 2 || args.len() < 2 {
-                return Reply::Err("ERR Error running script: missing KEYS/ARGV".into());
+            if let Some(e) = need(3, 2) {
+                return e;
             }
             self.owner_delete(w, peer, &keys[0], &args[0])
+                .and_then(|_| self.hdel(&keys[2], &args[0]))
                 .and_then(|_| self.max_register(w, &keys[1], &args[1]))
+        } else if sha == sha1_hex(RENEW_LEASE_LUA.as_bytes()) {
+            if let Some(e) = need(3, 4) {
+                return e;
+            }
+            return self.renew_lease(w, keys, args).unwrap_or_else(Reply::Err);
+        } else if sha == sha1_hex(CLAIM_REAP_LUA.as_bytes()) {
+            if let Some(e) = need(3, 3) {
+                return e;
+            }
+            return self.claim_reap(w, keys, args).unwrap_or_else(Reply::Err);
+        } else if sha == sha1_hex(DROP_LEASE_LUA.as_bytes()) {
+            if let Some(e) = need(3, 1) {
+                return e;
+            }
+            self.drop_lease(w, keys, &args[0])
+        } else if sha == sha1_hex(REAP_LUA.as_bytes()) {
+            if let Some(e) = need(3, 3) {
+                return e;
+            }
+            self.reap(w, peer, keys, args)
         } else {
             return Reply::Err("ERR sim redis: unsupported script".into());
         };
@@ -247,6 +333,119 @@ impl RedisState {
             Ok(n) => Reply::Int(n),
             Err(e) => Reply::Err(e),
         }
+    }
+
+    /// The Redis clock (`TIME`) in Unix ms: true virtual time.
+    fn clock_ms(w: &World) -> i64 {
+        EPOCH_MS + w.now() as i64
+    }
+
+    fn hdel(&mut self, key: &[u8], field: &[u8]) -> Result<i64, String> {
+        let n = match self.db.get_mut(key) {
+            None => 0,
+            Some(Val::Hash(h)) => i64::from(h.remove(field).is_some()),
+            Some(_) => return Err(format!("ERR Error running script: {WRONGTYPE}")),
+        };
+        self.drop_if_empty(key);
+        Ok(n)
+    }
+
+    /// [`RENEW_LEASE_LUA`].
+    fn renew_lease(&mut self, w: &World, keys: &[Vec<u8>], args: &[Vec<u8>]) -> Result<Reply, String> {
+        let now = Self::clock_ms(w);
+        let server = String::from_utf8_lossy(&args[0]).into_owned();
+        let ttl: i64 =
+            std::str::from_utf8(&args[2]).ok().and_then(|s| s.parse().ok()).ok_or("ERR bad ttl")?;
+        let mut token = String::from_utf8_lossy(&args[1]).into_owned();
+        let exp = if token.is_empty() {
+            None
+        } else {
+            self.zscore(&keys[0], format!("{server}#{token}").as_bytes())?
+        };
+        if exp.is_none_or(|e| e <= now) {
+            let cur = self.get_str(&keys[2])?.and_then(|v| String::from_utf8_lossy(&v).parse::<i64>().ok());
+            let n = (cur.unwrap_or(0) + 1).max(now);
+            self.db.insert(keys[2].clone(), Val::Str(n.to_string().into_bytes()));
+            token = n.to_string();
+        }
+        let name = format!("{server}#{token}").into_bytes();
+        self.zset_mut(&keys[0])?.insert(name.clone(), now + ttl);
+        self.hash_mut(&keys[1])?.insert(name, args[3].clone());
+        let z = match self.db.get(&keys[0]) {
+            Some(Val::ZSet(z)) => z.clone(),
+            _ => BTreeMap::new(),
+        };
+        // ZRANGEBYSCORE order: by score, then member.
+        let mut by_score: Vec<(i64, Vec<u8>)> = z.into_iter().map(|(m, s)| (s, m)).collect();
+        by_score.sort();
+        let live = by_score.iter().filter(|(sc, _)| *sc > now).map(|(_, m)| bulk(m.clone())).collect();
+        let dead =
+            by_score.iter().filter(|(sc, _)| *sc <= now).take(16).map(|(_, m)| bulk(m.clone())).collect();
+        Ok(Reply::Array(vec![bulk(token), Reply::Array(live), Reply::Array(dead)]))
+    }
+
+    /// [`CLAIM_REAP_LUA`].
+    fn claim_reap(&mut self, w: &World, keys: &[Vec<u8>], args: &[Vec<u8>]) -> Result<Reply, String> {
+        let now = Self::clock_ms(w);
+        if self.zscore(&keys[0], &args[0])?.is_none_or(|e| e > now) {
+            return Ok(Reply::Bulk(None));
+        }
+        if let Some(claim) = self.hget(&keys[2], &args[0])? {
+            let claim = String::from_utf8_lossy(&claim).into_owned();
+            if let Some((who, until)) = claim.rsplit_once(' ') {
+                let until: i64 = until.parse().unwrap_or(0);
+                if who.as_bytes() != args[1].as_slice() && until > now {
+                    return Ok(Reply::Bulk(None));
+                }
+            }
+        }
+        let ttl: i64 =
+            std::str::from_utf8(&args[2]).ok().and_then(|s| s.parse().ok()).ok_or("ERR bad ttl")?;
+        let claim = format!("{} {}", String::from_utf8_lossy(&args[1]), now + ttl);
+        self.hash_mut(&keys[2])?.insert(args[0].clone(), claim.into_bytes());
+        Ok(bulk(self.hget(&keys[1], &args[0])?.unwrap_or_else(|| b"0".to_vec())))
+    }
+
+    /// [`DROP_LEASE_LUA`].
+    fn drop_lease(&mut self, w: &World, keys: &[Vec<u8>], lease: &[u8]) -> Result<i64, String> {
+        let now = Self::clock_ms(w);
+        if self.zscore(&keys[0], lease)?.is_some_and(|e| e <= now) {
+            if let Ok(z) = self.zset_mut(&keys[0]) {
+                z.remove(lease);
+            }
+            self.drop_if_empty(&keys[0]);
+            self.hdel(&keys[1], lease)?;
+            self.hdel(&keys[2], lease)?;
+        }
+        Ok(1)
+    }
+
+    /// [`REAP_LUA`]: compare-and-delete on the fencing token, then raise a present cached value.
+    /// I7: the lease of the removed entry must have expired (the lease set holds it expired).
+    fn reap(&mut self, w: &World, peer: &str, keys: &[Vec<u8>], args: &[Vec<u8>]) -> Result<i64, String> {
+        if self.hget(&keys[1], &args[0])?.as_deref() == Some(args[1].as_slice()) {
+            let owner = self.hget(&keys[0], &args[0])?;
+            if let Some(owner) = &owner {
+                let lease = [owner.as_slice(), b"#", &args[1]].concat();
+                let expiry = self.zscore(b"leases:{presence}", &lease)?;
+                if expiry.is_some_and(|e| e > Self::clock_ms(w)) {
+                    w.violation(format!(
+                        "I7 {peer} reaped registry entry {} of {} under the live lease {}",
+                        String::from_utf8_lossy(&args[0]),
+                        String::from_utf8_lossy(&keys[0]),
+                        String::from_utf8_lossy(&lease)
+                    ));
+                }
+            }
+            self.hdel(&keys[0], &args[0])?;
+            self.hdel(&keys[1], &args[0])?;
+        }
+        if let Some(cur) = self.get_str(&keys[2]).map_err(|e| format!("ERR Error running script: {e}"))? {
+            if well_formed(&cur) && cur.as_slice() < args[2].as_slice() {
+                self.db.insert(keys[2].clone(), Val::Str(args[2].clone()));
+            }
+        }
+        Ok(1)
     }
 
     fn command(&mut self, w: &World, peer: &str, argv: &[Vec<u8>]) -> Reply {
@@ -277,18 +476,54 @@ impl RedisState {
             "HLEN" if arity(2) => match self.db.get(&argv[1]) {
                 None => Reply::Int(0),
                 Some(Val::Hash(h)) => Reply::Int(h.len() as i64),
-                Some(Val::Str(_)) => Reply::Err(WRONGTYPE.into()),
+                Some(_) => Reply::Err(WRONGTYPE.into()),
+            },
+            "HGET" if arity(3) => match self.hget(&argv[1], &argv[2]) {
+                Ok(v) => Reply::Bulk(v),
+                Err(e) => Reply::Err(e),
+            },
+            "HVALS" if arity(2) => match self.db.get(&argv[1]) {
+                None => Reply::Array(Vec::new()),
+                Some(Val::Hash(h)) => Reply::Array(h.values().map(|v| bulk(v.clone())).collect()),
+                Some(_) => Reply::Err(WRONGTYPE.into()),
             },
             "HDEL" if arity(3) => {
                 let res = match self.db.get_mut(&argv[1]) {
                     None => Reply::Int(0),
-                    Some(Val::Str(_)) => Reply::Err(WRONGTYPE.into()),
                     Some(Val::Hash(h)) => {
                         Reply::Int(argv[2..].iter().filter(|f| h.remove(*f).is_some()).count() as i64)
                     }
+                    Some(_) => Reply::Err(WRONGTYPE.into()),
                 };
                 self.drop_if_empty(&argv[1]);
                 res
+            }
+            "SADD" if arity(3) => match self.set_mut(&argv[1]) {
+                Ok(set) => Reply::Int(argv[2..].iter().filter(|m| set.insert(m.to_vec())).count() as i64),
+                Err(e) => Reply::Err(e),
+            },
+            "SREM" if arity(3) => {
+                let res = match self.db.get_mut(&argv[1]) {
+                    None => Reply::Int(0),
+                    Some(Val::Set(set)) => {
+                        Reply::Int(argv[2..].iter().filter(|m| set.remove(*m)).count() as i64)
+                    }
+                    Some(_) => Reply::Err(WRONGTYPE.into()),
+                };
+                self.drop_if_empty(&argv[1]);
+                res
+            }
+            "SRANDMEMBER" if argv.len() == 3 => {
+                let Some(n) = std::str::from_utf8(&argv[2]).ok().and_then(|s| s.parse::<usize>().ok()) else {
+                    return Reply::Err("ERR value is not an integer or out of range".into());
+                };
+                match self.db.get(&argv[1]) {
+                    None => Reply::Array(Vec::new()),
+                    Some(Val::Set(set)) => {
+                        Reply::Array(set.iter().take(n).map(|m| bulk(m.clone())).collect())
+                    }
+                    Some(_) => Reply::Err(WRONGTYPE.into()),
+                }
             }
             "GET" if arity(2) => match self.get_str(&argv[1]) {
                 Ok(v) => Reply::Bulk(v),
@@ -334,7 +569,8 @@ impl RedisState {
                 let (keys, args) = argv[3..].split_at(nkeys);
                 self.run_script(w, peer, &sha, keys, args)
             }
-            "HSET" | "HLEN" | "HDEL" | "GET" | "SET" | "DEL" | "SCRIPT" | "EVALSHA" | "EVAL" => wrong(),
+            "HSET" | "HLEN" | "HGET" | "HVALS" | "HDEL" | "GET" | "SET" | "DEL" | "SADD" | "SREM"
+            | "SRANDMEMBER" | "SCRIPT" | "EVALSHA" | "EVAL" => wrong(),
             _ => Reply::Err(format!("ERR unknown command '{}'", name.to_lowercase())),
         }
     }

@@ -50,6 +50,8 @@ pub fn core_config() -> presence_core::Config {
         retry_max: Duration::from_millis(bounds::RETRY_MAX_MS),
         max_clock_skew: Duration::from_millis(bounds::MAX_SKEW_MS as u64),
         max_pending_writes: 1_000,
+        lease_ttl: Duration::from_millis(bounds::LEASE_TTL_MS),
+        lease_renew_interval: Duration::from_millis(bounds::LEASE_RENEW_MS),
         ..presence_core::Config::default()
     }
 }

@@ -96,6 +96,16 @@ pub mod bounds {
     pub const GHOST_SLACK_MS: u64 = 1_500;
     /// Client side: a request unanswered for this long means the connection is dead.
     pub const CLIENT_DEAD_MS: u64 = 3_000;
+    /// Server lease time to live (by the Redis clock).
+    pub const LEASE_TTL_MS: u64 = 3_000;
+    /// Server lease renewal interval (and the reaper's pace).
+    pub const LEASE_RENEW_MS: u64 = 1_000;
+    /// After a lease expires, its sessions are reaped (claimed, written durably, removed) within
+    /// this: the next renewal of a live server plus the store round trips and a retry.
+    pub const REAP_SLACK_MS: u64 = 3_000;
+    /// A session on a server that crashed at `tc` reads as offline from `tc + CRASH_GHOST_MS`:
+    /// the lease expires by `tc + TTL`, and readers see it expired at their next renewal.
+    pub const CRASH_GHOST_MS: u64 = LEASE_TTL_MS + LEASE_RENEW_MS + GHOST_SLACK_MS;
 }
 
 /// One WS server's lifecycle as the sim sees it.

@@ -55,6 +55,8 @@ impl ServerSpec {
             .arg("--heartbeat-timeout", "1s")
             .arg("--handshake-timeout", "2s")
             .arg("--store-timeout", "1s")
+            .arg("--lease-ttl", "2s")
+            .arg("--lease-renew-interval", "500ms")
             .arg("--shutdown-timeout", "5s")
     }
 

@@ -115,10 +115,10 @@ impl Presence {
 
     pub(super) fn lease_renewed(&mut self, sent: MonoTime, result: Result<StoreOutput, StoreError>) {
         self.lease.renewing = false;
+        self.registry_failing = !matches!(result, Ok(StoreOutput::Lease(_)));
         let view = match result {
             Ok(StoreOutput::Lease(view)) => view,
             Ok(_) | Err(_) => {
-                self.registry_failing = true;
                 self.stats.registry_failures += 1;
                 return;
             }
@@ -161,6 +161,7 @@ impl Presence {
     }
 
     pub(super) fn reap_claimed(&mut self, result: Result<StoreOutput, StoreError>) {
+        self.registry_failing = result.is_err();
         let Some(reap) = self.lease.reap.take() else { return };
         let mut batch = match result {
             Ok(StoreOutput::Reap(Some(batch))) => batch,
@@ -169,10 +170,7 @@ impl Presence {
                 self.lease.expired.retain(|l| *l != reap.lease);
                 return;
             }
-            Err(_) => {
-                self.registry_failing = true;
-                return;
-            }
+            Err(_) => return,
         };
         // A dead server's clock may have been ahead of ours: never record a time past our now.
         batch.last_seen = batch.last_seen.min(self.wall);
@@ -226,10 +224,10 @@ impl Presence {
     }
 
     pub(super) fn reap_removed(&mut self, result: Result<StoreOutput, StoreError>) {
+        self.registry_failing = result.is_err();
         let Some(reap) = self.lease.reap.take() else { return };
         let ReapStep::Removing { held } = reap.step else { return };
         if result.is_err() {
-            self.registry_failing = true;
             return;
         }
         self.stats.sessions_reaped += held;
