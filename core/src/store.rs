@@ -1,7 +1,15 @@
 //! The store operations the core asks for, and what comes back.
 //!
-//! Two stores: the *registry* (Redis in production: the `ws:{user}` session hash and the cached
-//! `last_seen:{user}`) and the *durable* store (DynamoDB's `users` table: the source of truth).
+//! Two stores: the *registry* (Redis in production: the `ws:{user}` session hash, the cached
+//! `last_seen:{user}` and `last_seen_pending:{user}`) and the *durable* store (DynamoDB's `users`
+//! table: the source of truth).
+//!
+//! The cache rule (docs/STORES.md, "Cache fill"): `last_seen:{user}`, when present, is at least
+//! the durable value as of when it was created (it is created only from durable values, and only
+//! raised after). A session end that finds it absent (a new user, or a registry that lost its
+//! data) must not create it (its value may be below the durable one) and goes to
+//! `last_seen_pending:{user}` instead. Readers answer max(cache, pending), and when the cache is
+//! absent also the durable value.
 //! Every operation carries an [`EffectId`]; the driver executes it and feeds the result back with
 //! `Input::StoreDone`, so retries and coalescing are decided inside the deterministic core.
 //! Schema and semantics each executor must honour: `ARCHITECTURE.md` and `docs/STORES.md`.
@@ -36,11 +44,9 @@ pub enum RegistryOp {
         token: LeaseToken,
     },
     /// In one atomic step: `HDEL ws:{user} <session>` and `HDEL ws_lease:{user} <session>` (only
-    /// this session's fields, so never another session's entry) and the max-register
-    /// `last_seen:{user} = max(old, last_seen)`; then, if `token` is set, `SREM` the session from
-    /// that lease's index. Idempotent. After a registry data loss the value may be below the
-    /// durable one: the core raises the cache to the durable value once the durable store answers
-    /// (`SetLastSeen`).
+    /// this session's fields, so never another session's entry) and the max-register of
+    /// `last_seen:{user}` if it exists, else of `last_seen_pending:{user}`; then, if `token` is
+    /// set, `SREM` the session from that lease's index. Idempotent.
     EndSession {
         /// Whose session.
         user: UserId,
@@ -51,17 +57,19 @@ pub enum RegistryOp {
         /// The lease the session was last registered under (whose index lists it), if any.
         token: Option<LeaseToken>,
     },
-    /// Max-register `last_seen:{user} = max(old, last_seen)` with a durable value: a backfill after
+    /// Max-register `last_seen:{user} = max(old, last_seen)` with a durable value (a backfill after
     /// a cache miss, the value of an applied durable write, or the durable value read back after a
-    /// superseded one.
+    /// superseded one), creating it if absent; then delete `last_seen_pending:{user}` if the cache
+    /// now covers it. One script.
     SetLastSeen {
         /// Whose value.
         user: UserId,
         /// The value read from the durable store.
         last_seen: UnixMillis,
     },
-    /// For each user, in one round trip: the lease tokens of `ws_lease:{user}` (`HVALS`) and
-    /// `last_seen:{user}`. Answered with [`StoreOutput::Registry`], one entry per user, same order.
+    /// For each user, in one round trip: the lease tokens of `ws_lease:{user}` (`HVALS`),
+    /// `last_seen:{user}` and `last_seen_pending:{user}`. Answered with [`StoreOutput::Registry`],
+    /// one entry per user, same order.
     Read {
         /// The users, at most `Config::max_query_users`.
         users: Vec<UserId>,
@@ -89,13 +97,26 @@ pub enum RegistryOp {
         ttl: std::time::Duration,
         /// Most sessions to return.
         batch: usize,
+        /// Our wall clock now: the recorded value is the lease's last renewal, but never later
+        /// than this (a dead server's clock may have been ahead).
+        ceiling: UnixMillis,
     },
-    /// For each session the claim found held (its last_seen is now durable), in one script on the
-    /// user's keys: remove it (`ws` and `ws_lease`) if `ws_lease:{user}` still holds it under
-    /// `token` (a session registered again under a newer lease is left alone), and raise
-    /// `last_seen:{user}` to `last_seen` if the key exists (an absent one sends readers to the
-    /// durable store, which holds at least this). Then `SREM` every session of the batch from the
-    /// lease's index. Idempotent.
+    /// For each session (one the claim found held), in one script on the user's keys: if
+    /// `ws_lease:{user}` still holds it under `token`, record `last_seen` like a session end does
+    /// (`last_seen:{user}` if present, else `last_seen_pending:{user}`), so readers see it before
+    /// the durable write lands. Idempotent.
+    MarkReaped {
+        /// The expired lease's token.
+        token: LeaseToken,
+        /// The value to record (the lease's last renewal, at most the reaper's now).
+        last_seen: UnixMillis,
+        /// The sessions.
+        sessions: Vec<(UserId, SessionId)>,
+    },
+    /// For each session the claim found held (its last_seen is now durable): remove it (`ws` and
+    /// `ws_lease`, one script) if `ws_lease:{user}` still holds it under `token` (a session
+    /// registered again under a newer lease is left alone). Then `SREM` every session of the batch
+    /// from the lease's index. Idempotent.
     Reap {
         /// The expired lease.
         lease: String,
@@ -143,8 +164,11 @@ pub struct RegistryEntry {
     /// The lease tokens of the user's registered sessions (`HVALS ws_lease:{user}`); the core
     /// counts a session online only while its lease is live.
     pub leases: Vec<LeaseToken>,
-    /// `last_seen:{user}`, `None` when absent (never set, or lost in a restart).
+    /// `last_seen:{user}`, `None` when absent (never set, or lost in a restart): then the durable
+    /// store decides.
     pub last_seen: Option<UnixMillis>,
+    /// `last_seen_pending:{user}`: session ends recorded while the cache was absent.
+    pub pending: Option<UnixMillis>,
 }
 
 /// A successful result.

@@ -31,6 +31,8 @@ pub struct MemoryStores {
     pub last_token: u64,
     /// `last_seen:{user}` in the registry.
     pub registry_last_seen: BTreeMap<UserId, UnixMillis>,
+    /// `last_seen_pending:{user}` in the registry.
+    pub registry_pending: BTreeMap<UserId, UnixMillis>,
     /// `last_seen` in the durable store.
     pub durable_last_seen: BTreeMap<UserId, UnixMillis>,
 }
@@ -57,7 +59,7 @@ impl MemoryStores {
             }
             StoreOp::Registry(RegistryOp::EndSession { user, session, last_seen, token }) => {
                 self.remove_session(user, session, None);
-                max_register(&mut self.registry_last_seen, user, *last_seen);
+                self.record_end(user, *last_seen);
                 if let Some(t) = token {
                     let entry = (user.clone(), session.clone());
                     self.leases.get_mut(t).map(|i| i.remove(&entry));
@@ -67,6 +69,10 @@ impl MemoryStores {
             }
             StoreOp::Registry(RegistryOp::SetLastSeen { user, last_seen }) => {
                 max_register(&mut self.registry_last_seen, user, *last_seen);
+                let cached = self.registry_last_seen[user];
+                if self.registry_pending.get(user).is_some_and(|p| *p <= cached) {
+                    self.registry_pending.remove(user);
+                }
                 StoreOutput::Done
             }
             StoreOp::Registry(RegistryOp::Read { users }) => StoreOutput::Registry(
@@ -75,6 +81,7 @@ impl MemoryStores {
                     .map(|u| RegistryEntry {
                         leases: self.ws.get(u).map(|m| m.values().copied().collect()).unwrap_or_default(),
                         last_seen: self.registry_last_seen.get(u).copied(),
+                        pending: self.registry_pending.get(u).copied(),
                     })
                     .collect(),
             ),
@@ -95,14 +102,15 @@ impl MemoryStores {
                     expired: self.expired.keys().map(|t| format!("lease#{}", t.0)).collect(),
                 })
             }
-            StoreOp::Registry(RegistryOp::ClaimReap { lease, batch, .. }) => {
+            StoreOp::Registry(RegistryOp::ClaimReap { lease, batch, ceiling, .. }) => {
                 let Some(token) = parse_lease(lease) else { return StoreOutput::Reap(None) };
                 let Some((index, renewed)) = self.expired.get(&token) else { return StoreOutput::Reap(None) };
                 if index.is_empty() {
                     self.expired.remove(&token);
                     return StoreOutput::Reap(None);
                 }
-                let sessions = index
+                let renewed = (*renewed).min(*ceiling);
+                let sessions: Vec<(UserId, SessionId, bool)> = index
                     .iter()
                     .take(*batch)
                     .map(|(u, s)| {
@@ -110,17 +118,20 @@ impl MemoryStores {
                         (u.clone(), s.clone(), held)
                     })
                     .collect();
-                StoreOutput::Reap(Some(ReapBatch { token, last_seen: *renewed, sessions }))
+                StoreOutput::Reap(Some(ReapBatch { token, last_seen: renewed, sessions }))
             }
-            StoreOp::Registry(RegistryOp::Reap { token, last_seen, sessions, .. }) => {
+            StoreOp::Registry(RegistryOp::MarkReaped { token, last_seen, sessions }) => {
+                for (user, session) in sessions {
+                    if self.ws.get(user).and_then(|m| m.get(session)) == Some(token) {
+                        self.record_end(user, *last_seen);
+                    }
+                }
+                StoreOutput::Done
+            }
+            StoreOp::Registry(RegistryOp::Reap { token, sessions, .. }) => {
                 for (user, session, held) in sessions {
-                    // The cached value is raised only if present: an absent one makes readers fall
-                    // back to the durable store, which may hold more than this.
                     if *held {
                         self.remove_session(user, session, Some(*token));
-                        if let Some(v) = self.registry_last_seen.get_mut(user) {
-                            *v = (*v).max(*last_seen);
-                        }
                     }
                     if let Some((index, _)) = self.expired.get_mut(token) {
                         index.remove(&(user.clone(), session.clone()));
@@ -146,6 +157,7 @@ impl MemoryStores {
     pub fn lose_registry(&mut self) {
         self.ws.clear();
         self.registry_last_seen.clear();
+        self.registry_pending.clear();
         self.leases.clear();
         self.expired.clear();
         self.renewed.clear();
@@ -156,6 +168,14 @@ impl MemoryStores {
         if let Some(index) = self.leases.remove(&token) {
             let renewed = self.renewed.remove(&token).unwrap_or(UnixMillis(0));
             self.expired.insert(token, (index, renewed));
+        }
+    }
+
+    /// A session end's value in the registry: the cache if present, else the pending key.
+    fn record_end(&mut self, user: &UserId, value: UnixMillis) {
+        match self.registry_last_seen.get_mut(user) {
+            Some(v) => *v = (*v).max(value),
+            None => max_register(&mut self.registry_pending, user, value),
         }
     }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use presence_core::frame::Encoding;
-use presence_core::store::{DurableOp, EffectId, RegistryOp, StoreError, StoreOp};
+use presence_core::store::{DurableOp, EffectId, RegistryOp, StoreError, StoreOp, StoreOutput};
 use presence_core::testkit::MemoryStores;
 use presence_core::time::{MonoTime, Now, UnixMillis};
 use presence_core::user::{SessionId, UserId};
@@ -46,8 +46,8 @@ struct Run {
     in_flight: Vec<(EffectId, StoreOp)>,
     stores: MemoryStores,
     asked: BTreeMap<UserId, UnixMillis>,
-    /// A reaper claim is being completed (see `feed`).
-    reaping: bool,
+    /// Values the reaper recorded (see `feed`).
+    reaped: BTreeSet<(UserId, UnixMillis)>,
 }
 
 impl Run {
@@ -65,7 +65,9 @@ impl Run {
                     let asked = match &op {
                         StoreOp::Registry(RegistryOp::EndSession { user, last_seen, .. }) => Some((user, last_seen)),
                         // The reaper's writes carry a dead lease's last renewal, not our values.
-                        StoreOp::Durable(DurableOp::Write { user, last_seen }) if !self.reaping => {
+                        StoreOp::Durable(DurableOp::Write { user, last_seen })
+                            if !self.reaped.contains(&(user.clone(), *last_seen)) =>
+                        {
                             Some((user, last_seen))
                         }
                         _ => None,
@@ -97,9 +99,12 @@ impl Run {
                 Err(StoreError::Timeout)
             }
         };
-        self.reaping = matches!(op, StoreOp::Registry(RegistryOp::ClaimReap { .. }));
+        if let Ok(StoreOutput::Reap(Some(batch))) = &result {
+            for (user, _, _) in &batch.sessions {
+                self.reaped.insert((user.clone(), batch.last_seen));
+            }
+        }
         self.feed(Input::StoreDone { id, result });
-        self.reaping = false;
     }
 }
 
@@ -121,7 +126,7 @@ fuzz_target!(|ops: Vec<Op>| {
         in_flight: Vec::new(),
         stores: MemoryStores::default(),
         asked: BTreeMap::new(),
-        reaping: false,
+        reaped: BTreeSet::new(),
     };
     let mut shut = false;
     for op in ops.into_iter().take(500) {

@@ -364,6 +364,7 @@ fn op_kind(op: &StoreOp) -> &'static str {
         StoreOp::Registry(RegistryOp::Read { .. }) => "read",
         StoreOp::Registry(RegistryOp::RenewLease { .. }) => "renew_lease",
         StoreOp::Registry(RegistryOp::ClaimReap { .. }) => "claim_reap",
+        StoreOp::Registry(RegistryOp::MarkReaped { .. }) => "mark_reaped",
         StoreOp::Registry(RegistryOp::Reap { .. }) => "reap",
         StoreOp::Durable(DurableOp::Write { .. }) => "write",
         StoreOp::Durable(DurableOp::Read { .. }) => "read",

@@ -20,7 +20,7 @@ use std::time::Duration;
 use presence_core::store::{LeaseToken, RegistryEntry, RegistryOp, StoreOutput};
 use presence_core::time::UnixMillis;
 use presence_core::user::{SessionId, UserId};
-use presence_runtime::store::redis::{last_seen_key, ws_key, ws_lease_key};
+use presence_runtime::store::redis::{last_seen_key, pending_key, ws_key, ws_lease_key};
 use presence_runtime::store::{open_redis, RedisClusterRegistry, RedisConfig, RegistryStore};
 use redis::AsyncCommands;
 
@@ -90,9 +90,9 @@ async fn cluster_ops_work_across_slots() {
     let expect = |u: &UserId| {
         let i = users.iter().position(|x| x == u).unwrap();
         if i % 2 == 0 {
-            RegistryEntry { leases: vec![TOKEN], last_seen: Some(UnixMillis(T0 + i as i64)) }
+            RegistryEntry { leases: vec![TOKEN], last_seen: Some(UnixMillis(T0 + i as i64)), pending: None }
         } else {
-            RegistryEntry { leases: vec![], last_seen: Some(UnixMillis(T0)) }
+            RegistryEntry { leases: vec![], last_seen: Some(UnixMillis(T0)), pending: None }
         }
     };
     assert_eq!(got, wanted.iter().map(expect).collect::<Vec<_>>());
@@ -134,7 +134,12 @@ async fn cluster_ops_work_across_slots() {
         Ok(StoreOutput::Lease(v)) => assert!(v.expired.contains(&name), "{name} not in {:?}", v.expired),
         other => panic!("unexpected {other:?}"),
     }
-    let claim = RegistryOp::ClaimReap { lease: name.clone(), ttl: Duration::from_secs(5), batch: 100 };
+    let claim = RegistryOp::ClaimReap {
+        lease: name.clone(),
+        ttl: Duration::from_secs(5),
+        batch: 100,
+        ceiling: UnixMillis(T0 + 60_000),
+    };
     let batch = match reg.execute(claim.clone()).await {
         Ok(StoreOutput::Reap(Some(b))) => b,
         other => panic!("unexpected {other:?}"),
@@ -142,6 +147,8 @@ async fn cluster_ops_work_across_slots() {
     let mut want: Vec<_> = users[..10].iter().map(|u| (u.clone(), SessionId::new("d1"), true)).collect();
     want.sort();
     assert_eq!(batch.sessions, want);
+    let held = want.iter().map(|(u, s, _)| (u.clone(), s.clone())).collect();
+    ok(&reg, RegistryOp::MarkReaped { token: td, last_seen: batch.last_seen, sessions: held }).await;
     let reap = RegistryOp::Reap { lease: name, token: td, last_seen: batch.last_seen, sessions: want };
     ok(&reg, reap).await;
     let got = match reg.execute(RegistryOp::Read { users: users[..10].to_vec() }).await {
@@ -152,7 +159,7 @@ async fn cluster_ops_work_across_slots() {
     assert_eq!(reg.execute(claim).await, Ok(StoreOutput::Reap(None)));
 
     for u in &users {
-        let _: () = admin.del(&[ws_key(u), last_seen_key(u), ws_lease_key(u)]).await.unwrap();
+        let _: () = admin.del(&[ws_key(u), last_seen_key(u), ws_lease_key(u), pending_key(u)]).await.unwrap();
     }
     assert_eq!(*reg.restarts().borrow(), 0, "no restart while nothing failed");
 }

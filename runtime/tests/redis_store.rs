@@ -24,7 +24,7 @@ use presence_core::store::{
 use presence_core::time::UnixMillis;
 use presence_core::user::{SessionId, UserId};
 use presence_runtime::store::redis::{
-    last_seen_key, lease_index_key, lease_name, ws_key, ws_lease_key, LEASES_KEY,
+    last_seen_key, lease_index_key, lease_name, pending_key, ws_key, ws_lease_key, LEASES_KEY,
 };
 use presence_runtime::store::{
     AsyncStream, ConnectFuture, RedisConfig, RedisConnector, RedisRegistry, RegistryStore,
@@ -102,7 +102,7 @@ fn set(user: &UserId, ms: i64) -> RegistryOp {
 
 /// An entry with `sessions` sessions under [`TOKEN`].
 fn entry(sessions: usize, ms: Option<i64>) -> RegistryEntry {
-    RegistryEntry { leases: vec![TOKEN; sessions], last_seen: ms.map(UnixMillis) }
+    RegistryEntry { leases: vec![TOKEN; sessions], last_seen: ms.map(UnixMillis), pending: None }
 }
 
 const T0: i64 = 1_705_311_720_000; // 2024-01-15T09:42:00.000Z
@@ -124,11 +124,22 @@ async fn end_session_removes_only_its_field_and_sets_last_seen() {
     );
     assert_eq!(read1(&reg, &bob).await, vec![entry(2, None)]);
 
+    // No cached value (a new user): the end goes to the pending key, never creating the cache
+    // (which may only hold durable values).
     ok(&reg, end(&bob, "s1", T0)).await;
     let hash: BTreeMap<String, String> = admin.hgetall(ws_key(&bob)).await.unwrap();
     assert_eq!(hash, BTreeMap::from([("s2".to_owned(), "srv-test".to_owned())]));
     let stored: Option<String> = admin.get(last_seen_key(&bob)).await.unwrap();
-    assert_eq!(stored.as_deref(), Some("2024-01-15T09:42:00.000Z"));
+    assert_eq!(stored, None);
+    let pending: Option<String> = admin.get(pending_key(&bob)).await.unwrap();
+    assert_eq!(pending.as_deref(), Some("2024-01-15T09:42:00.000Z"));
+    let want = RegistryEntry { leases: vec![TOKEN], last_seen: None, pending: Some(UnixMillis(T0)) };
+    assert_eq!(read1(&reg, &bob).await, vec![want]);
+
+    // The durable value fills the cache and retires the pending value it covers.
+    ok(&reg, set(&bob, T0)).await;
+    let pending: Option<String> = admin.get(pending_key(&bob)).await.unwrap();
+    assert_eq!(pending, None);
     assert_eq!(read1(&reg, &bob).await, vec![entry(1, Some(T0))]);
 
     // Idempotent, and an older end of the last session removes it without lowering last_seen.
@@ -424,7 +435,12 @@ async fn renew(reg: &dyn RegistryStore, token: Option<LeaseToken>, ttl: Duration
 }
 
 async fn claim(reg: &dyn RegistryStore, lease: &str) -> Option<ReapBatch> {
-    let op = RegistryOp::ClaimReap { lease: lease.to_owned(), ttl: Duration::from_secs(5), batch: 10 };
+    let op = RegistryOp::ClaimReap {
+        lease: lease.to_owned(),
+        ttl: Duration::from_secs(5),
+        batch: 10,
+        ceiling: UnixMillis(T0 + 60_000),
+    };
     match reg.execute(op).await {
         Ok(StoreOutput::Reap(b)) => b,
         other => panic!("unexpected {other:?}"),
@@ -488,6 +504,20 @@ async fn leases_expire_and_the_reaper_removes_only_fenced_entries() {
     ];
     assert_eq!(batch.sessions, want);
 
+    // The value is recorded like a session end, for the sessions still under the dead lease
+    // (bob's cache is present and raised; carol, registered again, is left alone).
+    let held = vec![(bob.clone(), SessionId::new("b1")), (bob.clone(), SessionId::new("b2"))];
+    ok(&live, RegistryOp::MarkReaped { token: td, last_seen: batch.last_seen, sessions: held }).await;
+    let stored: Option<String> = admin.get(last_seen_key(&bob)).await.unwrap();
+    assert_eq!(
+        stored.as_deref(),
+        Some("2024-01-15T09:42:00.100Z"),
+        "raised to the dead lease's last renewal"
+    );
+    let carol_cached: Option<String> = admin.get(last_seen_key(&carol)).await.unwrap();
+    let carol_pending: Option<String> = admin.get(pending_key(&carol)).await.unwrap();
+    assert_eq!((carol_cached, carol_pending), (None, None));
+
     let reap =
         RegistryOp::Reap { lease: name.clone(), token: td, last_seen: batch.last_seen, sessions: want };
     ok(&live, reap.clone()).await;
@@ -496,14 +526,6 @@ async fn leases_expire_and_the_reaper_removes_only_fenced_entries() {
     assert!(bob_ws.is_empty());
     let carol_ws: BTreeMap<String, String> = admin.hgetall(ws_key(&carol)).await.unwrap();
     assert_eq!(carol_ws, BTreeMap::from([("c1".to_owned(), format!("{tag}-live"))]));
-    let stored: Option<String> = admin.get(last_seen_key(&bob)).await.unwrap();
-    assert_eq!(
-        stored.as_deref(),
-        Some("2024-01-15T09:42:00.100Z"),
-        "raised to the dead lease's last renewal"
-    );
-    let carol_cached: Option<String> = admin.get(last_seen_key(&carol)).await.unwrap();
-    assert_eq!(carol_cached, None, "an absent cached value stays absent");
 
     // The index is empty now: the next claim drops the lease.
     assert_eq!(claim(&live, &name).await, None);

@@ -4,8 +4,9 @@
 //! `SELECT`, `INFO` (with a `run_id` that changes on every start), `HSET`, `HGET`, `HVALS`,
 //! `HLEN`, `HDEL`, `GET`, `SET`, `DEL`, `SADD`, `SREM`, `SRANDMEMBER` (the first members in
 //! order, so runs replay), `SCRIPT LOAD|FLUSH`, `EVAL` and `EVALSHA`. Scripts are not
-//! interpreted: the ones the runtime uses ([`MAX_REGISTER_LUA`], [`END_SESSION_LUA`],
-//! [`RENEW_LEASE_LUA`], [`CLAIM_REAP_LUA`], [`DROP_LEASE_LUA`], [`REAP_LUA`]) are recognised by
+//! interpreted: the ones the runtime uses ([`SET_LAST_SEEN_LUA`], [`END_SESSION_LUA`],
+//! [`RENEW_LEASE_LUA`], [`CLAIM_REAP_LUA`], [`DROP_LEASE_LUA`], [`REAP_MARK_LUA`], [`REAP_LUA`]) are
+//! recognised by
 //! their SHA-1 and executed natively, with the Redis clock (`TIME`) = true virtual time; the
 //! script cache is empty after a restart (`NOSCRIPT`, as in Redis).
 //!
@@ -21,7 +22,8 @@ use std::sync::Arc;
 
 use presence_core::time::UnixMillis;
 use presence_runtime::store::redis::{
-    CLAIM_REAP_LUA, DROP_LEASE_LUA, END_SESSION_LUA, MAX_REGISTER_LUA, REAP_LUA, RENEW_LEASE_LUA,
+    CLAIM_REAP_LUA, DROP_LEASE_LUA, END_SESSION_LUA, REAP_LUA, REAP_MARK_LUA, RENEW_LEASE_LUA,
+    SET_LAST_SEEN_LUA,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -170,12 +172,14 @@ impl RedisState {
         }
     }
 
-    /// `GET last_seen:{user}`, parsed.
+    /// What the registry answers for `user`'s last_seen: the larger of `last_seen:{user}` and
+    /// `last_seen_pending:{user}`, parsed.
     pub fn last_seen(&self, user: &str) -> Option<i64> {
-        match self.db.get(format!("last_seen:{{{user}}}").as_bytes()) {
+        let get = |key: String| match self.db.get(key.as_bytes()) {
             Some(Val::Str(s)) => UnixMillis::parse_rfc3339(&String::from_utf8_lossy(s)).map(|v| v.0),
             _ => None,
-        }
+        };
+        get(format!("last_seen:{{{user}}}")).max(get(format!("last_seen_pending:{{{user}}}")))
     }
 
     fn get_str(&self, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
@@ -294,18 +298,29 @@ impl RedisState {
             (keys.len() < k || args.len() < a)
                 .then(|| Reply::Err("ERR Error running script: missing KEYS/ARGV".into()))
         };
-        let result = if sha == sha1_hex(MAX_REGISTER_LUA.as_bytes()) {
-            if let Some(e) = need(1, 1) {
+        let result = if sha == sha1_hex(SET_LAST_SEEN_LUA.as_bytes()) {
+            if let Some(e) = need(2, 1) {
                 return e;
             }
-            self.max_register(w, &keys[0], &args[0])
+            self.set_last_seen(w, keys, &args[0])
         } else if sha == sha1_hex(END_SESSION_LUA.as_bytes()) {
-            if let Some(e) = need(3, 2) {
+            if let Some(e) = need(4, 2) {
                 return e;
             }
             self.owner_delete(w, peer, &keys[0], &args[0])
                 .and_then(|_| self.hdel(&keys[2], &args[0]))
-                .and_then(|_| self.max_register(w, &keys[1], &args[1]))
+                .and_then(|_| self.record_end(w, &keys[1], &keys[3], &args[1]))
+        } else if sha == sha1_hex(REAP_MARK_LUA.as_bytes()) {
+            if let Some(e) = need(3, 3) {
+                return e;
+            }
+            match self.hget(&keys[0], &args[0]) {
+                Ok(t) if t.as_deref() == Some(args[1].as_slice()) => {
+                    self.record_end(w, &keys[1], &keys[2], &args[2]).map(|_| 1)
+                }
+                Ok(_) => Ok(0),
+                Err(e) => Err(e),
+            }
         } else if sha == sha1_hex(RENEW_LEASE_LUA.as_bytes()) {
             if let Some(e) = need(3, 4) {
                 return e;
@@ -322,7 +337,7 @@ impl RedisState {
             }
             self.drop_lease(w, keys, &args[0])
         } else if sha == sha1_hex(REAP_LUA.as_bytes()) {
-            if let Some(e) = need(3, 3) {
+            if let Some(e) = need(2, 2) {
                 return e;
             }
             self.reap(w, peer, keys, args)
@@ -420,32 +435,51 @@ impl RedisState {
         Ok(1)
     }
 
-    /// [`REAP_LUA`]: compare-and-delete on the fencing token, then raise a present cached value.
-    /// I7: the lease of the removed entry must have expired (the lease set holds it expired).
+    /// [`REAP_LUA`]: compare-and-delete on the fencing token. I7: the lease of the removed entry
+    /// must have expired (the lease set holds it expired).
     fn reap(&mut self, w: &World, peer: &str, keys: &[Vec<u8>], args: &[Vec<u8>]) -> Result<i64, String> {
-        if self.hget(&keys[1], &args[0])?.as_deref() == Some(args[1].as_slice()) {
-            let owner = self.hget(&keys[0], &args[0])?;
-            if let Some(owner) = &owner {
-                let lease = [owner.as_slice(), b"#", &args[1]].concat();
-                let expiry = self.zscore(b"leases:{presence}", &lease)?;
-                if expiry.is_some_and(|e| e > Self::clock_ms(w)) {
-                    w.violation(format!(
-                        "I7 {peer} reaped registry entry {} of {} under the live lease {}",
-                        String::from_utf8_lossy(&args[0]),
-                        String::from_utf8_lossy(&keys[0]),
-                        String::from_utf8_lossy(&lease)
-                    ));
-                }
-            }
-            self.hdel(&keys[0], &args[0])?;
-            self.hdel(&keys[1], &args[0])?;
+        if self.hget(&keys[1], &args[0])?.as_deref() != Some(args[1].as_slice()) {
+            return Ok(0);
         }
-        if let Some(cur) = self.get_str(&keys[2]).map_err(|e| format!("ERR Error running script: {e}"))? {
-            if well_formed(&cur) && cur.as_slice() < args[2].as_slice() {
-                self.db.insert(keys[2].clone(), Val::Str(args[2].clone()));
+        if let Some(owner) = self.hget(&keys[0], &args[0])? {
+            let lease = [owner.as_slice(), b"#", &args[1]].concat();
+            let expiry = self.zscore(b"leases:{presence}", &lease)?;
+            if expiry.is_some_and(|e| e > Self::clock_ms(w)) {
+                w.violation(format!(
+                    "I7 {peer} reaped registry entry {} of {} under the live lease {}",
+                    String::from_utf8_lossy(&args[0]),
+                    String::from_utf8_lossy(&keys[0]),
+                    String::from_utf8_lossy(&lease)
+                ));
             }
         }
+        self.hdel(&keys[0], &args[0])?;
+        self.hdel(&keys[1], &args[0])?;
         Ok(1)
+    }
+
+    /// `record_end` of the scripts: into the cache if it holds a well-formed value, else into the
+    /// pending key.
+    fn record_end(&mut self, w: &World, cache: &[u8], pending: &[u8], ts: &[u8]) -> Result<i64, String> {
+        let present = self.get_str(cache).map_err(|e| format!("ERR Error running script: {e}"))?;
+        if present.is_some_and(|c| well_formed(&c)) {
+            self.max_register(w, cache, ts)
+        } else {
+            self.max_register(w, pending, ts)
+        }
+    }
+
+    /// [`SET_LAST_SEEN_LUA`]: max-register of the cache, then drop a pending value it covers.
+    fn set_last_seen(&mut self, w: &World, keys: &[Vec<u8>], ts: &[u8]) -> Result<i64, String> {
+        let wrote = self.max_register(w, &keys[0], ts)?;
+        let cache = self.get_str(&keys[0]).map_err(|e| format!("ERR Error running script: {e}"))?;
+        let pending = self.get_str(&keys[1]).map_err(|e| format!("ERR Error running script: {e}"))?;
+        if let Some(p) = pending {
+            if !well_formed(&p) || cache.is_some_and(|c| p <= c) {
+                self.db.remove(&keys[1]);
+            }
+        }
+        Ok(wrote)
     }
 
     fn command(&mut self, w: &World, peer: &str, argv: &[Vec<u8>]) -> Reply {

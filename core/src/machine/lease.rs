@@ -9,9 +9,11 @@
 //!   grow). A view older than the TTL is not trusted: queries answer `unavailable`, never a ghost.
 //! - The reaper: each renewal also lists expired leases. This server claims one (a claim with a
 //!   TTL, so several servers do not all reap the same lease; if they do, every step is idempotent),
-//!   reads its sessions in batches, writes last_seen = the dead lease's last renewal to the durable
-//!   store first, and only then removes the entries (compare-and-delete on the fencing token) and
-//!   raises the cached last_seen. A reaper that dies midway leaves the batch to be redone.
+//!   reads its sessions in batches and records last_seen = the dead lease's last renewal for each
+//!   one still registered under it: in the registry first (like a session end), then durably
+//!   through the same retrying pipeline as our own ends; only once that is durable does it remove
+//!   the entries (compare-and-delete on the fencing token). A reaper that dies midway leaves the
+//!   entries, and the next claim redoes the batch.
 //! - A server that could not renew for a whole TTL assumes it was reaped: it stops registering until
 //!   it holds a new lease, then registers every live session again under the new token, which a
 //!   late reaper of the old lease cannot remove.
@@ -23,11 +25,9 @@ use std::collections::BTreeSet;
 
 use rand_chacha::rand_core::RngCore;
 
-use crate::store::{
-    DurableOp, LeaseToken, LeaseView, ReapBatch, RegistryOp, StoreError, StoreOp, StoreOutput,
-};
+use crate::store::{LeaseToken, LeaseView, ReapBatch, RegistryOp, StoreError, StoreOp, StoreOutput};
 use crate::time::MonoTime;
-use crate::user::UserId;
+use crate::user::{SessionId, UserId};
 
 use super::writes::InFlight;
 use super::Presence;
@@ -65,8 +65,10 @@ struct Reap {
 enum ReapStep {
     /// Waiting for the claim and the next batch.
     Claiming,
-    /// Waiting for the durable writes of the batch's users.
-    Durable { batch: ReapBatch, outstanding: usize, failed: bool },
+    /// Waiting for the batch's values to be recorded in the registry.
+    Marking { batch: ReapBatch },
+    /// Waiting for the durable writes of these users of the batch.
+    Durable { batch: ReapBatch, waiting: BTreeSet<UserId> },
     /// Waiting for the registry to remove the batch's entries.
     Removing { held: u64 },
 }
@@ -155,6 +157,7 @@ impl Presence {
             lease: lease.clone(),
             ttl: self.config.lease_ttl,
             batch: self.config.reap_batch,
+            ceiling: self.wall,
         };
         self.lease.reap = Some(Reap { lease, step: ReapStep::Claiming });
         self.emit_store(StoreOp::Registry(op), InFlight::ReapClaim);
@@ -163,7 +166,7 @@ impl Presence {
     pub(super) fn reap_claimed(&mut self, result: Result<StoreOutput, StoreError>) {
         self.registry_failing = result.is_err();
         let Some(reap) = self.lease.reap.take() else { return };
-        let mut batch = match result {
+        let batch = match result {
             Ok(StoreOutput::Reap(Some(batch))) => batch,
             Ok(_) => {
                 // Done, or not ours to do: forget the lease until a view lists it again.
@@ -172,40 +175,44 @@ impl Presence {
             }
             Err(_) => return,
         };
-        // A dead server's clock may have been ahead of ours: never record a time past our now.
-        batch.last_seen = batch.last_seen.min(self.wall);
-        let users: BTreeSet<UserId> = batch.sessions.iter().filter(|s| s.2).map(|s| s.0.clone()).collect();
-        let outstanding = users.len();
-        for user in users {
-            let op = DurableOp::Write { user, last_seen: batch.last_seen };
-            self.emit_store(StoreOp::Durable(op), InFlight::ReapDurable);
+        let held: Vec<(UserId, SessionId)> =
+            batch.sessions.iter().filter(|s| s.2).map(|(u, s, _)| (u.clone(), s.clone())).collect();
+        if held.is_empty() {
+            self.lease.reap =
+                Some(Reap { lease: reap.lease, step: ReapStep::Durable { batch, waiting: BTreeSet::new() } });
+            return self.reap_check_durable();
         }
-        self.lease.reap =
-            Some(Reap { lease: reap.lease, step: ReapStep::Durable { batch, outstanding, failed: false } });
-        if outstanding == 0 {
-            self.reap_remove();
-        }
+        // First the registry, like a session end: readers see the value before it is durable.
+        let op = RegistryOp::MarkReaped { token: batch.token, last_seen: batch.last_seen, sessions: held };
+        self.lease.reap = Some(Reap { lease: reap.lease, step: ReapStep::Marking { batch } });
+        self.emit_store(StoreOp::Registry(op), InFlight::ReapMark);
     }
 
-    pub(super) fn reap_durable_done(&mut self, result: &Result<StoreOutput, StoreError>) {
-        self.durable_failing = result.is_err();
-        let Some(Reap { step: ReapStep::Durable { outstanding, failed, .. }, .. }) = &mut self.lease.reap
-        else {
+    pub(super) fn reap_marked(&mut self, result: Result<StoreOutput, StoreError>) {
+        self.registry_failing = result.is_err();
+        let Some(Reap { lease, step: ReapStep::Marking { batch } }) = self.lease.reap.take() else { return };
+        // Even if the mark failed (it may have been applied all the same), make the value durable
+        // through the same pipeline as our own session ends (coalesced per user, retried until
+        // acknowledged, then the cache refreshed), and remove the entries only once it is.
+        let users: BTreeSet<UserId> = batch.sessions.iter().filter(|s| s.2).map(|s| s.0.clone()).collect();
+        for user in &users {
+            self.queue_durable(user.clone(), batch.last_seen);
+        }
+        self.lease.reap = Some(Reap { lease, step: ReapStep::Durable { batch, waiting: users } });
+        self.reap_check_durable();
+    }
+
+    /// Moves the reap on once every user of its batch has the batch's value durable (their
+    /// pending write finished, or acknowledged a value at least as new).
+    pub(super) fn reap_check_durable(&mut self) {
+        let Some(Reap { step: ReapStep::Durable { batch, waiting }, .. }) = &mut self.lease.reap else {
             return;
         };
-        *outstanding -= 1;
-        *failed |= result.is_err();
-        if *outstanding > 0 {
-            return;
+        let durable = &self.durable;
+        waiting.retain(|u| durable.get(u).is_some_and(|w| !w.is_durable(batch.last_seen)));
+        if waiting.is_empty() {
+            self.reap_remove();
         }
-        if *failed {
-            // The claim is ours until it expires: the next renewal claims it again and redoes
-            // this batch (every step is idempotent).
-            self.stats.durable_failures += 1;
-            self.lease.reap = None;
-            return;
-        }
-        self.reap_remove();
     }
 
     /// The batch's last_seen is durable: remove its entries and raise the cached last_seen.

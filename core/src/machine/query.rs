@@ -127,6 +127,7 @@ impl Presence {
         };
         for (&i, value) in missing.iter().zip(values) {
             let Some(v) = value else { continue };
+            // The answer is max(durable, pending) (`reply`); only the durable value fills the cache.
             q.entries[i].last_seen = Some(v);
             // Refill the cache (max-register, so a racing newer end is kept). Best effort: the value
             // is safe in the durable store whatever happens to this write.
@@ -179,7 +180,7 @@ impl Presence {
                 // value this server recorded is visible even if its write is still pending.
                 let online = registered || local.is_some_and(|u| u.live > 0);
                 let recorded = local.and_then(|u| u.max_recorded);
-                let last_seen = max_opt(e.last_seen, recorded).map(|v| v.min(ceiling));
+                let last_seen = max_opt(max_opt(e.last_seen, e.pending), recorded).map(|v| v.min(ceiling));
                 PresenceEntry { user: user.clone(), online, last_seen }
             })
             .collect();

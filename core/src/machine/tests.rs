@@ -281,8 +281,8 @@ fn query_falls_back_to_durable_and_backfills() {
     let (id, op) = store(&e[0]);
     assert_eq!(op, reg(RegistryOp::Read { users: vec![uid("bob"), uid("carol")] }));
     let entries = vec![
-        RegistryEntry { leases: vec![], last_seen: None },
-        RegistryEntry { leases: vec![LEASE], last_seen: None },
+        RegistryEntry { leases: vec![], last_seen: None, pending: None },
+        RegistryEntry { leases: vec![LEASE], last_seen: None, pending: None },
     ];
     let e = r.done(id, Ok(StoreOutput::Registry(entries)));
     let (id, op) = store(&e[0]);
@@ -315,7 +315,11 @@ fn future_values_are_clamped_in_answers() {
     let far = UnixMillis(T0 + 3_600_000);
     let e = r.done(
         store(&e[0]).0,
-        Ok(StoreOutput::Registry(vec![RegistryEntry { leases: vec![], last_seen: Some(far) }])),
+        Ok(StoreOutput::Registry(vec![RegistryEntry {
+            leases: vec![],
+            last_seen: Some(far),
+            pending: None,
+        }])),
     );
     // now = T0, skew bound 5 s.
     assert_eq!(
@@ -464,7 +468,11 @@ fn a_lease_not_renewed_for_a_ttl_is_given_up_and_sessions_register_again_under_t
     let (q, _) = store(&e[0]);
     let e = r.done(
         q,
-        Ok(StoreOutput::Registry(vec![RegistryEntry { leases: vec![LeaseToken(7)], last_seen: None }])),
+        Ok(StoreOutput::Registry(vec![RegistryEntry {
+            leases: vec![LeaseToken(7)],
+            last_seen: None,
+            pending: None,
+        }])),
     );
     assert_eq!(
         text_of(&e[0]),
@@ -479,7 +487,12 @@ fn a_lease_not_renewed_for_a_ttl_is_given_up_and_sessions_register_again_under_t
     // token 7, which the new registrations no longer carry) ...
     assert_eq!(
         store(&e[0]).1,
-        reg(RegistryOp::ClaimReap { lease: "ws-1#7".into(), ttl: Duration::from_secs(10), batch: 256 })
+        reg(RegistryOp::ClaimReap {
+            lease: "ws-1#7".into(),
+            ttl: Duration::from_secs(10),
+            batch: 256,
+            ceiling: UnixMillis(T0 + 12_000)
+        })
     );
     assert_eq!(
         store(&e[1]).1,
@@ -501,6 +514,7 @@ fn readers_count_only_entries_under_live_leases() {
     let entry = |leases: &[u64]| RegistryEntry {
         leases: leases.iter().map(|&t| LeaseToken(t)).collect(),
         last_seen: Some(UnixMillis(T0 - 1_000)),
+        pending: None,
     };
     let e = r.done(q, Ok(StoreOutput::Registry(vec![entry(&[3]), entry(&[5]), entry(&[3, 8]), entry(&[])])));
     let online: Vec<bool> = match &e[..] {
@@ -511,41 +525,51 @@ fn readers_count_only_entries_under_live_leases() {
 }
 
 #[test]
-fn reaper_writes_durable_first_then_removes_fenced_entries_batch_by_batch() {
+fn reaper_makes_last_seen_durable_then_removes_fenced_entries_batch_by_batch() {
     let config = Config { reap_batch: 2, ..Config::default() };
     let mut r = Rig::manual_lease(config);
     let e = r.input(Input::Timeout);
     let e = r.done(store(&e[0]).0, lease_view(7, &[7], &["ws-9#4"]));
+    let claim_at = |ms: i64| {
+        reg(RegistryOp::ClaimReap {
+            lease: "ws-9#4".into(),
+            ttl: Duration::from_secs(10),
+            batch: 2,
+            ceiling: UnixMillis(T0 + ms),
+        })
+    };
     let (claim, op) = store(&e[0]);
+    assert_eq!(op, claim_at(0));
+    let dead_renewal = UnixMillis(T0 - 4_000);
+    let sessions =
+        vec![(uid("bob"), SessionId::new("x1"), true), (uid("carol"), SessionId::new("x2"), false)];
+    let batch = ReapBatch { token: LeaseToken(4), last_seen: dead_renewal, sessions: sessions.clone() };
+    // Only bob's entry is still under the dead lease: it is recorded in the registry first, then
+    // durably.
+    let e = r.done(claim, Ok(StoreOutput::Reap(Some(batch))));
+    let (mark, op) = store(&e[0]);
     assert_eq!(
         op,
-        reg(RegistryOp::ClaimReap { lease: "ws-9#4".into(), ttl: Duration::from_secs(10), batch: 2 })
+        reg(RegistryOp::MarkReaped {
+            token: LeaseToken(4),
+            last_seen: dead_renewal,
+            sessions: vec![(uid("bob"), SessionId::new("x1"))]
+        })
     );
-    let dead_renewal = UnixMillis(T0 - 4_000);
-    let batch = ReapBatch {
-        token: LeaseToken(4),
-        last_seen: dead_renewal,
-        sessions: vec![(uid("bob"), SessionId::new("x1"), true), (uid("carol"), SessionId::new("x2"), false)],
-    };
-    // Only bob's entry is still under the dead lease: only bob gets a durable write.
-    let e = r.done(claim, Ok(StoreOutput::Reap(Some(batch))));
+    // A mark that may or may not have been applied is made durable all the same.
+    let e = r.done(mark, Err(StoreError::Timeout));
     assert_eq!(e.len(), 1);
     let (w, op) = store(&e[0]);
     assert_eq!(op, StoreOp::Durable(DurableOp::Write { user: uid("bob"), last_seen: dead_renewal }));
-    // A failed durable write abandons the batch: nothing is removed before last_seen is durable.
+    // A failed durable write is retried (with backoff) like any other; nothing is removed before
+    // last_seen is durable.
     assert!(r.done(w, Err(StoreError::Throttled)).is_empty());
-    // The next renewal claims it again (the claim is still ours) and redoes the batch.
-    let e = r.advance(3_000);
-    let e = r.done(store(&e[0]).0, lease_view(7, &[7], &["ws-9#4"]));
-    let (claim, _) = store(&e[0]);
-    let batch = ReapBatch {
-        token: LeaseToken(4),
-        last_seen: dead_renewal,
-        sessions: vec![(uid("bob"), SessionId::new("x1"), true)],
-    };
-    let e = r.done(claim, Ok(StoreOutput::Reap(Some(batch))));
-    let (w, _) = store(&e[0]);
-    let e = r.done(w, Ok(StoreOutput::Superseded));
+    let e = r.advance(200);
+    let (w, op) = store(&e[0]);
+    assert_eq!(op, StoreOp::Durable(DurableOp::Write { user: uid("bob"), last_seen: dead_renewal }));
+    // Durable (applied): the batch's entries are removed, and the cache refreshed with it.
+    let e = r.done(w, Ok(StoreOutput::Done));
+    assert_eq!(store(&e[1]).1, reg(RegistryOp::SetLastSeen { user: uid("bob"), last_seen: dead_renewal }));
     let (remove, op) = store(&e[0]);
     assert_eq!(
         op,
@@ -553,32 +577,53 @@ fn reaper_writes_durable_first_then_removes_fenced_entries_batch_by_batch() {
             lease: "ws-9#4".into(),
             token: LeaseToken(4),
             last_seen: dead_renewal,
-            sessions: vec![(uid("bob"), SessionId::new("x1"), true)],
+            sessions
         })
     );
     // Removed: claim the next batch; the registry says the index is empty and drops the lease.
     let e = r.done(remove, Ok(StoreOutput::Done));
-    assert_eq!(
-        store(&e[0]).1,
-        reg(RegistryOp::ClaimReap { lease: "ws-9#4".into(), ttl: Duration::from_secs(10), batch: 2 })
-    );
+    assert_eq!(store(&e[0]).1, claim_at(200));
     assert!(r.done(store(&e[0]).0, Ok(StoreOutput::Reap(None))).is_empty());
     assert_eq!(r.p.stats().sessions_reaped, 1);
 }
 
 #[test]
-fn a_dead_servers_clock_ahead_of_ours_is_not_recorded_past_our_now() {
+fn the_reaper_never_records_past_our_now() {
+    // A dead server's clock may have been ahead: the claim carries our clock as the ceiling.
     let mut r = Rig::manual_lease(Config::default());
     let e = r.input(Input::Timeout);
+    r.ms = 250;
     let e = r.done(store(&e[0]).0, lease_view(7, &[7], &["ws-9#4"]));
-    let batch = ReapBatch {
-        token: LeaseToken(4),
-        last_seen: UnixMillis(T0 + 60_000),
-        sessions: vec![(uid("bob"), SessionId::new("x1"), true)],
-    };
-    let e = r.done(store(&e[0]).0, Ok(StoreOutput::Reap(Some(batch))));
-    assert_eq!(
+    assert!(matches!(
         store(&e[0]).1,
-        StoreOp::Durable(DurableOp::Write { user: uid("bob"), last_seen: UnixMillis(T0) })
+        StoreOp::Registry(RegistryOp::ClaimReap { ceiling: UnixMillis(c), .. }) if c == T0 + 250
+    ));
+}
+
+#[test]
+fn answers_combine_the_cache_the_pending_value_and_the_durable_one() {
+    let mut r = Rig::new(Config::default());
+    r.open(1, "alice");
+    let e = r.text(1, r#"{"type":"query","id":1,"users":["dave","erin"]}"#);
+    let (id, _) = store(&e[0]);
+    let entries = vec![
+        // Cache lost; an end since then went to the pending key; the durable value is older.
+        RegistryEntry { leases: vec![], last_seen: None, pending: Some(UnixMillis(T0 + 5)) },
+        // Cache present; a pending value left from before the cache was filled is newer.
+        RegistryEntry {
+            leases: vec![],
+            last_seen: Some(UnixMillis(T0 - 10)),
+            pending: Some(UnixMillis(T0 + 3)),
+        },
+    ];
+    let e = r.done(id, Ok(StoreOutput::Registry(entries)));
+    let (id, op) = store(&e[0]);
+    assert_eq!(op, StoreOp::Durable(DurableOp::Read { users: vec![uid("dave")] }));
+    let e = r.done(id, Ok(StoreOutput::Durable(vec![Some(UnixMillis(T0))])));
+    // Only the durable value fills the cache; the answer is the maximum.
+    assert_eq!(store(&e[0]).1, reg(RegistryOp::SetLastSeen { user: uid("dave"), last_seen: UnixMillis(T0) }));
+    assert_eq!(
+        text_of(&e[1]),
+        r#"{"type":"presence","id":1,"users":[{"user":"dave","online":false,"last_seen":"2024-01-15T09:42:00.005Z"},{"user":"erin","online":false,"last_seen":"2024-01-15T09:42:00.003Z"}]}"#
     );
 }

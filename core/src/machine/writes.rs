@@ -37,6 +37,13 @@ pub(super) struct Session {
     retry_at: Option<MonoTime>,
 }
 
+impl DurableWrite {
+    /// `value` (or a newer one) is acknowledged by the durable store.
+    pub(super) fn is_durable(&self, value: UnixMillis) -> bool {
+        self.acked.is_some_and(|a| a >= value)
+    }
+}
+
 impl Session {
     pub(super) fn new(user: UserId, id: SessionId) -> Self {
         Session {
@@ -108,8 +115,8 @@ pub(super) enum InFlight {
     RenewLease { sent: MonoTime },
     /// The reaper's claim of an expired lease (and its next batch).
     ReapClaim,
-    /// The reaper's durable write for one user of its batch.
-    ReapDurable,
+    /// The reaper's registry record of its batch's last_seen.
+    ReapMark,
     /// The reaper's removal of its batch's entries.
     ReapRemove,
 }
@@ -142,7 +149,7 @@ impl Presence {
         self.queue_durable(user, last_seen);
     }
 
-    fn queue_durable(&mut self, user: UserId, value: UnixMillis) {
+    pub(super) fn queue_durable(&mut self, user: UserId, value: UnixMillis) {
         match self.durable.get_mut(&user) {
             Some(w) => w.value = w.value.max(value),
             None => {
@@ -250,7 +257,7 @@ impl Presence {
             }
             InFlight::RenewLease { sent } => self.lease_renewed(sent, result),
             InFlight::ReapClaim => self.reap_claimed(result),
-            InFlight::ReapDurable => self.reap_durable_done(&result),
+            InFlight::ReapMark => self.reap_marked(result),
             InFlight::ReapRemove => self.reap_removed(result),
         }
     }
@@ -328,6 +335,7 @@ impl Presence {
         }
         // Next: a newer value to write, the refresh, or nothing (the entry is removed).
         self.dirty_durable.insert(user);
+        self.reap_check_durable();
     }
 
     fn schedule_retry(&mut self, key: RetryKey) {

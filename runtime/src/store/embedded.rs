@@ -1,7 +1,10 @@
 //! The embedded defaults: what `cargo run` uses when no Redis and no DynamoDB are configured.
 //!
-//! - [`MemoryRegistry`] plays Redis: per user a map session id -> server id, and a cached
-//!   last_seen, with the same semantics as the Lua scripts (owner-only removal, max-register).
+//! - [`MemoryRegistry`] plays Redis: per user a map session id -> server id, a cached last_seen
+//!   and a pending one, with the same semantics as the Lua scripts (owner-only removal,
+//!   max-register, the cache created only from durable values). It starts empty, like a Redis
+//!   that lost its data, while the durable store keeps its values: the same cache-fill rule
+//!   applies.
 //!   It lives in this process, so it can never lose its data while the process runs:
 //!   [`RegistryStore::restarts`] never changes. One process is the only server, so its lease
 //!   (token 1) is always live and there is never anything to reap.
@@ -38,8 +41,11 @@ struct UserState {
     sessions: BTreeMap<String, String>,
     /// `ws_lease:{user}`: session id -> lease token.
     leases: BTreeMap<String, LeaseToken>,
-    /// `last_seen:{user}`, already clamped to the wire range like the Redis string is.
+    /// `last_seen:{user}`, already clamped to the wire range like the Redis string is. Created
+    /// only from durable values, like the Redis cache (docs/STORES.md, "Cache fill").
     last_seen: Option<UnixMillis>,
+    /// `last_seen_pending:{user}`: session ends recorded while `last_seen` was absent.
+    pending: Option<UnixMillis>,
 }
 
 /// In-process registry with the Redis executor's semantics. The default when no Redis is set.
@@ -94,7 +100,7 @@ impl MemoryRegistry {
                 let state = users.entry(user.clone()).or_default();
                 state.sessions.remove(session.as_str());
                 state.leases.remove(session.as_str());
-                max_register(&mut state.last_seen, last_seen);
+                state.record_end(last_seen);
                 StoreOutput::Done
             }
             RegistryOp::RenewLease { .. } => StoreOutput::Lease(LeaseView {
@@ -102,10 +108,15 @@ impl MemoryRegistry {
                 live: vec![EMBEDDED_LEASE],
                 expired: Vec::new(),
             }),
+            // One server: no other lease ever expires, so there is never anything to reap.
             RegistryOp::ClaimReap { .. } => StoreOutput::Reap(None),
-            RegistryOp::Reap { .. } => StoreOutput::Done,
+            RegistryOp::MarkReaped { .. } | RegistryOp::Reap { .. } => StoreOutput::Done,
             RegistryOp::SetLastSeen { user, last_seen } => {
-                max_register(&mut users.entry(user).or_default().last_seen, last_seen);
+                let state = users.entry(user).or_default();
+                max_register(&mut state.last_seen, last_seen);
+                if state.pending.is_some_and(|p| Some(p) <= state.last_seen) {
+                    state.pending = None;
+                }
                 StoreOutput::Done
             }
             RegistryOp::Read { users: wanted } => StoreOutput::Registry(
@@ -115,11 +126,23 @@ impl MemoryRegistry {
                         Some(state) => RegistryEntry {
                             leases: state.leases.values().copied().collect(),
                             last_seen: state.last_seen,
+                            pending: state.pending,
                         },
-                        None => RegistryEntry { leases: Vec::new(), last_seen: None },
+                        None => RegistryEntry { leases: Vec::new(), last_seen: None, pending: None },
                     })
                     .collect(),
             ),
+        }
+    }
+}
+
+impl UserState {
+    /// A session end: into the cache if present, else into the pending value.
+    fn record_end(&mut self, value: UnixMillis) {
+        if self.last_seen.is_some() {
+            max_register(&mut self.last_seen, value);
+        } else {
+            max_register(&mut self.pending, value);
         }
     }
 }
@@ -295,9 +318,17 @@ mod tests {
         UserId::new(s).unwrap()
     }
 
-    /// An entry with `sessions` sessions under the embedded lease.
+    /// An entry with `sessions` sessions under the embedded lease, a cached and a pending value.
     fn entry(sessions: usize, last_seen: Option<i64>) -> RegistryEntry {
-        RegistryEntry { leases: vec![EMBEDDED_LEASE; sessions], last_seen: last_seen.map(UnixMillis) }
+        pending_entry(sessions, last_seen, None)
+    }
+
+    fn pending_entry(sessions: usize, last_seen: Option<i64>, pending: Option<i64>) -> RegistryEntry {
+        RegistryEntry {
+            leases: vec![EMBEDDED_LEASE; sessions],
+            last_seen: last_seen.map(UnixMillis),
+            pending: pending.map(UnixMillis),
+        }
     }
 
     async fn read(reg: &MemoryRegistry, users: &[&str]) -> Vec<RegistryEntry> {
@@ -326,7 +357,9 @@ mod tests {
         };
         assert_eq!(reg.execute(end.clone()).await, Ok(StoreOutput::Done));
         assert_eq!(reg.sessions(&user("bob")), vec![("s2".to_owned(), "srv-1".to_owned())]);
-        assert_eq!(read(&reg, &["bob"]).await, vec![entry(1, Some(1_000))]);
+        // No cached value yet: the end goes to the pending value (the cache is created only from
+        // durable values).
+        assert_eq!(read(&reg, &["bob"]).await, vec![pending_entry(1, None, Some(1_000))]);
 
         // Idempotent, and ending the last session makes the user offline.
         assert_eq!(reg.execute(end).await, Ok(StoreOutput::Done));
@@ -337,7 +370,23 @@ mod tests {
             token: None,
         };
         assert_eq!(reg.execute(end2).await, Ok(StoreOutput::Done));
+        assert_eq!(read(&reg, &["bob"]).await, vec![pending_entry(0, None, Some(2_000))]);
+
+        // A durable value fills the cache; the pending value goes once the cache covers it, and
+        // ends go to the cache from then on.
+        let set = |t: i64| RegistryOp::SetLastSeen { user: user("bob"), last_seen: UnixMillis(t) };
+        reg.execute(set(1_500)).await.unwrap();
+        assert_eq!(read(&reg, &["bob"]).await, vec![pending_entry(0, Some(1_500), Some(2_000))]);
+        reg.execute(set(2_000)).await.unwrap();
         assert_eq!(read(&reg, &["bob"]).await, vec![entry(0, Some(2_000))]);
+        let end3 = RegistryOp::EndSession {
+            user: user("bob"),
+            session: SessionId::new("s3"),
+            last_seen: UnixMillis(3_000),
+            token: None,
+        };
+        reg.execute(end3).await.unwrap();
+        assert_eq!(read(&reg, &["bob"]).await, vec![entry(0, Some(3_000))]);
     }
 
     #[tokio::test]

@@ -6,7 +6,11 @@
 //! - `ws:{<user>}`: a hash, field = session id, value = the server id holding the session.
 //!   Absent or empty = offline.
 //! - `last_seen:{<user>}`: a string, RFC 3339 UTC with milliseconds, fixed width
-//!   (`2024-01-15T09:42:00.000Z`), so string order is time order.
+//!   (`2024-01-15T09:42:00.000Z`), so string order is time order. Created only from a durable
+//!   value (docs/STORES.md, "Cache fill").
+//! - `last_seen_pending:{<user>}`: same format; session ends recorded while `last_seen:{<user>}`
+//!   was absent (readers answer the maximum of both, and of DynamoDB when the cache is absent);
+//!   deleted once the cache covers it.
 //! - `ws_lease:{<user>}`: a hash beside `ws:{<user>}`, field = session id, value = the fencing
 //!   token (decimal) of the server lease the session was registered under. Readers count a session
 //!   online only while that lease is live.
@@ -31,12 +35,13 @@
 //! | op                        | Redis                                                             |
 //! |---------------------------|-------------------------------------------------------------------|
 //! | `Register`                | `SADD sessions:{lease}`, then a pipeline `HSET ws_lease:{u}` + `HSET ws:{u}` |
-//! | `EndSession`              | script [`END_SESSION_LUA`]: `HDEL` both hashes + max-register, then `SREM sessions:{lease}` |
-//! | `SetLastSeen`             | script [`MAX_REGISTER_LUA`]                                       |
-//! | `Read` (single node)      | one pipeline of `HVALS ws_lease:{u}` + `GET last_seen:{u}` for all users |
-//! | `Read` (cluster)          | one `HVALS` + `GET` pipeline per user (same slot), all in parallel |
+//! | `EndSession`              | script [`END_SESSION_LUA`]: `HDEL` both hashes + record the end, then `SREM sessions:{lease}` |
+//! | `SetLastSeen`             | script [`SET_LAST_SEEN_LUA`]                                      |
+//! | `Read` (single node)      | one pipeline of `HVALS ws_lease:{u}` + `GET last_seen:{u}` + `GET last_seen_pending:{u}` for all users |
+//! | `Read` (cluster)          | one such pipeline per user (same slot), all in parallel           |
 //! | `RenewLease`              | script [`RENEW_LEASE_LUA`]                                        |
 //! | `ClaimReap`               | script [`CLAIM_REAP_LUA`], `SRANDMEMBER sessions:{lease}`, `HGET ws_lease:{u}` per session; or [`DROP_LEASE_LUA`] when the index is empty |
+//! | `MarkReaped`              | script [`REAP_MARK_LUA`] per session (in parallel)                |
 //! | `Reap`                    | script [`REAP_LUA`] per held session (in parallel), then `SREM sessions:{lease}` |
 //!
 //! Scripts run with `EVALSHA`; after a Redis restart (or `SCRIPT FLUSH`) the script cache is empty
@@ -129,6 +134,12 @@ pub fn last_seen_key(user: &UserId) -> String {
     format!("last_seen:{{{user}}}")
 }
 
+/// The pending last_seen key of `user`: `last_seen_pending:{<user>}` (session ends recorded while
+/// `last_seen:{<user>}` was absent).
+pub fn pending_key(user: &UserId) -> String {
+    format!("last_seen_pending:{{{user}}}")
+}
+
 /// The lease hash of `user`: `ws_lease:{<user>}` (session id -> lease token).
 pub fn ws_lease_key(user: &UserId) -> String {
     format!("ws_lease:{{{user}}}")
@@ -163,45 +174,65 @@ fn index_member(user: &UserId, session: &SessionId) -> String {
     format!("{user} {}", session.as_str())
 }
 
-/// The max-register body shared by the scripts: set `KEYS[ls]` to `ARGV[ts]` unless it already
-/// holds a well-formed timestamp that is not older. Returns 1 if it wrote, 0 if not.
-macro_rules! max_register_lua {
-    ($ls:literal, $ts:literal) => {
+/// Lua helpers shared by the scripts. `wf(v)`: `v` is a well-formed fixed-width timestamp (a
+/// malformed value reads as absent, so overwriting it loses nothing). `max_into(key, ts)`: the
+/// max-register, creating the key; 1 if it wrote. `record_end(cache, pending, ts)`: a session
+/// end's value goes into the cache if the cache is present, else into the pending key (an absent
+/// cache may be below DynamoDB's value, so it is only ever created from a durable value).
+macro_rules! lua_helpers {
+    () => {
         concat!(
-            "local cur = redis.call('GET', KEYS[",
-            $ls,
-            "])\n",
-            "if cur and string.len(cur) == 24 and ",
-            "string.find(cur, '^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d%.%d%d%dZ$') and ",
-            "cur >= ARGV[",
-            $ts,
-            "] then\n",
-            "  return 0\n",
+            "local function wf(v)\n",
+            "  return v and string.len(v) == 24 and ",
+            "string.find(v, '^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d%.%d%d%dZ$') ~= nil\n",
             "end\n",
-            "redis.call('SET', KEYS[",
-            $ls,
-            "], ARGV[",
-            $ts,
-            "])\n",
-            "return 1\n",
+            "local function max_into(key, ts)\n",
+            "  local cur = redis.call('GET', key)\n",
+            "  if wf(cur) and cur >= ts then return 0 end\n",
+            "  redis.call('SET', key, ts)\n",
+            "  return 1\n",
+            "end\n",
+            "local function record_end(cache, pending, ts)\n",
+            "  if wf(redis.call('GET', cache)) then return max_into(cache, ts) end\n",
+            "  return max_into(pending, ts)\n",
+            "end\n",
         )
     };
 }
 
-/// `SetLastSeen`: `KEYS[1]` = `last_seen:{u}`, `ARGV[1]` = the fixed-width timestamp.
+/// `SetLastSeen`: `KEYS[1]` = `last_seen:{u}`, `KEYS[2]` = `last_seen_pending:{u}`, `ARGV[1]` =
+/// the fixed-width timestamp (a durable value). Max-register of the cache, creating it; then the
+/// pending value is dropped if the cache covers it. Returns 1 if the cache was written.
 ///
 /// Public so a test double (the simulator's Redis) can recognise it by its SHA-1.
-pub const MAX_REGISTER_LUA: &str = max_register_lua!("1", "1");
+pub const SET_LAST_SEEN_LUA: &str = concat!(
+    lua_helpers!(),
+    "local wrote = max_into(KEYS[1], ARGV[1])\n",
+    "local p = redis.call('GET', KEYS[2])\n",
+    "if p and ((not wf(p)) or p <= redis.call('GET', KEYS[1])) then redis.call('DEL', KEYS[2]) end\n",
+    "return wrote\n",
+);
 
 /// `EndSession`: `KEYS[1]` = `ws:{u}`, `KEYS[2]` = `last_seen:{u}`, `KEYS[3]` = `ws_lease:{u}`,
-/// `ARGV[1]` = session id, `ARGV[2]` = the fixed-width timestamp. `HDEL` of this session's fields
-/// only, then the max-register, atomically (one script, one slot). After Redis lost its data this
-/// value may be below the durable one; the core then raises the cache to the durable value once
-/// DynamoDB answers (docs/STORES.md, "Cache fill").
+/// `KEYS[4]` = `last_seen_pending:{u}`, `ARGV[1]` = session id, `ARGV[2]` = the fixed-width
+/// timestamp. `HDEL` of this session's fields only, then `record_end`, atomically (one script, one
+/// slot; docs/STORES.md, "Cache fill").
 pub const END_SESSION_LUA: &str = concat!(
+    lua_helpers!(),
     "redis.call('HDEL', KEYS[1], ARGV[1])\n",
     "redis.call('HDEL', KEYS[3], ARGV[1])\n",
-    max_register_lua!("2", "2")
+    "return record_end(KEYS[2], KEYS[4], ARGV[2])\n",
+);
+
+/// `MarkReaped`, per session: `KEYS[1]` = `ws_lease:{u}`, `KEYS[2]` = `last_seen:{u}`,
+/// `KEYS[3]` = `last_seen_pending:{u}`; `ARGV[1]` = session, `ARGV[2]` = the dead lease's token,
+/// `ARGV[3]` = the fixed-width timestamp of its last renewal. If the session is still held under
+/// that lease, `record_end` its value and return 1; else 0.
+pub const REAP_MARK_LUA: &str = concat!(
+    lua_helpers!(),
+    "if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end\n",
+    "record_end(KEYS[2], KEYS[3], ARGV[3])\n",
+    "return 1\n",
 );
 
 /// The Redis clock in Unix milliseconds, as a Lua local `now`.
@@ -264,27 +295,20 @@ pub const DROP_LEASE_LUA: &str = concat!(
     "return 1\n",
 );
 
-/// `Reap`, per session: `KEYS[1]` = `ws:{u}`, `KEYS[2]` = `ws_lease:{u}`, `KEYS[3]` =
-/// `last_seen:{u}`; `ARGV[1]` = session, `ARGV[2]` = the dead lease's token, `ARGV[3]` = the
-/// fixed-width timestamp. Compare-and-delete on the fencing token, then raise the cached last_seen
-/// if it is present and older (an absent one sends readers to DynamoDB, which holds at least this).
+/// `Reap`, per held session: `KEYS[1]` = `ws:{u}`, `KEYS[2]` = `ws_lease:{u}`; `ARGV[1]` =
+/// session, `ARGV[2]` = the dead lease's token. Compare-and-delete on the fencing token.
 pub const REAP_LUA: &str = concat!(
-    "if redis.call('HGET', KEYS[2], ARGV[1]) == ARGV[2] then\n",
-    "  redis.call('HDEL', KEYS[1], ARGV[1])\n",
-    "  redis.call('HDEL', KEYS[2], ARGV[1])\n",
-    "end\n",
-    "local cur = redis.call('GET', KEYS[3])\n",
-    "if cur and string.len(cur) == 24 and ",
-    "string.find(cur, '^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d%.%d%d%dZ$') and cur < ARGV[3] then\n",
-    "  redis.call('SET', KEYS[3], ARGV[3])\n",
-    "end\n",
+    "if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end\n",
+    "redis.call('HDEL', KEYS[1], ARGV[1])\n",
+    "redis.call('HDEL', KEYS[2], ARGV[1])\n",
     "return 1\n",
 );
 
 /// The compiled scripts (`Script` precomputes the SHA-1 `EVALSHA` needs).
 struct Scripts {
-    max_register: Script,
+    set_last_seen: Script,
     end_session: Script,
+    reap_mark: Script,
     renew: Script,
     claim: Script,
     drop_lease: Script,
@@ -294,8 +318,9 @@ struct Scripts {
 impl Scripts {
     fn new() -> Scripts {
         Scripts {
-            max_register: Script::new(MAX_REGISTER_LUA),
+            set_last_seen: Script::new(SET_LAST_SEEN_LUA),
             end_session: Script::new(END_SESSION_LUA),
+            reap_mark: Script::new(REAP_MARK_LUA),
             renew: Script::new(RENEW_LEASE_LUA),
             claim: Script::new(CLAIM_REAP_LUA),
             drop_lease: Script::new(DROP_LEASE_LUA),
@@ -355,6 +380,7 @@ where
                 .key(ws_key(&user))
                 .key(last_seen_key(&user))
                 .key(ws_lease_key(&user))
+                .key(pending_key(&user))
                 .arg(session.as_str())
                 .arg(last_seen.to_rfc3339())
                 .invoke_async::<i64>(&mut conn)
@@ -382,7 +408,7 @@ where
                 .await?;
             parse_lease_view(reply)
         }
-        RegistryOp::ClaimReap { lease, ttl, batch } => {
+        RegistryOp::ClaimReap { lease, ttl, batch, ceiling } => {
             let renewed = scripts
                 .claim
                 .key(LEASES_KEY)
@@ -396,6 +422,8 @@ where
             let (Some(renewed), Some(token)) = (renewed, lease_token(&lease)) else {
                 return Ok(StoreOutput::Reap(None));
             };
+            // A dead server's clock may have been ahead of ours: never record past our now.
+            let last_seen = UnixMillis(renewed).min(ceiling);
             let members = redis::cmd("SRANDMEMBER")
                 .arg(lease_index_key(&lease))
                 .arg(batch.max(1))
@@ -431,15 +459,26 @@ where
             if stray > 0 {
                 tracing::warn!(%lease, stray, "unparseable members in a lease index: left alone");
             }
-            Ok(StoreOutput::Reap(Some(ReapBatch { token, last_seen: UnixMillis(renewed), sessions })))
+            Ok(StoreOutput::Reap(Some(ReapBatch { token, last_seen, sessions })))
         }
-        RegistryOp::Reap { lease, token, last_seen, sessions } => {
+        RegistryOp::MarkReaped { token, last_seen, sessions } => {
             let ts = last_seen.to_rfc3339();
+            let marks = sessions.iter().map(|(user, session)| {
+                let mut conn = conn.clone();
+                let mut call = scripts.reap_mark.prepare_invoke();
+                call.key(ws_lease_key(user)).key(last_seen_key(user)).key(pending_key(user));
+                call.arg(session.as_str()).arg(token.0).arg(&ts);
+                async move { call.invoke_async::<i64>(&mut conn).await }
+            });
+            futures_util::future::try_join_all(marks).await?;
+            Ok(StoreOutput::Done)
+        }
+        RegistryOp::Reap { lease, token, sessions, .. } => {
             let reaps = sessions.iter().filter(|s| s.2).map(|(user, session, _)| {
                 let mut conn = conn.clone();
                 let mut call = scripts.reap.prepare_invoke();
-                call.key(ws_key(user)).key(ws_lease_key(user)).key(last_seen_key(user));
-                call.arg(session.as_str()).arg(token.0).arg(&ts);
+                call.key(ws_key(user)).key(ws_lease_key(user));
+                call.arg(session.as_str()).arg(token.0);
                 async move { call.invoke_async::<i64>(&mut conn).await }
             });
             futures_util::future::try_join_all(reaps).await?;
@@ -455,8 +494,9 @@ where
         }
         RegistryOp::SetLastSeen { user, last_seen } => {
             scripts
-                .max_register
+                .set_last_seen
                 .key(last_seen_key(&user))
+                .key(pending_key(&user))
                 .arg(last_seen.to_rfc3339())
                 .invoke_async::<i64>(&mut conn)
                 .await?;
@@ -472,6 +512,7 @@ where
                     for user in &users {
                         pipe.cmd("HVALS").arg(ws_lease_key(user));
                         pipe.cmd("GET").arg(last_seen_key(user));
+                        pipe.cmd("GET").arg(pending_key(user));
                     }
                     pipe.query_async::<Vec<Value>>(&mut conn).await?
                 }
@@ -481,22 +522,23 @@ where
                         let mut pipe = redis::pipe();
                         pipe.cmd("HVALS").arg(ws_lease_key(user));
                         pipe.cmd("GET").arg(last_seen_key(user));
+                        pipe.cmd("GET").arg(pending_key(user));
                         async move { pipe.query_async::<Vec<Value>>(&mut conn).await }
                     });
                     futures_util::future::try_join_all(reads).await?.into_iter().flatten().collect()
                 }
             };
-            if values.len() != users.len() * 2 {
+            if values.len() != users.len() * 3 {
                 return Err(RedisError::from((
                     ErrorKind::UnexpectedReturnType,
                     "registry read: wrong number of replies",
-                    format!("expected {}, got {}", users.len() * 2, values.len()),
+                    format!("expected {}, got {}", users.len() * 3, values.len()),
                 )));
             }
             let entries = users
                 .iter()
-                .zip(values.chunks_exact(2))
-                .map(|(user, pair)| parse_entry(user, &pair[0], &pair[1]))
+                .zip(values.chunks_exact(3))
+                .map(|(user, r)| parse_entry(user, &r[0], &r[1], &r[2]))
                 .collect::<RedisResult<Vec<_>>>()?;
             Ok(StoreOutput::Registry(entries))
         }
@@ -524,12 +566,17 @@ fn parse_member(member: &str) -> Option<(UserId, SessionId)> {
     Some((UserId::new(user).ok()?, SessionId::new(session)))
 }
 
-/// Turns the `HVALS ws_lease` and `GET` replies of one user into an entry.
+/// Turns the `HVALS ws_lease` and two `GET` replies of one user into an entry.
 ///
 /// A wrong `HVALS` reply, or a token that is not a number, is an error (something else owns the
 /// key: do not guess "offline"); a `last_seen` that is not a fixed-width timestamp is logged and
 /// reported as absent, so the core falls back to the durable store and the backfill overwrites it.
-fn parse_entry(user: &UserId, tokens: &Value, last_seen: &Value) -> RedisResult<RegistryEntry> {
+fn parse_entry(
+    user: &UserId,
+    tokens: &Value,
+    last_seen: &Value,
+    pending: &Value,
+) -> RedisResult<RegistryEntry> {
     let wrong = |what: String| {
         RedisError::from((ErrorKind::UnexpectedReturnType, "registry read: bad ws_lease reply", what))
     };
@@ -543,25 +590,27 @@ fn parse_entry(user: &UserId, tokens: &Value, last_seen: &Value) -> RedisResult<
             .collect::<RedisResult<Vec<_>>>()?,
         other => return Err(wrong(format!("{}: {other:?}", ws_lease_key(user)))),
     };
-    let text = match last_seen {
+    let last_seen = parse_timestamp(&last_seen_key(user), last_seen);
+    let pending = parse_timestamp(&pending_key(user), pending);
+    Ok(RegistryEntry { leases, last_seen, pending })
+}
+
+/// A `GET` of a timestamp key: `None` if absent, or (logged) if not a fixed-width timestamp.
+fn parse_timestamp(key: &str, v: &Value) -> Option<UnixMillis> {
+    let text = match v {
         Value::Nil => None,
         Value::BulkString(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
         Value::SimpleString(s) => Some(s.clone()),
         Value::VerbatimString { text, .. } => Some(text.clone()),
         other => Some(format!("{other:?}")),
     };
-    let last_seen = text.and_then(|s| {
+    text.and_then(|s| {
         let parsed = UnixMillis::parse_rfc3339(&s);
         if parsed.is_none() {
-            tracing::warn!(
-                key = %last_seen_key(user),
-                value = %s.escape_debug(),
-                "unparseable last_seen in redis: treated as absent"
-            );
+            tracing::warn!(%key, value = %s.escape_debug(), "unparseable timestamp in redis: treated as absent");
         }
         parsed
-    });
-    Ok(RegistryEntry { leases, last_seen })
+    })
 }
 
 /// How a failed command maps to the core's error, and whether the connection is now suspect.
@@ -1323,10 +1372,10 @@ mod tests {
     #[test]
     fn scripts_are_what_we_think() {
         assert!(END_SESSION_LUA
-            .starts_with("redis.call('HDEL', KEYS[1], ARGV[1])\nredis.call('HDEL', KEYS[3], ARGV[1])\n"));
-        assert!(END_SESSION_LUA.contains("GET', KEYS[2]"));
-        assert!(MAX_REGISTER_LUA.contains("cur >= ARGV[1]"));
-        assert!(!MAX_REGISTER_LUA.contains("KEYS[2]"));
+            .contains("redis.call('HDEL', KEYS[1], ARGV[1])\nredis.call('HDEL', KEYS[3], ARGV[1])\n"));
+        assert!(END_SESSION_LUA.ends_with("return record_end(KEYS[2], KEYS[4], ARGV[2])\n"));
+        assert!(SET_LAST_SEEN_LUA.contains("local wrote = max_into(KEYS[1], ARGV[1])"));
+        assert!(REAP_LUA.starts_with("if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end"));
     }
 
     #[test]
@@ -1353,17 +1402,22 @@ mod tests {
         let bob = UserId::new("bob").unwrap();
         let ts = Value::BulkString(b"2024-01-15T09:42:00.000Z".to_vec());
         assert_eq!(
-            parse_entry(&bob, &Value::Array(vec![Value::BulkString(b"17".to_vec())]), &ts).unwrap(),
-            RegistryEntry { leases: vec![LeaseToken(17)], last_seen: Some(UnixMillis(1_705_311_720_000)) }
+            parse_entry(&bob, &Value::Array(vec![Value::BulkString(b"17".to_vec())]), &ts, &Value::Nil)
+                .unwrap(),
+            RegistryEntry {
+                leases: vec![LeaseToken(17)],
+                last_seen: Some(UnixMillis(1_705_311_720_000)),
+                pending: None
+            }
         );
         let garbage = Value::BulkString(b"yesterday".to_vec());
         assert_eq!(
-            parse_entry(&bob, &Value::Array(vec![]), &garbage).unwrap(),
-            RegistryEntry { leases: vec![], last_seen: None }
+            parse_entry(&bob, &Value::Array(vec![]), &garbage, &ts).unwrap(),
+            RegistryEntry { leases: vec![], last_seen: None, pending: Some(UnixMillis(1_705_311_720_000)) }
         );
-        assert!(parse_entry(&bob, &Value::Nil, &Value::Nil).is_err());
+        assert!(parse_entry(&bob, &Value::Nil, &Value::Nil, &Value::Nil).is_err());
         let not_a_token = Value::Array(vec![Value::BulkString(b"ws-1".to_vec())]);
-        assert!(parse_entry(&bob, &not_a_token, &Value::Nil).is_err());
+        assert!(parse_entry(&bob, &not_a_token, &Value::Nil, &Value::Nil).is_err());
     }
 
     #[test]
