@@ -58,8 +58,9 @@ fn main() -> ExitCode {
                 );
             }
         }
+        let reaped = o.verdict.counts.get("I2 checks (reaped session)").copied().unwrap_or(0);
         println!(
-            "seed {seed} hash {:016x} lines {} conns {} answers {} {status}",
+            "seed {seed} hash {:016x} lines {} conns {} answers {} reaped {reaped} {status}",
             o.hash, o.trace_lines, o.conns, o.answers
         );
         if !o.violations.is_empty() || keep_trace {

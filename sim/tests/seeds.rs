@@ -10,10 +10,13 @@
 
 use presence_sim::{replay_line, run_seed, write_trace, Params, Plant};
 
-/// Seeds that fail because of a known product bug (see docs/SIMULATION.md, "Findings"). The
-/// stale-cache bug the sim found (seeds 11, 74, 78, 108, 131) is mitigated; those seeds are outside
-/// the debug seed range and were not re-run after the mitigation.
+/// Seeds that fail because of a known product bug (see docs/SIMULATION.md, "Findings"). None now:
+/// the stale-cache bug the sim found (seeds 11, 74, 78, 108, 131) is fixed.
 const KNOWN: &[(u64, &str)] = &[];
+
+/// Seeds with server crashes that leave sessions for the reaper (found with the runner; see
+/// `crash_seeds_are_reaped`).
+const CRASH_SEEDS: &[u64] = &[5, 7, 17, 21];
 
 fn seed_count() -> u64 {
     match std::env::var("PRESENCE_SIM_SEEDS").ok().and_then(|s| s.parse().ok()) {
@@ -85,4 +88,19 @@ fn planted_bugs_are_caught() {
             None => panic!("{plant:?} was not caught within {within} seeds"),
         }
     }
+}
+
+/// Issue 6's crash seeds: servers are killed mid-run in these seeds (the nemesis's server crashes);
+/// their sessions must be reaped at the lease bounds (I2 with the renewal slack, I4 with the lease
+/// bound, I7 live in the Redis host), and the check must actually have looked at reaped sessions.
+#[test]
+fn crash_seeds_are_reaped() {
+    let params = Params::default();
+    let mut reaped_checks = 0;
+    for seed in CRASH_SEEDS {
+        let o = run_seed(*seed, &params, false);
+        assert!(o.violations.is_empty(), "seed {seed}: {:?}\n  replay: {}", o.violations, replay_line(*seed));
+        reaped_checks += o.verdict.counts.get("I2 checks (reaped session)").copied().unwrap_or(0);
+    }
+    assert!(reaped_checks >= CRASH_SEEDS.len() as u64, "only {reaped_checks} reaped sessions were checked");
 }
