@@ -48,6 +48,11 @@ pub struct Config {
     pub lease_renew_interval: Duration,
     /// Sessions of a dead server reaped per registry round trip. Default 256.
     pub reap_batch: usize,
+    /// Most users one connection may watch (`subscribe`); past it, `too_many_users`. Default 1,000.
+    pub max_watched_users: usize,
+    /// A watched user whose last session ends is shown offline only if not back within this; a
+    /// quick reconnect shows watchers nothing. Default 5 s (zero: no grace).
+    pub presence_grace: Duration,
     /// Decoder bounds (frame size, users per frame).
     pub limits: Limits,
 }
@@ -70,6 +75,8 @@ impl Default for Config {
             lease_ttl: Duration::from_secs(10),
             lease_renew_interval: Duration::from_secs(3),
             reap_batch: 256,
+            max_watched_users: 1_000,
+            presence_grace: Duration::from_secs(5),
             limits: Limits::default(),
         }
     }

@@ -45,6 +45,14 @@ enum Step {
     /// Complete the in-flight op at this index: 0 ok, 1 failed, 2 applied but reported timed out.
     Complete(usize, u8),
     RegistryRestart,
+    /// A connection subscribes to these users (JSON `subscribe`, id 9).
+    Subscribe(usize, Vec<usize>),
+    /// A connection unsubscribes.
+    Unsubscribe(usize, Vec<usize>),
+    /// A change notice for a user (pub/sub), whether or not anything changed.
+    Changed(usize),
+    /// The change channel reconnected: notices may have been lost.
+    Resync,
     /// The registry lets our lease expire (it saw no renewal for a TTL: a partition); the server
     /// must get a new one, register again under it and reap the old one, fenced.
     LeaseExpires,
@@ -67,6 +75,10 @@ fn step() -> impl Strategy<Value = Step> {
             .prop_map(|(i, o)| Step::Complete(i, o)),
         1 => Just(Step::RegistryRestart),
         1 => Just(Step::LeaseExpires),
+        2 => (any::<usize>(), prop::collection::vec(0..USERS.len(), 0..3)).prop_map(|(c, u)| Step::Subscribe(c, u)),
+        1 => (any::<usize>(), prop::collection::vec(0..USERS.len(), 0..2)).prop_map(|(c, u)| Step::Unsubscribe(c, u)),
+        2 => (0..USERS.len()).prop_map(Step::Changed),
+        1 => Just(Step::Resync),
     ]
 }
 
@@ -103,6 +115,12 @@ struct Harness {
     /// Values the reaper recorded (a dead lease's last renewal): durable writes of these are not
     /// held to the monotone order of the values this server records for its own sessions.
     reaped: BTreeSet<(UserId, UnixMillis)>,
+    /// Users the core subscribed to on the change channel (`Watch` minus `Unwatch`).
+    watched: BTreeSet<UserId>,
+    /// Per connection, what it was last shown of each user (snapshots and pushes).
+    shown: BTreeMap<ConnId, BTreeMap<String, (bool, Option<String>)>>,
+    /// The answers to the harness's own lookups.
+    lookups: Vec<Vec<(String, bool, Option<String>)>>,
 }
 
 impl Harness {
@@ -131,6 +149,9 @@ impl Harness {
             restarts: 0,
             peak_live: 0,
             reaped: BTreeSet::new(),
+            watched: BTreeSet::new(),
+            shown: BTreeMap::new(),
+            lookups: Vec::new(),
         }
     }
 
@@ -180,8 +201,25 @@ impl Harness {
 
     fn check_effect(&mut self, e: Effect) -> Result<(), TestCaseError> {
         match e {
-            Effect::LookupDone { .. } => {}
-            Effect::Send { conn, .. } | Effect::Ping { conn } => {
+            Effect::LookupDone { result, .. } => {
+                if let Ok(users) = result {
+                    let l = users
+                        .iter()
+                        .map(|e| (e.user.to_string(), e.online, e.last_seen.map(|t| t.to_rfc3339())));
+                    self.lookups.push(l.collect());
+                }
+            }
+            Effect::Watch { user } => {
+                prop_assert!(self.watched.insert(user.clone()), "second Watch of {}", user);
+            }
+            Effect::Unwatch { user } => {
+                prop_assert!(self.watched.remove(&user), "Unwatch of {} not watched", user);
+            }
+            Effect::Send { conn, message } => {
+                prop_assert!(self.live.contains_key(&conn), "effect for closed connection {:?}", conn);
+                self.record_shown(conn, &message);
+            }
+            Effect::Ping { conn } => {
                 prop_assert!(self.live.contains_key(&conn), "effect for closed connection {:?}", conn);
             }
             Effect::Close { conn, reason, .. } => match self.live.get(&conn) {
@@ -230,6 +268,25 @@ impl Harness {
         Ok(())
     }
 
+    /// Snapshots (`presence` with id 9) and pushes (no id) update what the connection was shown.
+    fn record_shown(&mut self, conn: ConnId, message: &presence_core::OutMessage) {
+        let (bytes, encoding) = match message {
+            presence_core::OutMessage::Text(t) => (t.as_bytes(), Encoding::Json),
+            presence_core::OutMessage::Binary(b) => (b.as_slice(), Encoding::Binary),
+        };
+        let limits = presence_core::frame::Limits::default();
+        let frame =
+            presence_core::codec::decode(bytes, encoding, &limits).expect("the core sends valid frames");
+        let presence_core::frame::Frame::Presence { id, users } = frame else { return };
+        if !(id.is_none() || id == Some(9)) {
+            return;
+        }
+        let shown = self.shown.entry(conn).or_default();
+        for e in users {
+            shown.insert(e.user.to_string(), (e.online, e.last_seen.map(|t| t.to_rfc3339())));
+        }
+    }
+
     fn check_monotone(&mut self, user: &UserId, v: UnixMillis) -> Result<(), TestCaseError> {
         if let Some(prev) = self.max_recorded.get(user) {
             prop_assert!(v >= *prev, "last_seen regression for {}: {:?} then {:?}", user, prev, v);
@@ -253,6 +310,62 @@ impl Harness {
         // At the cap no session opens; each session live then adds at most a registry end and a
         // durable write when it ends.
         prop_assert!(self.p.pending_writes() <= self.config.max_pending_writes + 2 * self.peak_live);
+        Ok(())
+    }
+
+    /// After healing: notices may have been lost, so resync; past the grace, every watcher's view
+    /// of every user it watches equals what a fresh lookup answers (online exactly; last_seen
+    /// while offline), and the change channel holds exactly the users someone watches.
+    fn check_watchers(&mut self) -> Result<(), TestCaseError> {
+        self.feed(Input::Resync)?;
+        for _ in 0..16 {
+            while !self.in_flight.is_empty() {
+                self.complete(0, 0)?;
+            }
+            for conn in self.live.keys().copied().collect::<Vec<_>>() {
+                self.proof(conn);
+                self.feed(Input::Alive { conn })?;
+            }
+            self.mono_ms += 500;
+            self.wall_ms += 500;
+            self.feed(Input::Timeout)?;
+        }
+        while !self.in_flight.is_empty() {
+            self.complete(0, 0)?;
+        }
+        prop_assert_eq!(self.p.watched_users(), self.watched.len());
+        let users: Vec<UserId> = USERS.iter().map(|u| UserId::new(u).unwrap()).collect();
+        self.lookups.clear();
+        self.feed(Input::Lookup { lookup: presence_core::LookupId(77), users })?;
+        while !self.in_flight.is_empty() {
+            self.complete(0, 0)?;
+        }
+        prop_assert_eq!(self.lookups.len(), 1, "the lookup was not answered");
+        let truth: BTreeMap<String, (bool, Option<String>)> =
+            self.lookups[0].iter().map(|(u, o, l)| (u.clone(), (*o, l.clone()))).collect();
+        for (conn, shown) in &self.shown {
+            if !self.live.contains_key(conn) {
+                continue;
+            }
+            for (user, (online, last_seen)) in shown {
+                if !self.watched.contains(&UserId::new(user).unwrap()) {
+                    continue;
+                }
+                let (t_online, t_last) = &truth[user];
+                prop_assert_eq!(
+                    online,
+                    t_online,
+                    "{:?} shown {} online={}, truth {}",
+                    conn,
+                    user,
+                    online,
+                    t_online
+                );
+                if !online {
+                    prop_assert_eq!(last_seen, t_last, "{:?} shown {} last_seen", conn, user);
+                }
+            }
+        }
         Ok(())
     }
 
@@ -342,6 +455,24 @@ impl Harness {
                 self.restarts += 1;
                 self.feed(Input::RegistryRestarted)
             }
+            Step::Subscribe(c, users) => {
+                let list: Vec<String> = users.iter().map(|&u| format!("\"{}\"", USERS[u])).collect();
+                let text = format!(r#"{{"type":"subscribe","id":9,"users":[{}]}}"#, list.join(","));
+                self.message(c, Encoding::Json, text.as_bytes())
+            }
+            Step::Unsubscribe(c, users) => {
+                let list: Vec<String> = users.iter().map(|&u| format!("\"{}\"", USERS[u])).collect();
+                let text = format!(r#"{{"type":"unsubscribe","users":[{}]}}"#, list.join(","));
+                // No longer watched by this connection: what it was shown is not checked.
+                if let Some(shown) = self.pick(c).and_then(|conn| self.shown.get_mut(&conn)) {
+                    for &u in &users {
+                        shown.remove(USERS[u]);
+                    }
+                }
+                self.message(c, Encoding::Json, text.as_bytes())
+            }
+            Step::Changed(u) => self.feed(Input::Changed { user: UserId::new(USERS[u]).unwrap() }),
+            Step::Resync => self.feed(Input::Resync),
             Step::LeaseExpires => {
                 for token in self.stores.leases.keys().copied().collect::<Vec<_>>() {
                     self.stores.expire_lease(token);
@@ -413,6 +544,7 @@ impl Harness {
             want.entry(c.user.clone()).or_default().insert(c.session.clone());
         }
         prop_assert_eq!(&self.stores.registered(), &want);
+        self.check_watchers()?;
         // Every entry is under our current lease, and every expired lease was reaped.
         prop_assert!(self
             .stores

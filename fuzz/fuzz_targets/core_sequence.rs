@@ -1,10 +1,11 @@
 //! The core under arbitrary sequences of inputs: opens, raw frames, proofs of life, closes, time
 //! jumps (both clocks, both directions for the wall clock), store results in any order (ok, failed,
-//! applied-but-timed-out), registry restarts, lease expiries (and so the reaper), lookups,
-//! shutdown. Asserts: no panic; the last_seen values asked for a user never regress; no effect for
-//! a connection that is not open; pending writes stay under cap + 2 x live sessions; after
-//! healing, nothing is pending, every expired lease is reaped and the registry holds exactly the
-//! open sessions.
+//! applied-but-timed-out), registry restarts, lease expiries (and so the reaper), change
+//! notices and resyncs (subscriptions arrive as raw frames), lookups, shutdown. Asserts: no
+//! panic; the last_seen values asked for a user never regress; no effect for a connection that is
+//! not open; pending writes stay under cap + 2 x live sessions; after
+//! healing, nothing is pending, every expired lease is reaped, the registry holds exactly the
+//! open sessions, and Watch/Unwatch balance.
 #![no_main]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -29,6 +30,8 @@ enum Op {
     Complete(u8, u8),
     RegistryRestart,
     LeaseExpires,
+    Changed(u8),
+    Resync,
     Lookup(Vec<u8>),
     Shutdown,
 }
@@ -46,6 +49,8 @@ struct Run {
     in_flight: Vec<(EffectId, StoreOp)>,
     stores: MemoryStores,
     asked: BTreeMap<UserId, UnixMillis>,
+    /// Users subscribed on the change channel (`Watch` minus `Unwatch`).
+    watched: BTreeSet<UserId>,
     /// Values the reaper recorded (see `feed`).
     reaped: BTreeSet<(UserId, UnixMillis)>,
 }
@@ -61,6 +66,8 @@ impl Run {
                     self.open.remove(&conn);
                 }
                 Effect::LookupDone { .. } => {}
+                Effect::Watch { user } => assert!(self.watched.insert(user), "second Watch"),
+                Effect::Unwatch { user } => assert!(self.watched.remove(&user), "Unwatch of an unwatched user"),
                 Effect::Store { id, op } => {
                     let asked = match &op {
                         StoreOp::Registry(RegistryOp::EndSession { user, last_seen, .. }) => Some((user, last_seen)),
@@ -127,6 +134,7 @@ fuzz_target!(|ops: Vec<Op>| {
         stores: MemoryStores::default(),
         asked: BTreeMap::new(),
         reaped: BTreeSet::new(),
+        watched: BTreeSet::new(),
     };
     let mut shut = false;
     for op in ops.into_iter().take(500) {
@@ -166,6 +174,11 @@ fuzz_target!(|ops: Vec<Op>| {
                 r.stores.lose_registry();
                 r.feed(Input::RegistryRestarted);
             }
+            Op::Changed(u) => {
+                let user = UserId::new(USERS[usize::from(u) % USERS.len()]).unwrap();
+                r.feed(Input::Changed { user });
+            }
+            Op::Resync => r.feed(Input::Resync),
             Op::LeaseExpires => {
                 for token in r.stores.leases.keys().copied().collect::<Vec<_>>() {
                     r.stores.expire_lease(token);
@@ -205,6 +218,7 @@ fuzz_target!(|ops: Vec<Op>| {
         want.entry(user.clone()).or_default().insert(session.clone());
     }
     assert_eq!(r.stores.registered(), want);
+    assert_eq!(r.p.watched_users(), r.watched.len());
     assert!(r.stores.expired.is_empty());
     if shut {
         assert!(r.open.is_empty());

@@ -127,6 +127,14 @@ pub struct ServeArgs {
     /// crashed server's users is at most this much before the crash. At most half the TTL.
     #[arg(long, env = "PRESENCE_LEASE_RENEW_INTERVAL", default_value = "3s", value_parser = humantime::parse_duration)]
     pub lease_renew_interval: Duration,
+    /// Most users one connection may watch with `subscribe`; past it the request gets
+    /// `too_many_users`.
+    #[arg(long, env = "PRESENCE_MAX_WATCHED_USERS", default_value_t = 1_000)]
+    pub max_watched_users: usize,
+    /// A watched user whose last session ends is pushed as offline only if not back within this
+    /// (no offline/online flapping on a quick reconnect); `0s` pushes at once.
+    #[arg(long, env = "PRESENCE_OFFLINE_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub offline_grace: Duration,
     /// On SIGTERM/SIGINT, how long to keep flushing pending writes before exiting.
     #[arg(long, env = "PRESENCE_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
@@ -187,6 +195,7 @@ impl ServeArgs {
             ("--max-connections", self.max_connections),
             ("--max-pending-writes", self.max_pending_writes),
             ("--max-message-size", self.max_message_size),
+            ("--max-watched-users", self.max_watched_users),
             ("--frame-rate", self.frame_rate as usize),
             ("--frame-burst", self.frame_burst as usize),
         ] {
@@ -211,6 +220,8 @@ impl ServeArgs {
             frame_burst: self.frame_burst,
             lease_ttl: self.lease_ttl,
             lease_renew_interval: self.lease_renew_interval,
+            max_watched_users: self.max_watched_users,
+            presence_grace: self.offline_grace,
             limits,
             ..presence_core::Config::default()
         }
@@ -236,6 +247,7 @@ mod tests {
         assert_eq!(s.max_message_size, 65536);
         assert_eq!(s.lease_ttl, Duration::from_secs(10));
         assert_eq!(s.lease_renew_interval, Duration::from_secs(3));
+        assert_eq!((s.max_watched_users, s.offline_grace), (1_000, Duration::from_secs(5)));
         assert_eq!(s.validate(), Ok(()));
         let core = s.core_config();
         assert_eq!((core.lease_ttl, core.lease_renew_interval), (s.lease_ttl, s.lease_renew_interval));

@@ -20,7 +20,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::clock::{MonoOrigin, WallClock};
 use crate::metrics::Metrics;
-use crate::store::{DurableStore, RegistryStore};
+use crate::store::{DurableStore, Notice, RegistryStore};
 
 /// What a connection task is told to do.
 #[derive(Debug)]
@@ -67,6 +67,8 @@ pub struct Status {
     pub registry_backlog: usize,
     /// Store operations running now.
     pub store_ops_in_flight: usize,
+    /// Users watched by at least one connection (one change-channel subscription each).
+    pub watched_users: usize,
 }
 
 /// Tunables of the driver itself (the core's are in `presence_core::Config`).
@@ -140,6 +142,8 @@ pub(crate) struct Driver {
     done_tx: mpsc::UnboundedSender<StoreDone>,
     done_rx: mpsc::UnboundedReceiver<StoreDone>,
     restarts: watch::Receiver<u64>,
+    /// Change notices for watched users (`None` once the registry dropped its sender).
+    notices: Option<mpsc::UnboundedReceiver<Notice>>,
     metrics: Arc<Metrics>,
     config: DriverConfig,
     shutdown_deadline: Option<Instant>,
@@ -160,6 +164,7 @@ impl Driver {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let mut restarts = stores.registry.restarts();
         restarts.mark_unchanged();
+        let notices = stores.registry.notices();
         let driver = Driver {
             core: Presence::new(core, config.seed),
             origin: MonoOrigin::now(),
@@ -174,6 +179,7 @@ impl Driver {
             done_tx,
             done_rx,
             restarts,
+            notices,
             metrics,
             config,
             shutdown_deadline: None,
@@ -199,6 +205,11 @@ impl Driver {
                     }
                     // The executor is gone; nothing more will change.
                     Err(_) => self.restarts = watch::channel(0).1,
+                },
+                notice = recv_opt(&mut self.notices) => match notice {
+                    Some(Notice::Changed(user)) => self.feed(Input::Changed { user }),
+                    Some(Notice::Resync) => self.feed(Input::Resync),
+                    None => self.notices = None,
                 },
                 msg = self.inbox.recv() => match msg {
                     Some(msg) => self.on_message(msg),
@@ -275,6 +286,7 @@ impl Driver {
             connections: self.core.connections(),
             registry_backlog: self.core.registry_backlog(),
             store_ops_in_flight: self.metrics.store_ops_in_flight(),
+            watched_users: self.core.watched_users(),
         }
     }
 
@@ -302,6 +314,8 @@ impl Driver {
                 }
             }
             Effect::Store { id, op } => self.spawn_store(id, op),
+            Effect::Watch { user } => self.stores.registry.watch(&user),
+            Effect::Unwatch { user } => self.stores.registry.unwatch(&user),
         }
     }
 
@@ -368,6 +382,14 @@ fn op_kind(op: &StoreOp) -> &'static str {
         StoreOp::Registry(RegistryOp::Reap { .. }) => "reap",
         StoreOp::Durable(DurableOp::Write { .. }) => "write",
         StoreOp::Durable(DurableOp::Read { .. }) => "read",
+    }
+}
+
+/// The next notice, or never if there is no notice channel.
+async fn recv_opt(rx: &mut Option<mpsc::UnboundedReceiver<Notice>>) -> Option<Notice> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -111,6 +111,11 @@ impl Metrics {
             status.registry_backlog as u64,
         );
         gauge("presence_store_ops_in_flight", "Store operations running.", status.store_ops_in_flight as u64);
+        gauge(
+            "presence_watched_users",
+            "Users watched by this server's connections (one change-channel subscription each).",
+            status.watched_users as u64,
+        );
         gauge("presence_ready", "1 when /readyz answers 200.", u64::from(r.is_ready()));
         let mut counter = |name: &str, help: &str, v: u64| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
@@ -132,6 +137,7 @@ impl Metrics {
         );
         counter("presence_leases_lost_total", "Leases given up after a TTL without renewal.", s.leases_lost);
         counter("presence_sessions_reaped_total", "Sessions of dead servers reaped here.", s.sessions_reaped);
+        counter("presence_pushes_total", "Live presence frames pushed to watchers.", s.pushes);
         counter("presence_queries_total", "Presence queries answered.", s.queries);
         counter("presence_error_frames_total", "error frames sent.", s.errors_sent);
         counter("presence_ws_accepted_total", "WebSocket upgrades accepted.", self.ws_accepted.get());

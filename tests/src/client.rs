@@ -273,6 +273,51 @@ impl WsClient {
         Ok(entries)
     }
 
+    /// Sends a `subscribe` for `users` and returns the snapshot, or the `error` frame answering it.
+    /// (Frames before the answer are skipped: subscribe before expecting pushes.)
+    pub async fn try_subscribe(&mut self, users: &[&str]) -> Result<Vec<Entry>, Value> {
+        let id = self.next_id();
+        self.send_json(json!({"type": "subscribe", "id": id, "users": users})).await;
+        let v = self
+            .frame_where("the answer to a subscribe", Duration::from_secs(5), |v| {
+                (v["type"] == "presence" || v["type"] == "error") && v["id"] == id
+            })
+            .await;
+        if v["type"] == "error" {
+            return Err(v);
+        }
+        Ok(v["users"].as_array().expect("presence.users").iter().map(Entry::from_json).collect())
+    }
+
+    /// Subscribes to `users`; panics on an `error` answer.
+    pub async fn subscribe(&mut self, users: &[&str]) -> Vec<Entry> {
+        self.try_subscribe(users)
+            .await
+            .unwrap_or_else(|e| panic!("{}: subscribe {users:?} failed: {e}", self.user))
+    }
+
+    /// Sends an `unsubscribe` (no answer).
+    pub async fn unsubscribe(&mut self, users: &[&str]) {
+        self.send_json(json!({"type": "unsubscribe", "users": users})).await;
+    }
+
+    /// The next live `presence` frame (no `id`) within `limit`, with when it arrived (epoch ms);
+    /// `None` if none came. Panics on any other frame or the end of the connection.
+    pub async fn next_push(&mut self, limit: Duration) -> Option<(i64, Vec<Entry>)> {
+        let (at, event) = self.next_event(limit).await?;
+        let text = match event {
+            Event::Text(t) => t,
+            other => panic!("{}: expected a live presence frame, got {other:?}", self.user),
+        };
+        let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("invalid JSON ({e}): {text}"));
+        assert!(
+            v["type"] == "presence" && v["id"].is_null(),
+            "{}: expected a live presence frame, got {v}",
+            self.user
+        );
+        Some((at, v["users"].as_array().expect("presence.users").iter().map(Entry::from_json).collect()))
+    }
+
     /// Queries `users`; panics on an `error` answer.
     pub async fn query(&mut self, users: &[&str]) -> Vec<Entry> {
         self.try_query(users).await.unwrap_or_else(|e| panic!("{}: query {users:?} failed: {e}", self.user))

@@ -57,6 +57,7 @@ impl ServerSpec {
             .arg("--store-timeout", "1s")
             .arg("--lease-ttl", "2s")
             .arg("--lease-renew-interval", "500ms")
+            .arg("--offline-grace", "0s")
             .arg("--shutdown-timeout", "5s")
     }
 
@@ -184,6 +185,14 @@ impl PresenceServer {
     /// `GET path` on this server.
     pub async fn get(&self, path: &str) -> http::Response {
         http::get(self.addr(), path).await.unwrap_or_else(|e| panic!("{} GET {path}: {e}", self.id()))
+    }
+
+    /// A counter or gauge from `GET /metrics` (the unlabelled sample named `name`).
+    pub async fn metric(&self, name: &str) -> u64 {
+        let body = self.get("/metrics").await.body;
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{}: no metric {name} in /metrics", self.id()))
     }
 
     /// `GET /healthz` status.

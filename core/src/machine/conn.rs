@@ -6,7 +6,10 @@ use crate::ratelimit::TokenBucket;
 use crate::time::{MonoTime, UnixMillis};
 use crate::user::{SessionId, UserId};
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use super::io::{close_code, ConnId, Effect, EndReason, OutMessage};
+use super::watch::View;
 use super::writes::{Session, Sid};
 use super::Presence;
 
@@ -28,6 +31,10 @@ pub(super) struct Conn {
     frames: TokenBucket,
     lookups: TokenBucket,
     pub(super) queries_in_flight: u32,
+    /// Users this connection subscribed to.
+    pub(super) watching: BTreeSet<UserId>,
+    /// What this connection was last shown of each of them (snapshot, then pushes).
+    pub(super) shown: BTreeMap<UserId, View>,
 }
 
 impl Presence {
@@ -58,6 +65,8 @@ impl Presence {
                 frames: TokenBucket::full(self.config.frame_burst, self.now),
                 lookups: TokenBucket::full(self.config.lookup_burst, self.now),
                 queries_in_flight: 0,
+                watching: BTreeSet::new(),
+                shown: BTreeMap::new(),
             },
         );
         self.timers.insert((timer_at, conn));
@@ -116,12 +125,8 @@ impl Presence {
         match frame {
             Frame::Ping { seq } => self.send(conn, &Frame::Pong { seq }),
             Frame::Query { id, users } => self.start_query(conn, id, users),
-            Frame::Subscribe { id, .. } | Frame::Unsubscribe { id, .. } => self.send_error(
-                conn,
-                id,
-                ErrorCode::Unavailable,
-                "subscriptions are not available on this server version; use query",
-            ),
+            Frame::Subscribe { id, users } => self.on_subscribe(conn, id, users),
+            Frame::Unsubscribe { users, .. } => self.on_unsubscribe(conn, users),
             Frame::Bye => self.close(conn, close_code::NORMAL, "bye", EndReason::Close),
             Frame::Pong { .. } | Frame::Presence { .. } | Frame::Error { .. } => {
                 self.send_error(conn, None, ErrorCode::BadFrame, "frame type is server-to-client only")
@@ -183,6 +188,7 @@ impl Presence {
             return false;
         };
         self.timers.remove(&(c.timer_at, conn));
+        self.unwatch_all(conn, c.watching);
         // Graceful and server-initiated ends happen now; a timeout or a reset means the peer may have
         // been gone since its last proof of life, which is the more accurate last_seen.
         let at = match why {

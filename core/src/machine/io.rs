@@ -68,6 +68,15 @@ pub enum Input<'a> {
     RegistryRestarted,
     /// The server is shutting down: close every connection with 1001 and record their last_seen.
     Shutdown,
+    /// A change notice for a watched user (Redis pub/sub, or the embedded registry): its presence
+    /// may have changed. A hint only: the core reads the user again.
+    Changed {
+        /// Whose presence may have changed.
+        user: UserId,
+    },
+    /// Change notices may have been lost (the change channel reconnected): every watched user is
+    /// read again and differences are pushed.
+    Resync,
 }
 
 /// WebSocket close codes the core uses (RFC 6455 section 7.4.1).
@@ -124,6 +133,18 @@ pub enum Effect {
         lookup: LookupId,
         /// The presence entries, or why there are none.
         result: Result<Vec<PresenceEntry>, (ErrorCode, String)>,
+    },
+    /// Start receiving change notices for this user ([`Input::Changed`]): its first watcher. Once
+    /// the subscription is in place, feed one `Changed` for the user: a change made between the
+    /// subscriber's snapshot and the subscription taking effect is then read too.
+    Watch {
+        /// Whose changes.
+        user: UserId,
+    },
+    /// Stop receiving change notices for this user: its last watcher left.
+    Unwatch {
+        /// Whose changes.
+        user: UserId,
     },
     /// Execute a store operation and report back with [`Input::StoreDone`].
     Store {
@@ -193,6 +214,8 @@ pub struct Stats {
     pub leases_lost: u64,
     /// Sessions of dead servers this server reaped (last_seen recorded, entry removed).
     pub sessions_reaped: u64,
+    /// Live `presence` frames pushed to watchers.
+    pub pushes: u64,
 }
 
 /// Whether the server should receive traffic (`/readyz`).

@@ -7,12 +7,14 @@
 //!
 //! Submodules: `conn` (connections, heartbeat, frames), `writes` (registry and durable writes with
 //! retries and coalescing), `query` (presence reads with the durable fallback), `lease` (this
-//! server's lease, the lease view readers filter with, and the reaper of dead servers' sessions).
+//! server's lease, the lease view readers filter with, and the reaper of dead servers' sessions),
+//! `watch` (subscriptions: live `presence` pushes, the grace against flapping).
 
 mod conn;
 pub(crate) mod io;
 mod lease;
 mod query;
+mod watch;
 mod writes;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -31,6 +33,7 @@ pub use io::{close_code, ConnId, Effect, EndReason, Input, LookupId, OutMessage,
 
 use conn::Conn;
 use lease::Lease;
+use watch::Watches;
 use writes::{DurableWrite, InFlight, RetryKey, Session, Sid};
 
 /// The presence logic of one WS server. See the module docs for the calling contract.
@@ -74,6 +77,8 @@ pub struct Presence {
     shutting_down: bool,
     /// Our lease, the view of everyone's, and the reaper.
     lease: Lease,
+    /// Subscriptions.
+    watches: Watches,
     effects: VecDeque<Effect>,
     stats: Stats,
 }
@@ -115,6 +120,7 @@ impl Presence {
             durable_failing: false,
             shutting_down: false,
             lease: Lease::default(),
+            watches: Watches::default(),
             effects: VecDeque::new(),
             stats: Stats::default(),
         }
@@ -140,6 +146,8 @@ impl Presence {
             Input::StoreDone { id, result } => self.on_store_done(id, result),
             Input::RegistryRestarted => self.on_registry_restarted(),
             Input::Shutdown => self.on_shutdown(),
+            Input::Changed { user } => self.on_changed(user),
+            Input::Resync => self.on_resync(),
         }
         // Deadlines are checked on every input, not only on `Timeout`: a driver that wakes late
         // still gets the same decisions, and a late `Timeout` is never required for progress.
@@ -156,7 +164,8 @@ impl Presence {
     pub fn poll_timeout(&self) -> Option<MonoTime> {
         let hb = self.timers.first().map(|(t, _)| *t);
         let retry = self.retries.first().map(|(t, _)| *t);
-        [hb, retry, self.lease_deadline()].into_iter().flatten().min()
+        let grace = self.watches.grace.first().map(|(t, _)| *t);
+        [hb, retry, grace, self.lease_deadline()].into_iter().flatten().min()
     }
 
     /// Counters for metrics.
@@ -259,6 +268,14 @@ impl Presence {
             let key = key.clone();
             self.retries.pop_first();
             self.retry_due(key);
+        }
+        while let Some(&(at, ref user)) = self.watches.grace.first() {
+            if at > self.now {
+                break;
+            }
+            let user = user.clone();
+            self.watches.grace.pop_first();
+            self.grace_due(user);
         }
         self.lease_tick();
     }

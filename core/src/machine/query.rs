@@ -25,39 +25,66 @@ pub(super) struct QueryState {
 /// Who gets the answer.
 #[derive(Debug)]
 enum Asker {
-    /// A connection's `query` frame. `sid`: the session that asked; a reply goes out only if the
-    /// connection still carries it.
-    Conn { conn: ConnId, sid: Sid, request: Option<u64> },
+    /// A connection's `query` (or `subscribe` snapshot) frame. `sid`: the session that asked; a
+    /// reply goes out only if the connection still carries it.
+    Conn { conn: ConnId, sid: Sid, request: Option<u64>, subscribe: bool },
     /// A lookup from outside any connection.
     Lookup(LookupId),
+    /// A re-read of watched users (`watch.rs`).
+    Watch,
 }
 
 impl Presence {
     pub(super) fn start_query(&mut self, conn: ConnId, request: Option<u64>, users: Vec<UserId>) {
+        self.start_conn_query(conn, request, users, false);
+    }
+
+    /// A `subscribe`'s snapshot. Returns false if it was refused (an error was sent).
+    pub(super) fn start_snapshot(&mut self, conn: ConnId, request: Option<u64>, users: Vec<UserId>) -> bool {
+        self.start_conn_query(conn, request, users, true)
+    }
+
+    fn start_conn_query(
+        &mut self,
+        conn: ConnId,
+        request: Option<u64>,
+        users: Vec<UserId>,
+        subscribe: bool,
+    ) -> bool {
         let max = self.config.max_query_users;
         if users.len() > max {
             let msg = format!("{} users exceed the limit of {max} per query", users.len());
-            return self.send_error(conn, request, ErrorCode::TooManyUsers, &msg);
+            self.send_error(conn, request, ErrorCode::TooManyUsers, &msg);
+            return false;
         }
         let Some(c) = self.conns.get(&conn) else {
-            return;
+            return false;
         };
         if c.queries_in_flight >= self.config.max_queries_in_flight {
-            return self.send_error(conn, request, ErrorCode::RateLimited, "too many queries in flight");
+            self.send_error(conn, request, ErrorCode::RateLimited, "too many queries in flight");
+            return false;
         }
         if !self.take_lookups(conn, users.len()) {
-            return self.send_error(conn, request, ErrorCode::RateLimited, "lookup rate limit exceeded");
+            self.send_error(conn, request, ErrorCode::RateLimited, "lookup rate limit exceeded");
+            return false;
         }
         self.stats.queries += 1;
         if users.is_empty() {
-            return self.send(conn, &Frame::Presence { id: request, users: Vec::new() });
+            self.send(conn, &Frame::Presence { id: request, users: Vec::new() });
+            return true;
         }
         let Some(c) = self.conns.get_mut(&conn) else {
-            return;
+            return false;
         };
         c.queries_in_flight += 1;
         let sid = c.sid;
-        self.read_registry(Asker::Conn { conn, sid, request }, users);
+        self.read_registry(Asker::Conn { conn, sid, request, subscribe }, users);
+        true
+    }
+
+    /// Re-reads watched users (`watch.rs`); answered with `watched_read`.
+    pub(super) fn read_watched(&mut self, users: Vec<UserId>) {
+        self.read_registry(Asker::Watch, users);
     }
 
     /// A lookup from outside any connection: validated and rate-limited by the caller (the HTTP
@@ -139,7 +166,7 @@ impl Presence {
 
     fn fail_query(&mut self, q: QueryState, why: &str) {
         match q.asker {
-            Asker::Conn { conn, sid, request } => {
+            Asker::Conn { conn, sid, request, .. } => {
                 if self.finish_query(conn, sid) {
                     self.send_error(conn, request, ErrorCode::Unavailable, why);
                 }
@@ -148,6 +175,7 @@ impl Presence {
                 let result = Err((ErrorCode::Unavailable, why.to_owned()));
                 self.effects.push_back(Effect::LookupDone { lookup, result });
             }
+            Asker::Watch => self.watched_read(&q.users, None),
         }
     }
 
@@ -170,7 +198,7 @@ impl Presence {
         }
         // Another server's clock may be ahead; never show a time further ahead than the skew bound.
         let ceiling = self.wall.saturating_add(self.config.max_clock_skew);
-        let users = q
+        let users: Vec<PresenceEntry> = q
             .users
             .iter()
             .zip(q.entries.iter().zip(&q.online))
@@ -185,8 +213,14 @@ impl Presence {
             })
             .collect();
         match q.asker {
-            Asker::Conn { conn, request, .. } => self.send(conn, &Frame::Presence { id: request, users }),
+            Asker::Conn { conn, request, subscribe, .. } => {
+                if subscribe {
+                    self.snapshot_shown(conn, &users);
+                }
+                self.send(conn, &Frame::Presence { id: request, users });
+            }
             Asker::Lookup(lookup) => self.effects.push_back(Effect::LookupDone { lookup, result: Ok(users) }),
+            Asker::Watch => self.watched_read(&q.users, Some(users)),
         }
     }
 }

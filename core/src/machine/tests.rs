@@ -627,3 +627,125 @@ fn answers_combine_the_cache_the_pending_value_and_the_durable_one() {
         r#"{"type":"presence","id":1,"users":[{"user":"dave","online":false,"last_seen":"2024-01-15T09:42:00.005Z"},{"user":"erin","online":false,"last_seen":"2024-01-15T09:42:00.003Z"}]}"#
     );
 }
+
+/// A registry answer for one user: online under our lease, or offline with a cached last_seen.
+fn entry_of(online: bool, last_seen: Option<i64>) -> RegistryEntry {
+    RegistryEntry {
+        leases: if online { vec![LEASE] } else { vec![] },
+        last_seen: last_seen.map(UnixMillis),
+        pending: None,
+    }
+}
+
+fn watch_effects(e: &[Effect]) -> Vec<Effect> {
+    e.iter().filter(|e| matches!(e, Effect::Watch { .. } | Effect::Unwatch { .. })).cloned().collect()
+}
+
+#[test]
+fn subscribe_answers_a_snapshot_then_pushes_changes() {
+    let mut r = Rig::new(Config::default());
+    r.open(1, "alice");
+    let e = r.text(1, r#"{"type":"subscribe","id":4,"users":["bob"]}"#);
+    assert_eq!(watch_effects(&e), vec![Effect::Watch { user: uid("bob") }]);
+    let (q, op) = store(&e[0]);
+    assert_eq!(op, reg(RegistryOp::Read { users: vec![uid("bob")] }));
+    let e = r.done(q, Ok(StoreOutput::Registry(vec![entry_of(false, Some(T0 - 60_000))])));
+    assert_eq!(
+        text_of(&e[0]),
+        r#"{"type":"presence","id":4,"users":[{"user":"bob","online":false,"last_seen":"2024-01-15T09:41:00.000Z"}]}"#
+    );
+    // Bob connects somewhere: a change notice, a read, a push without id.
+    let e = r.input(Input::Changed { user: uid("bob") });
+    let (q, _) = store(&e[0]);
+    // A second notice while the read is in flight: read once more afterwards.
+    assert!(r.input(Input::Changed { user: uid("bob") }).is_empty());
+    let e = r.done(q, Ok(StoreOutput::Registry(vec![entry_of(true, Some(T0 - 60_000))])));
+    assert_eq!(
+        text_of(&e[0]),
+        r#"{"type":"presence","users":[{"user":"bob","online":true,"last_seen":"2024-01-15T09:41:00.000Z"}]}"#
+    );
+    let (q, _) = store(&e[1]);
+    // Nothing new: nothing pushed.
+    assert!(r.done(q, Ok(StoreOutput::Registry(vec![entry_of(true, Some(T0 - 60_000))]))).is_empty());
+    assert_eq!(r.p.stats().pushes, 1);
+}
+
+#[test]
+fn a_quick_reconnect_within_the_grace_shows_watchers_nothing() {
+    let mut r = Rig::new(Config::default());
+    r.open(1, "alice");
+    let e = r.text(1, r#"{"type":"subscribe","users":["bob"]}"#);
+    r.done(store(&e[0]).0, Ok(StoreOutput::Registry(vec![entry_of(true, Some(T0 - 9_000))])));
+    // Bob's last session ends: offline is held back.
+    let e = r.input(Input::Changed { user: uid("bob") });
+    let e = r.done(store(&e[0]).0, Ok(StoreOutput::Registry(vec![entry_of(false, Some(T0))])));
+    assert!(e.is_empty(), "{e:?}");
+    // Back 2 s later: nothing at all.
+    r.ms = 2_000;
+    let e = r.input(Input::Changed { user: uid("bob") });
+    assert!(r.done(store(&e[0]).0, Ok(StoreOutput::Registry(vec![entry_of(true, Some(T0))]))).is_empty());
+    // Gone again for good: after the 5 s grace the user is read once more and the offline pushed,
+    // with the newest last_seen.
+    r.ms = 3_000;
+    let e = r.input(Input::Changed { user: uid("bob") });
+    let later = Some(T0 + 3_000);
+    assert!(r.done(store(&e[0]).0, Ok(StoreOutput::Registry(vec![entry_of(false, later)]))).is_empty());
+    assert!(r.advance(4_999).is_empty());
+    let e = r.advance(1);
+    let (q, op) = store(&e[0]);
+    assert_eq!(op, reg(RegistryOp::Read { users: vec![uid("bob")] }));
+    let e = r.done(q, Ok(StoreOutput::Registry(vec![entry_of(false, later)])));
+    assert_eq!(
+        text_of(&e[0]),
+        r#"{"type":"presence","users":[{"user":"bob","online":false,"last_seen":"2024-01-15T09:42:03.000Z"}]}"#
+    );
+}
+
+#[test]
+fn watches_are_limited_per_connection_shared_per_server_and_released() {
+    let config = Config { max_watched_users: 2, ..Config::default() };
+    let mut r = Rig::new(config);
+    r.open(1, "alice");
+    r.open(2, "carol");
+    let e = r.text(1, r#"{"type":"subscribe","id":1,"users":["bob","dave"]}"#);
+    assert_eq!(
+        watch_effects(&e),
+        vec![Effect::Watch { user: uid("bob") }, Effect::Watch { user: uid("dave") }]
+    );
+    // Past the limit: refused, nothing watched.
+    let e = r.text(1, r#"{"type":"subscribe","id":2,"users":["erin"]}"#);
+    assert_eq!(
+        text_of(&e[0]),
+        r#"{"type":"error","id":2,"code":"too_many_users","message":"a connection may watch at most 2 users (2 already)"}"#
+    );
+    // Watching an already watched user again does not count twice.
+    assert!(watch_effects(&r.text(1, r#"{"type":"subscribe","users":["bob"]}"#)).is_empty());
+    // A second watcher of bob: no second subscription on the change channel.
+    assert!(watch_effects(&r.text(2, r#"{"type":"subscribe","users":["bob"]}"#)).is_empty());
+    assert_eq!(r.p.watched_users(), 2);
+    assert!(watch_effects(&r.text(1, r#"{"type":"unsubscribe","users":["bob","zed"]}"#)).is_empty());
+    let e = r.input(Input::Closed { conn: ConnId(1), graceful: true });
+    assert_eq!(watch_effects(&e), vec![Effect::Unwatch { user: uid("dave") }]);
+    let e = r.input(Input::Closed { conn: ConnId(2), graceful: false });
+    assert_eq!(watch_effects(&e), vec![Effect::Unwatch { user: uid("bob") }]);
+    assert_eq!(r.p.watched_users(), 0);
+}
+
+#[test]
+fn a_resync_reads_every_watched_user_and_pushes_what_changed() {
+    let mut r = Rig::new(Config::default());
+    r.open(1, "alice");
+    let e = r.text(1, r#"{"type":"subscribe","users":["bob","dave"]}"#);
+    let snapshot = vec![entry_of(false, Some(T0 - 1_000)), entry_of(false, Some(T0 - 2_000))];
+    r.done(store(&e[0]).0, Ok(StoreOutput::Registry(snapshot)));
+    let e = r.input(Input::Resync);
+    assert_eq!(e.len(), 2);
+    let (qb, _) = store(&e[0]);
+    let (qd, _) = store(&e[1]);
+    assert!(r.done(qd, Ok(StoreOutput::Registry(vec![entry_of(false, Some(T0 - 2_000))]))).is_empty());
+    let e = r.done(qb, Ok(StoreOutput::Registry(vec![entry_of(true, Some(T0 - 1_000))])));
+    assert_eq!(
+        text_of(&e[0]),
+        r#"{"type":"presence","users":[{"user":"bob","online":true,"last_seen":"2024-01-15T09:41:59.000Z"}]}"#
+    );
+}

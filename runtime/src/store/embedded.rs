@@ -7,7 +7,8 @@
 //!   applies.
 //!   It lives in this process, so it can never lose its data while the process runs:
 //!   [`RegistryStore::restarts`] never changes. One process is the only server, so its lease
-//!   (token 1) is always live and there is never anything to reap.
+//!   (token 1) is always live and there is never anything to reap. Change notices for
+//!   subscriptions are sent in process.
 //! - [`RedbDurable`] plays DynamoDB: a [`redb`] file `<data_dir>/presence.redb` with one table
 //!   `last_seen: user_id -> i64 epoch millis`. Every write is a max-register done inside one write
 //!   transaction (read, compare, insert, commit), so it is atomic against concurrent writers, and
@@ -19,7 +20,7 @@
 //! blocking pool and may still commit; that is the documented meaning of
 //! [`StoreError::Timeout`] ("may or may not have been applied").
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -30,9 +31,9 @@ use presence_core::store::{
 use presence_core::time::UnixMillis;
 use presence_core::user::UserId;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
-use super::{with_timeout, DurableStore, RegistryStore, StoreFuture};
+use super::{with_timeout, DurableStore, Notice, RegistryStore, StoreFuture};
 
 /// One user's registry state, mirroring the two Redis keys.
 #[derive(Default)]
@@ -59,15 +60,23 @@ pub struct MemoryRegistry {
     users: Mutex<HashMap<UserId, UserState>>,
     /// Kept alive (never sent on) so receivers never observe a closed channel.
     restarts: watch::Sender<u64>,
+    /// Watched users: a change to one of them is announced on `notices`.
+    watched: Mutex<HashSet<UserId>>,
+    notices: mpsc::UnboundedSender<Notice>,
+    notices_rx: Mutex<Option<mpsc::UnboundedReceiver<Notice>>>,
 }
 
 impl MemoryRegistry {
     /// A new, empty registry. `server_id` is the value stored under each registered session.
     pub fn new(server_id: impl Into<Arc<str>>) -> MemoryRegistry {
+        let (notices, rx) = mpsc::unbounded_channel();
         MemoryRegistry {
             server_id: server_id.into(),
             users: Mutex::new(HashMap::new()),
             restarts: watch::Sender::new(0),
+            watched: Mutex::new(HashSet::new()),
+            notices,
+            notices_rx: Mutex::new(Some(rx)),
         }
     }
 
@@ -84,6 +93,14 @@ impl MemoryRegistry {
         // A panic while holding the lock cannot leave a half-applied op behind (each op is a
         // couple of map operations), so a poisoned lock is safe to keep using.
         self.users.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Announces a change of `user` if it is watched (after the op is applied, like a PUBLISH
+    /// after the script).
+    fn announce(&self, user: &UserId) {
+        if self.watched.lock().unwrap_or_else(|e| e.into_inner()).contains(user) {
+            let _ = self.notices.send(Notice::Changed(user.clone()));
+        }
     }
 
     /// Applies one op; the whole semantics of the registry in one place.
@@ -161,8 +178,30 @@ fn max_register(slot: &mut Option<UnixMillis>, new: UnixMillis) {
 
 impl RegistryStore for MemoryRegistry {
     fn execute(&self, op: RegistryOp) -> StoreFuture {
+        let changed = match &op {
+            RegistryOp::Register { user, .. } | RegistryOp::EndSession { user, .. } => vec![user.clone()],
+            RegistryOp::Reap { sessions, .. } => sessions.iter().map(|s| s.0.clone()).collect(),
+            _ => Vec::new(),
+        };
         let out = self.apply(op);
+        for user in &changed {
+            self.announce(user);
+        }
         Box::pin(async move { Ok(out) })
+    }
+
+    fn watch(&self, user: &UserId) {
+        self.watched.lock().unwrap_or_else(|e| e.into_inner()).insert(user.clone());
+        // In effect at once: read the user once, as after any subscription.
+        let _ = self.notices.send(Notice::Changed(user.clone()));
+    }
+
+    fn unwatch(&self, user: &UserId) {
+        self.watched.lock().unwrap_or_else(|e| e.into_inner()).remove(user);
+    }
+
+    fn notices(&self) -> Option<mpsc::UnboundedReceiver<Notice>> {
+        self.notices_rx.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
     fn restarts(&self) -> watch::Receiver<u64> {

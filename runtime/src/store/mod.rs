@@ -9,6 +9,7 @@
 //! | [`redis`]    | the registry on Redis (single node over any byte stream, or Redis Cluster) |
 //! | [`dynamo`]   | the durable store on DynamoDB (or a DynamoDB-compatible server)          |
 //! | [`embedded`] | the zero-install defaults: in-process registry, `redb` file for last_seen |
+//! | [`changes`]  | change notices for subscriptions over Redis pub/sub                       |
 //!
 //! Contract every executor honours (the core's retry logic depends on it):
 //!
@@ -31,7 +32,10 @@ use std::future::Future;
 use std::pin::Pin;
 
 use presence_core::store::{DurableOp, RegistryOp, StoreError, StoreOutput};
+use presence_core::user::UserId;
+use tokio::sync::mpsc;
 
+pub mod changes;
 pub mod dynamo;
 pub mod embedded;
 pub mod redis;
@@ -65,6 +69,37 @@ pub trait RegistryStore: Send + Sync + 'static {
 
     /// Short label for logs and metrics (`"redis"`, `"redis-cluster"`, `"memory"`).
     fn kind(&self) -> &'static str;
+
+    /// Start delivering change notices for `user` (its first watcher on this server). Once the
+    /// subscription is in place, a [`Notice::Changed`] for the user follows, so a change made
+    /// before it took effect is read too. Never blocks; failures are retried by the executor.
+    fn watch(&self, user: &UserId);
+
+    /// Stop delivering change notices for `user` (its last watcher left).
+    fn unwatch(&self, user: &UserId);
+
+    /// The change notices, once (the driver takes them at start; later calls get `None`).
+    fn notices(&self) -> Option<mpsc::UnboundedReceiver<Notice>>;
+}
+
+/// A change notice from the registry: a hint that a watched user's presence may have changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Notice {
+    /// `user`'s sessions changed (a session registered or ended, or was reaped).
+    Changed(UserId),
+    /// Notices may have been lost (the change channel reconnected): read every watched user.
+    Resync,
+}
+
+/// The pub/sub channel of `user`'s changes: `presence:{<user>}` (the user's hash tag, so on a
+/// cluster it is a sharded channel in the user's slot).
+pub fn change_channel(user: &UserId) -> String {
+    format!("presence:{{{user}}}")
+}
+
+/// The user of a change channel name.
+pub fn channel_user(channel: &str) -> Option<UserId> {
+    UserId::new(channel.strip_prefix("presence:{")?.strip_suffix('}')?).ok()
 }
 
 /// Executes durable-store operations (the source of truth for last_seen).

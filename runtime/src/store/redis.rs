@@ -94,6 +94,7 @@
 //! failed write.
 
 use std::collections::hash_map::DefaultHasher;
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::io;
@@ -115,10 +116,11 @@ use redis::{
     RedisConnectionInfo, RedisError, RedisResult, Script, Value,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{watch, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 
-use super::{RegistryStore, StoreFuture};
+use super::changes::ChangeFeed;
+use super::{change_channel, Notice, RegistryStore, StoreFuture};
 
 // ---------------------------------------------------------------------------------------------
 // Schema and scripts
@@ -370,6 +372,10 @@ where
                 .arg(session.as_str())
                 .arg(server_id)
                 .ignore()
+                .cmd("PUBLISH")
+                .arg(change_channel(&user))
+                .arg("")
+                .ignore()
                 .query_async::<()>(&mut conn)
                 .await?;
             Ok(StoreOutput::Done)
@@ -385,13 +391,17 @@ where
                 .arg(last_seen.to_rfc3339())
                 .invoke_async::<i64>(&mut conn)
                 .await?;
+            // Then the index, and the change notice (after the change, so a watcher that reads on
+            // it sees the change).
+            let mut pipe = redis::pipe();
             if let Some(token) = token {
-                redis::cmd("SREM")
+                pipe.cmd("SREM")
                     .arg(lease_index_key(&lease_name(server_id, token)))
                     .arg(index_member(&user, &session))
-                    .query_async::<i64>(&mut conn)
-                    .await?;
+                    .ignore();
             }
+            pipe.cmd("PUBLISH").arg(change_channel(&user)).arg("").ignore();
+            pipe.query_async::<()>(&mut conn).await?;
             Ok(StoreOutput::Done)
         }
         RegistryOp::RenewLease { token, ttl, wall } => {
@@ -482,14 +492,20 @@ where
                 async move { call.invoke_async::<i64>(&mut conn).await }
             });
             futures_util::future::try_join_all(reaps).await?;
-            let mut srem = redis::cmd("SREM");
-            srem.arg(lease_index_key(&lease));
+            if sessions.is_empty() {
+                return Ok(StoreOutput::Done);
+            }
+            let mut pipe = redis::pipe();
+            let srem = pipe.cmd("SREM").arg(lease_index_key(&lease));
             for (user, session, _) in &sessions {
                 srem.arg(index_member(user, session));
             }
-            if !sessions.is_empty() {
-                srem.query_async::<i64>(&mut conn).await?;
+            srem.ignore();
+            let held: BTreeSet<&UserId> = sessions.iter().filter(|s| s.2).map(|s| &s.0).collect();
+            for user in held {
+                pipe.cmd("PUBLISH").arg(change_channel(user)).arg("").ignore();
             }
+            pipe.query_async::<()>(&mut conn).await?;
             Ok(StoreOutput::Done)
         }
         RegistryOp::SetLastSeen { user, last_seen } => {
@@ -700,7 +716,7 @@ impl RedisConfig {
     /// The delay before reconnect attempt `attempt` (0-based): exponential, capped, with a jitter
     /// of up to -50% derived from the server id and the attempt (deterministic, no RNG, yet
     /// different servers spread out).
-    fn backoff(&self, attempt: u32) -> Duration {
+    pub(crate) fn backoff(&self, attempt: u32) -> Duration {
         let base = self
             .reconnect_backoff_min
             .saturating_mul(1u32 << attempt.min(16))
@@ -865,7 +881,26 @@ impl RedisConnector for TcpConnector {
 }
 
 /// Aborts a spawned task when dropped, so no background task outlives its owner.
-struct AbortOnDrop(JoinHandle<()>);
+/// Connects to each of several nodes in turn (the cluster's seed nodes, for the change feed).
+struct SeedRotation {
+    nodes: Vec<TcpConnector>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl SeedRotation {
+    fn new(nodes: Vec<TcpConnector>) -> SeedRotation {
+        SeedRotation { nodes, next: std::sync::atomic::AtomicUsize::new(0) }
+    }
+}
+
+impl RedisConnector for SeedRotation {
+    fn connect(&self) -> ConnectFuture {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.nodes.len();
+        self.nodes[i].connect()
+    }
+}
+
+pub(crate) struct AbortOnDrop(pub(crate) JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
@@ -883,6 +918,7 @@ impl Drop for AbortOnDrop {
 /// Dropping it stops the background task and closes the connection.
 pub struct RedisRegistry {
     inner: Arc<Single>,
+    changes: ChangeFeed,
     _supervisor: AbortOnDrop,
 }
 
@@ -966,6 +1002,7 @@ impl RedisRegistry {
         redis: RedisConnectionInfo,
         config: RedisConfig,
     ) -> RedisRegistry {
+        let config_clone = config.clone();
         let inner = Arc::new(Single {
             config,
             scripts: Scripts::new(),
@@ -975,8 +1012,9 @@ impl RedisRegistry {
             restarts: watch::Sender::new(0),
             connected: watch::Sender::new(false),
         });
+        let changes = ChangeFeed::single(Arc::clone(&connector), redis.clone(), config_clone);
         let task = tokio::spawn(supervise_single(Arc::clone(&inner), connector, redis));
-        RedisRegistry { inner, _supervisor: AbortOnDrop(task) }
+        RedisRegistry { inner, changes, _supervisor: AbortOnDrop(task) }
     }
 
     /// Whether a connection is currently up (for readiness probes).
@@ -1022,6 +1060,18 @@ impl RegistryStore for RedisRegistry {
 
     fn restarts(&self) -> watch::Receiver<u64> {
         self.inner.restarts.subscribe()
+    }
+
+    fn watch(&self, user: &UserId) {
+        self.changes.watch(user);
+    }
+
+    fn unwatch(&self, user: &UserId) {
+        self.changes.unwatch(user);
+    }
+
+    fn notices(&self) -> Option<mpsc::UnboundedReceiver<Notice>> {
+        self.changes.notices()
     }
 
     fn kind(&self) -> &'static str {
@@ -1171,6 +1221,7 @@ async fn supervise_single(
 /// Dropping it stops the background task and closes the connections.
 pub struct RedisClusterRegistry {
     inner: Arc<Cluster>,
+    changes: ChangeFeed,
     _supervisor: AbortOnDrop,
 }
 
@@ -1199,6 +1250,11 @@ impl RedisClusterRegistry {
         if nodes.is_empty() {
             return Err(RedisUrlError::NoClusterNodes);
         }
+        // Change notices use plain pub/sub, which a cluster broadcasts to every node: one
+        // subscriber connection to any seed node hears every user's channel.
+        let seeds = nodes.iter().map(|n| TcpConnector::for_addr(n.addr())).collect::<Result<Vec<_>, _>>()?;
+        let feed_info = nodes[0].redis_settings().clone();
+        let changes = ChangeFeed::single(Arc::new(SeedRotation::new(seeds)), feed_info, config.clone());
         let client = ClusterClient::builder(nodes)
             .connection_timeout(config.connect_timeout)
             .response_timeout(config.op_timeout)
@@ -1214,7 +1270,7 @@ impl RedisClusterRegistry {
             connected: watch::Sender::new(false),
         });
         let task = tokio::spawn(supervise_cluster(Arc::clone(&inner), client));
-        Ok(RedisClusterRegistry { inner, _supervisor: AbortOnDrop(task) })
+        Ok(RedisClusterRegistry { inner, changes, _supervisor: AbortOnDrop(task) })
     }
 
     /// A registry on the cluster of a `redis+cluster://` URL.
@@ -1269,6 +1325,18 @@ impl RegistryStore for RedisClusterRegistry {
 
     fn restarts(&self) -> watch::Receiver<u64> {
         self.inner.restarts.subscribe()
+    }
+
+    fn watch(&self, user: &UserId) {
+        self.changes.watch(user);
+    }
+
+    fn unwatch(&self, user: &UserId) {
+        self.changes.unwatch(user);
+    }
+
+    fn notices(&self) -> Option<mpsc::UnboundedReceiver<Notice>> {
+        self.changes.notices()
     }
 
     fn kind(&self) -> &'static str {

@@ -1,0 +1,253 @@
+//! Live presence: `subscribe` / `unsubscribe`, and the `presence` frames pushed when a watched user
+//! goes online or offline.
+//!
+//! - The core keeps, per watched user, the connections watching and the last state it evaluated.
+//!   The first watcher of a user makes it emit [`Effect::Watch`] (the driver subscribes to the
+//!   user's change channel, once per server however many clients watch); the last one leaving,
+//!   [`Effect::Unwatch`].
+//! - A change notice ([`Input::Changed`], from Redis pub/sub or the embedded registry) is only a
+//!   hint: the core re-reads the user's presence through the query path (registry, lease filter,
+//!   durable fallback) and compares. A hint that arrives while a read is in flight schedules one
+//!   more read, so the last change is always read after it happened.
+//! - No flapping: online -> offline is held back for `Config::presence_grace`; at the deadline the
+//!   user is read again and the offline pushed only if it still holds. A user back within the
+//!   grace produces nothing. Offline -> online is pushed at once.
+//! - Each connection remembers what it was shown (its snapshot, then each push), and gets a frame
+//!   only when the new state differs: online/offline flipped, or a newer last_seen while offline.
+//! - After the change channel may have lost messages (a registry restart or pub/sub reconnect:
+//!   [`Input::Resync`]), every watched user is read again and differences pushed.
+//!
+//! Limits: `Config::max_watched_users` per connection (`too_many_users` past it); everything a
+//! connection watches is released when it closes.
+//!
+//! [`Effect::Watch`]: super::Effect::Watch
+//! [`Effect::Unwatch`]: super::Effect::Unwatch
+//! [`Input::Changed`]: super::Input::Changed
+//! [`Input::Resync`]: super::Input::Resync
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::frame::{ErrorCode, Frame, PresenceEntry};
+use crate::time::{MonoTime, UnixMillis};
+use crate::user::UserId;
+
+use super::io::{ConnId, Effect};
+use super::Presence;
+
+/// A user's presence as shown to watchers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct View {
+    pub(super) online: bool,
+    pub(super) last_seen: Option<UnixMillis>,
+}
+
+impl View {
+    pub(super) fn of(e: &PresenceEntry) -> View {
+        View { online: e.online, last_seen: e.last_seen }
+    }
+
+    /// Whether a watcher shown `self` should be told about `new`.
+    fn differs(&self, new: &View) -> bool {
+        self.online != new.online || (!new.online && new.last_seen > self.last_seen)
+    }
+}
+
+/// One watched user.
+#[derive(Debug, Default)]
+pub(super) struct Watched {
+    /// Connections watching.
+    watchers: BTreeSet<ConnId>,
+    /// The state last evaluated and pushed (`None` until the first read answers).
+    state: Option<View>,
+    /// A read for this user is in flight.
+    reading: bool,
+    /// A hint came while reading: read once more when it answers.
+    again: bool,
+    /// An offline seen while the user was shown online, held back until this deadline.
+    grace_until: Option<MonoTime>,
+}
+
+/// All subscriptions of this server.
+#[derive(Debug, Default)]
+pub(super) struct Watches {
+    pub(super) users: BTreeMap<UserId, Watched>,
+    /// Grace deadlines, (when, user).
+    pub(super) grace: BTreeSet<(MonoTime, UserId)>,
+}
+
+impl Presence {
+    pub(super) fn on_subscribe(&mut self, conn: ConnId, id: Option<u64>, users: Vec<UserId>) {
+        let Some(c) = self.conns.get(&conn) else { return };
+        let new: BTreeSet<&UserId> = users.iter().filter(|u| !c.watching.contains(*u)).collect();
+        let max = self.config.max_watched_users;
+        if c.watching.len() + new.len() > max {
+            let msg = format!("a connection may watch at most {max} users ({} already)", c.watching.len());
+            return self.send_error(conn, id, ErrorCode::TooManyUsers, &msg);
+        }
+        let new: Vec<UserId> = new.into_iter().cloned().collect();
+        // The snapshot is a query; it is refused (rate limits) before anything is watched.
+        if !self.start_snapshot(conn, id, users) {
+            return;
+        }
+        for user in new {
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.watching.insert(user.clone());
+            }
+            let w = self.watches.users.entry(user.clone()).or_default();
+            if w.watchers.is_empty() {
+                self.effects.push_back(Effect::Watch { user: user.clone() });
+            }
+            w.watchers.insert(conn);
+        }
+    }
+
+    pub(super) fn on_unsubscribe(&mut self, conn: ConnId, users: Vec<UserId>) {
+        for user in users {
+            let Some(c) = self.conns.get_mut(&conn) else { return };
+            if c.watching.remove(&user) {
+                c.shown.remove(&user);
+                self.drop_watcher(&user, conn);
+            }
+        }
+    }
+
+    /// Releases everything a closing connection watched.
+    pub(super) fn unwatch_all(&mut self, conn: ConnId, watching: BTreeSet<UserId>) {
+        for user in watching {
+            self.drop_watcher(&user, conn);
+        }
+    }
+
+    fn drop_watcher(&mut self, user: &UserId, conn: ConnId) {
+        let Some(w) = self.watches.users.get_mut(user) else { return };
+        w.watchers.remove(&conn);
+        if w.watchers.is_empty() {
+            if let Some(at) = w.grace_until {
+                self.watches.grace.remove(&(at, user.clone()));
+            }
+            self.watches.users.remove(user);
+            self.effects.push_back(Effect::Unwatch { user: user.clone() });
+        }
+    }
+
+    /// A change notice for `user`: read it again (or once more after the read in flight).
+    pub(super) fn on_changed(&mut self, user: UserId) {
+        let Some(w) = self.watches.users.get_mut(&user) else { return };
+        if w.reading {
+            w.again = true;
+            return;
+        }
+        w.reading = true;
+        self.read_watched(vec![user]);
+    }
+
+    /// Notices may have been lost: read every watched user again.
+    pub(super) fn on_resync(&mut self) {
+        let users: Vec<UserId> = self.watches.users.keys().cloned().collect();
+        for user in users {
+            self.on_changed(user);
+        }
+    }
+
+    /// A connection's snapshot answered: it was shown these states.
+    pub(super) fn snapshot_shown(&mut self, conn: ConnId, entries: &[PresenceEntry]) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        for e in entries {
+            if c.watching.contains(&e.user) {
+                c.shown.insert(e.user.clone(), View::of(e));
+            }
+        }
+        // The first state of a user nobody read yet.
+        for e in entries {
+            if let Some(w) = self.watches.users.get_mut(&e.user) {
+                w.state.get_or_insert(View::of(e));
+            }
+        }
+    }
+
+    /// A read of watched users answered (`entries` is `None` if it failed: the next hint,
+    /// resync or grace deadline reads again).
+    pub(super) fn watched_read(&mut self, users: &[UserId], entries: Option<Vec<PresenceEntry>>) {
+        let (now, grace) = (self.now, self.config.presence_grace);
+        let Some(entries) = entries else {
+            for user in users {
+                let Some(w) = self.watches.users.get_mut(user) else { continue };
+                w.reading = false;
+                // A held-back offline whose check failed: check again after another grace.
+                if let Some(at) = w.grace_until.filter(|at| *at <= now) {
+                    self.watches.grace.remove(&(at, user.clone()));
+                    let next = now.saturating_add(grace);
+                    w.grace_until = Some(next);
+                    self.watches.grace.insert((next, user.clone()));
+                }
+            }
+            return;
+        };
+        for e in entries {
+            let new = View::of(&e);
+            let Some(w) = self.watches.users.get_mut(&e.user) else { continue };
+            w.reading = false;
+            let was_online = w.state.is_some_and(|s| s.online);
+            let grace_over = w.grace_until.is_some_and(|at| at <= now);
+            if !new.online && was_online && !grace_over && !grace.is_zero() {
+                // Going offline: hold it back; a return within the grace shows nothing.
+                if w.grace_until.is_none() {
+                    let at = now.saturating_add(grace);
+                    w.grace_until = Some(at);
+                    self.watches.grace.insert((at, e.user.clone()));
+                }
+            } else {
+                if let Some(at) = w.grace_until.take() {
+                    self.watches.grace.remove(&(at, e.user.clone()));
+                }
+                w.state = Some(new);
+                self.push(&e.user, new);
+            }
+            self.read_again_if_hinted(&e.user);
+        }
+    }
+
+    fn read_again_if_hinted(&mut self, user: &UserId) {
+        if let Some(w) = self.watches.users.get_mut(user) {
+            if std::mem::take(&mut w.again) {
+                w.reading = true;
+                self.read_watched(vec![user.clone()]);
+            }
+        }
+    }
+
+    /// The grace of a held-back offline ran out: read once more and push what holds.
+    pub(super) fn grace_due(&mut self, user: UserId) {
+        let Some(w) = self.watches.users.get_mut(&user) else { return };
+        if w.reading {
+            w.again = true;
+        } else {
+            w.reading = true;
+            self.read_watched(vec![user]);
+        }
+    }
+
+    /// Tells every watcher of `user` whose view differs.
+    fn push(&mut self, user: &UserId, new: View) {
+        let Some(w) = self.watches.users.get(user) else { return };
+        let entry = PresenceEntry { user: user.clone(), online: new.online, last_seen: new.last_seen };
+        let mut to = Vec::new();
+        for conn in &w.watchers {
+            let Some(c) = self.conns.get_mut(conn) else { continue };
+            let tell = c.shown.get(user).is_none_or(|s| s.differs(&new));
+            c.shown.insert(user.clone(), new);
+            if tell {
+                to.push(*conn);
+            }
+        }
+        for conn in to {
+            self.stats.pushes += 1;
+            self.send(conn, &Frame::Presence { id: None, users: vec![entry.clone()] });
+        }
+    }
+
+    /// Users watched by at least one connection (each is subscribed once on the change channel).
+    pub fn watched_users(&self) -> usize {
+        self.watches.users.len()
+    }
+}
