@@ -393,15 +393,13 @@ where
                 .await?;
             // Then the index, and the change notice (after the change, so a watcher that reads on
             // it sees the change).
-            let mut pipe = redis::pipe();
+            let mut srem = None;
             if let Some(token) = token {
-                pipe.cmd("SREM")
-                    .arg(lease_index_key(&lease_name(server_id, token)))
-                    .arg(index_member(&user, &session))
-                    .ignore();
+                let mut cmd = redis::cmd("SREM");
+                cmd.arg(lease_index_key(&lease_name(server_id, token))).arg(index_member(&user, &session));
+                srem = Some(cmd);
             }
-            pipe.cmd("PUBLISH").arg(change_channel(&user)).arg("").ignore();
-            pipe.query_async::<()>(&mut conn).await?;
+            then_publish(&mut conn, topology, srem, std::slice::from_ref(&user)).await?;
             Ok(StoreOutput::Done)
         }
         RegistryOp::RenewLease { token, ttl, wall } => {
@@ -495,17 +493,14 @@ where
             if sessions.is_empty() {
                 return Ok(StoreOutput::Done);
             }
-            let mut pipe = redis::pipe();
-            let srem = pipe.cmd("SREM").arg(lease_index_key(&lease));
+            let mut srem = redis::cmd("SREM");
+            srem.arg(lease_index_key(&lease));
             for (user, session, _) in &sessions {
                 srem.arg(index_member(user, session));
             }
-            srem.ignore();
-            let held: BTreeSet<&UserId> = sessions.iter().filter(|s| s.2).map(|s| &s.0).collect();
-            for user in held {
-                pipe.cmd("PUBLISH").arg(change_channel(user)).arg("").ignore();
-            }
-            pipe.query_async::<()>(&mut conn).await?;
+            let held: BTreeSet<UserId> = sessions.iter().filter(|s| s.2).map(|s| s.0.clone()).collect();
+            let held: Vec<UserId> = held.into_iter().collect();
+            then_publish(&mut conn, topology, Some(srem), &held).await?;
             Ok(StoreOutput::Done)
         }
         RegistryOp::SetLastSeen { user, last_seen } => {
@@ -580,6 +575,44 @@ fn parse_lease_view((token, live, expired): (String, Vec<String>, Vec<String>)) 
 fn parse_member(member: &str) -> Option<(UserId, SessionId)> {
     let (user, session) = member.split_once(' ')?;
     Some((UserId::new(user).ok()?, SessionId::new(session)))
+}
+
+/// Runs `first` (if any), then `PUBLISH presence:{u}` for each user: one pipeline on a single
+/// node; on a cluster, separate commands (a cluster pipeline must stay in one slot, and each
+/// channel is in its user's slot).
+async fn then_publish<C>(
+    conn: &mut C,
+    topology: Topology,
+    first: Option<redis::Cmd>,
+    users: &[UserId],
+) -> RedisResult<()>
+where
+    C: ConnectionLike + Clone + Send + 'static,
+{
+    let publish = |user: &UserId| redis::cmd("PUBLISH").arg(change_channel(user)).arg("").clone();
+    match topology {
+        Topology::Single => {
+            let mut pipe = redis::pipe();
+            if let Some(cmd) = first {
+                pipe.add_command(cmd).ignore();
+            }
+            for user in users {
+                pipe.add_command(publish(user)).ignore();
+            }
+            pipe.query_async::<()>(conn).await
+        }
+        Topology::Cluster => {
+            if let Some(cmd) = first {
+                cmd.query_async::<()>(conn).await?;
+            }
+            let sends = users.iter().map(|user| {
+                let mut conn = conn.clone();
+                let cmd = publish(user);
+                async move { cmd.query_async::<()>(&mut conn).await }
+            });
+            futures_util::future::try_join_all(sends).await.map(|_| ())
+        }
+    }
 }
 
 /// Turns the `HVALS ws_lease` and two `GET` replies of one user into an entry.
