@@ -313,33 +313,40 @@ impl Harness {
         Ok(())
     }
 
+    /// Every store operation in flight succeeds.
+    fn complete_all(&mut self) -> Result<(), TestCaseError> {
+        while !self.in_flight.is_empty() {
+            self.complete(0, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Live connections prove life, then 500 ms pass.
+    fn heartbeat_and_wait(&mut self) -> Result<(), TestCaseError> {
+        for conn in self.live.keys().copied().collect::<Vec<_>>() {
+            self.proof(conn);
+            self.feed(Input::Alive { conn })?;
+        }
+        self.mono_ms += 500;
+        self.wall_ms += 500;
+        self.feed(Input::Timeout)
+    }
+
     /// After healing: notices may have been lost, so resync; past the grace, every watcher's view
     /// of every user it watches equals what a fresh lookup answers (online exactly; last_seen
     /// while offline), and the change channel holds exactly the users someone watches.
     fn check_watchers(&mut self) -> Result<(), TestCaseError> {
         self.feed(Input::Resync)?;
         for _ in 0..16 {
-            while !self.in_flight.is_empty() {
-                self.complete(0, 0)?;
-            }
-            for conn in self.live.keys().copied().collect::<Vec<_>>() {
-                self.proof(conn);
-                self.feed(Input::Alive { conn })?;
-            }
-            self.mono_ms += 500;
-            self.wall_ms += 500;
-            self.feed(Input::Timeout)?;
+            self.complete_all()?;
+            self.heartbeat_and_wait()?;
         }
-        while !self.in_flight.is_empty() {
-            self.complete(0, 0)?;
-        }
+        self.complete_all()?;
         prop_assert_eq!(self.p.watched_users(), self.watched.len());
         let users: Vec<UserId> = USERS.iter().map(|u| UserId::new(u).unwrap()).collect();
         self.lookups.clear();
         self.feed(Input::Lookup { lookup: presence_core::LookupId(77), users })?;
-        while !self.in_flight.is_empty() {
-            self.complete(0, 0)?;
-        }
+        self.complete_all()?;
         prop_assert_eq!(self.lookups.len(), 1, "the lookup was not answered");
         let truth: BTreeMap<String, (bool, Option<String>)> =
             self.lookups[0].iter().map(|(u, o, l)| (u.clone(), (*o, l.clone()))).collect();
@@ -485,24 +492,14 @@ impl Harness {
     /// Faults stop: every operation succeeds and time passes with live connections heartbeating.
     fn heal(&mut self) -> Result<(), TestCaseError> {
         for _ in 0..200 {
-            while !self.in_flight.is_empty() {
-                self.complete(0, 0)?;
-            }
+            self.complete_all()?;
             let reaped = self.stores.expired.is_empty();
             if self.p.pending_writes() == 0 && self.p.registry_backlog() == 0 && reaped {
                 break;
             }
-            for conn in self.live.keys().copied().collect::<Vec<_>>() {
-                self.proof(conn);
-                self.feed(Input::Alive { conn })?;
-            }
-            self.mono_ms += 500;
-            self.wall_ms += 500;
-            self.feed(Input::Timeout)?;
+            self.heartbeat_and_wait()?;
         }
-        while !self.in_flight.is_empty() {
-            self.complete(0, 0)?;
-        }
+        self.complete_all()?;
         prop_assert_eq!(self.p.pending_writes(), 0, "writes still pending after healing");
         prop_assert_eq!(self.p.registry_backlog(), 0, "registrations still pending after healing");
         // Every ended session is durable with at least its last proof of life (I2).

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use presence_tests::{eventually, Stack};
+use presence_tests::{eventually, PresenceServer, Stack};
 
 #[tokio::test]
 #[ignore = "needs redis-server and dynalite: run scripts/test"]
@@ -24,25 +24,18 @@ async fn subscription_limits() {
     assert_eq!(b.metric("presence_watched_users").await, 3);
 
     alice.unsubscribe(&["u3"]).await;
-    eventually("u3 released", Duration::from_secs(2), || {
-        let b = &b;
-        async move {
-            match b.metric("presence_watched_users").await {
-                2 => Ok(()),
-                n => Err(format!("{n} watched")),
-            }
-        }
-    })
-    .await;
+    wait_watched(&b, 2).await;
     alice.close().await;
     carol.close().await;
-    eventually("every subscription released", Duration::from_secs(2), || {
-        let b = &b;
-        async move {
-            match b.metric("presence_watched_users").await {
-                0 => Ok(()),
-                n => Err(format!("{n} watched")),
-            }
+    wait_watched(&b, 0).await;
+}
+
+/// Waits until the server's `presence_watched_users` gauge reads `n`.
+async fn wait_watched(server: &PresenceServer, n: u64) {
+    eventually(&format!("{n} watched users"), Duration::from_secs(2), || async move {
+        match server.metric("presence_watched_users").await {
+            got if got == n => Ok(()),
+            got => Err(format!("{got} watched")),
         }
     })
     .await;
