@@ -169,9 +169,11 @@ impl Presence {
         let batch = match result {
             Ok(StoreOutput::Reap(Some(batch))) => batch,
             Ok(_) => {
-                // Done, or not ours to do: forget the lease until a view lists it again.
+                // Done, or not ours to do: forget the lease until a view lists it again, and go on
+                // with the next one at once (after a mass failure, one lease per renewal would be
+                // slow).
                 self.lease.expired.retain(|l| *l != reap.lease);
-                return;
+                return self.start_reap();
             }
             Err(_) => return,
         };

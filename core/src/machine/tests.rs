@@ -749,3 +749,24 @@ fn a_resync_reads_every_watched_user_and_pushes_what_changed() {
         r#"{"type":"presence","users":[{"user":"bob","online":true,"last_seen":"2024-01-15T09:41:59.000Z"}]}"#
     );
 }
+
+/// Found by the core fuzz target: with many expired leases (after a mass failure, or leases
+/// orphaned by renewals whose answer was lost), a claim with nothing to do moves on to the next
+/// expired lease at once instead of one lease per renewal interval.
+#[test]
+fn the_reaper_goes_through_expired_leases_without_waiting_for_renewals() {
+    let mut r = Rig::manual_lease(Config::default());
+    let e = r.input(Input::Timeout);
+    let mut e = r.done(store(&e[0]).0, lease_view(9, &[9], &["a#1", "b#2", "c#3"]));
+    let mut claimed = Vec::new();
+    while let Some(Effect::Store { id, op: StoreOp::Registry(RegistryOp::ClaimReap { lease, .. }) }) =
+        e.first()
+    {
+        claimed.push(lease.clone());
+        let id = *id;
+        e = r.done(id, Ok(StoreOutput::Reap(None)));
+    }
+    claimed.sort();
+    assert_eq!(claimed, ["a#1", "b#2", "c#3"]);
+    assert_eq!(r.ms, 0, "all within the same instant");
+}
