@@ -166,8 +166,11 @@ impl Presence {
 
     fn fail_query(&mut self, q: QueryState, why: &str) {
         match q.asker {
-            Asker::Conn { conn, sid, request, .. } => {
+            Asker::Conn { conn, sid, request, subscribe } => {
                 if self.finish_query(conn, sid) {
+                    if subscribe {
+                        self.subscribe_failed(conn, &q.users);
+                    }
                     self.send_error(conn, request, ErrorCode::Unavailable, why);
                 }
             }

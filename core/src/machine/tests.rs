@@ -637,6 +637,19 @@ fn entry_of(online: bool, last_seen: Option<i64>) -> RegistryEntry {
     }
 }
 
+/// Answers a `subscribe`'s snapshot read (the first store effect in `e`) with `entries`, then the
+/// re-read that follows the snapshot with the same entries; returns the snapshot frame.
+fn answer_snapshot(r: &mut Rig, e: &[Effect], entries: Vec<RegistryEntry>) -> String {
+    let e = r.done(store(&e[0]).0, Ok(StoreOutput::Registry(entries.clone())));
+    let frame = e.iter().find(|e| matches!(e, Effect::Send { .. })).map(text_of).expect("the snapshot");
+    let reads: Vec<EffectId> =
+        e.iter().filter(|e| matches!(e, Effect::Store { .. })).map(|e| store(e).0).collect();
+    for (id, entry) in reads.into_iter().zip(entries) {
+        assert!(r.done(id, Ok(StoreOutput::Registry(vec![entry]))).is_empty(), "nothing changed since");
+    }
+    frame
+}
+
 fn watch_effects(e: &[Effect]) -> Vec<Effect> {
     e.iter().filter(|e| matches!(e, Effect::Watch { .. } | Effect::Unwatch { .. })).cloned().collect()
 }
@@ -647,11 +660,9 @@ fn subscribe_answers_a_snapshot_then_pushes_changes() {
     r.open(1, "alice");
     let e = r.text(1, r#"{"type":"subscribe","id":4,"users":["bob"]}"#);
     assert_eq!(watch_effects(&e), vec![Effect::Watch { user: uid("bob") }]);
-    let (q, op) = store(&e[0]);
-    assert_eq!(op, reg(RegistryOp::Read { users: vec![uid("bob")] }));
-    let e = r.done(q, Ok(StoreOutput::Registry(vec![entry_of(false, Some(T0 - 60_000))])));
+    assert_eq!(store(&e[0]).1, reg(RegistryOp::Read { users: vec![uid("bob")] }));
     assert_eq!(
-        text_of(&e[0]),
+        answer_snapshot(&mut r, &e, vec![entry_of(false, Some(T0 - 60_000))]),
         r#"{"type":"presence","id":4,"users":[{"user":"bob","online":false,"last_seen":"2024-01-15T09:41:00.000Z"}]}"#
     );
     // Bob connects somewhere: a change notice, a read, a push without id.
@@ -675,7 +686,7 @@ fn a_quick_reconnect_within_the_grace_shows_watchers_nothing() {
     let mut r = Rig::new(Config::default());
     r.open(1, "alice");
     let e = r.text(1, r#"{"type":"subscribe","users":["bob"]}"#);
-    r.done(store(&e[0]).0, Ok(StoreOutput::Registry(vec![entry_of(true, Some(T0 - 9_000))])));
+    answer_snapshot(&mut r, &e, vec![entry_of(true, Some(T0 - 9_000))]);
     // Bob's last session ends: offline is held back.
     let e = r.input(Input::Changed { user: uid("bob") });
     let e = r.done(store(&e[0]).0, Ok(StoreOutput::Registry(vec![entry_of(false, Some(T0))])));
@@ -737,7 +748,7 @@ fn a_resync_reads_every_watched_user_and_pushes_what_changed() {
     r.open(1, "alice");
     let e = r.text(1, r#"{"type":"subscribe","users":["bob","dave"]}"#);
     let snapshot = vec![entry_of(false, Some(T0 - 1_000)), entry_of(false, Some(T0 - 2_000))];
-    r.done(store(&e[0]).0, Ok(StoreOutput::Registry(snapshot)));
+    answer_snapshot(&mut r, &e, snapshot);
     let e = r.input(Input::Resync);
     assert_eq!(e.len(), 2);
     let (qb, _) = store(&e[0]);
@@ -769,4 +780,35 @@ fn the_reaper_goes_through_expired_leases_without_waiting_for_renewals() {
     claimed.sort();
     assert_eq!(claimed, ["a#1", "b#2", "c#3"]);
     assert_eq!(r.ms, 0, "all within the same instant");
+}
+
+#[test]
+fn no_push_before_the_snapshot_and_a_change_meanwhile_is_pushed_after_it() {
+    let mut r = Rig::new(Config::default());
+    r.open(1, "alice");
+    r.open(2, "carol");
+    // Carol watches bob already; Alice subscribes, and bob comes online before her snapshot.
+    let e = r.text(2, r#"{"type":"subscribe","users":["bob"]}"#);
+    answer_snapshot(&mut r, &e, vec![entry_of(false, Some(T0))]);
+    let e = r.text(1, r#"{"type":"subscribe","id":3,"users":["bob"]}"#);
+    let (snapshot_read, _) = store(&e[0]);
+    let e = r.input(Input::Changed { user: uid("bob") });
+    let e = r.done(store(&e[0]).0, Ok(StoreOutput::Registry(vec![entry_of(true, Some(T0))])));
+    // Only Carol is pushed: Alice has no snapshot yet.
+    assert_eq!(e.len(), 1);
+    assert!(matches!(&e[0], Effect::Send { conn: ConnId(2), .. }));
+    // Alice's snapshot read was older (offline); then a re-read brings her up to date.
+    let e = r.done(snapshot_read, Ok(StoreOutput::Registry(vec![entry_of(false, Some(T0))])));
+    let (reread, _) = store(&e[0]);
+    assert!(text_of(&e[1]).contains(r#""id":3"#));
+    let e = r.done(reread, Ok(StoreOutput::Registry(vec![entry_of(true, Some(T0))])));
+    assert_eq!(
+        e,
+        vec![Effect::Send {
+            conn: ConnId(1),
+            message: OutMessage::Text(
+                r#"{"type":"presence","users":[{"user":"bob","online":true,"last_seen":"2024-01-15T09:42:00.000Z"}]}"#.into()
+            )
+        }]
+    );
 }

@@ -55,8 +55,10 @@ impl View {
 /// One watched user.
 #[derive(Debug, Default)]
 pub(super) struct Watched {
-    /// Connections watching.
+    /// Connections watching (their snapshot was sent: pushes go to them).
     watchers: BTreeSet<ConnId>,
+    /// Connections whose snapshot is not answered yet: no push before it.
+    pending: BTreeSet<ConnId>,
     /// The state last evaluated and pushed (`None` until the first read answers).
     state: Option<View>,
     /// A read for this user is in flight.
@@ -94,10 +96,21 @@ impl Presence {
                 c.watching.insert(user.clone());
             }
             let w = self.watches.users.entry(user.clone()).or_default();
-            if w.watchers.is_empty() {
+            if w.watchers.is_empty() && w.pending.is_empty() {
                 self.effects.push_back(Effect::Watch { user: user.clone() });
             }
-            w.watchers.insert(conn);
+            w.pending.insert(conn);
+        }
+    }
+
+    /// A `subscribe` whose snapshot failed (an error was sent): it watches nothing.
+    pub(super) fn subscribe_failed(&mut self, conn: ConnId, users: &[UserId]) {
+        for user in users {
+            let Some(c) = self.conns.get_mut(&conn) else { return };
+            if c.watching.remove(user) {
+                c.shown.remove(user);
+                self.drop_watcher(user, conn);
+            }
         }
     }
 
@@ -121,7 +134,8 @@ impl Presence {
     fn drop_watcher(&mut self, user: &UserId, conn: ConnId) {
         let Some(w) = self.watches.users.get_mut(user) else { return };
         w.watchers.remove(&conn);
-        if w.watchers.is_empty() {
+        w.pending.remove(&conn);
+        if w.watchers.is_empty() && w.pending.is_empty() {
             if let Some(at) = w.grace_until {
                 self.watches.grace.remove(&(at, user.clone()));
             }
@@ -149,19 +163,28 @@ impl Presence {
         }
     }
 
-    /// A connection's snapshot answered: it was shown these states.
+    /// A connection's snapshot answered: it was shown these states, and it gets pushes from now
+    /// on. Each user is read once more: a change made after the snapshot's read, whose push went
+    /// only to the other watchers, reaches this one too.
     pub(super) fn snapshot_shown(&mut self, conn: ConnId, entries: &[PresenceEntry]) {
         let Some(c) = self.conns.get_mut(&conn) else { return };
+        let mut joined = Vec::new();
         for e in entries {
-            if c.watching.contains(&e.user) {
-                c.shown.insert(e.user.clone(), View::of(e));
+            if !c.watching.contains(&e.user) {
+                continue;
             }
-        }
-        // The first state of a user nobody read yet.
-        for e in entries {
+            c.shown.insert(e.user.clone(), View::of(e));
             if let Some(w) = self.watches.users.get_mut(&e.user) {
+                if w.pending.remove(&conn) {
+                    w.watchers.insert(conn);
+                    joined.push(e.user.clone());
+                }
+                // The first state of a user nobody read yet.
                 w.state.get_or_insert(View::of(e));
             }
+        }
+        for user in joined {
+            self.on_changed(user);
         }
     }
 
