@@ -44,7 +44,7 @@ pub enum Val {
 }
 
 /// The Redis host's memory (lost on every restart).
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct RedisState {
     seed: u64,
     plant: Option<Plant>,
@@ -115,7 +115,21 @@ pub fn sha1_hex(body: &[u8]) -> String {
     sha1_smol::Sha1::from(body).digest().to_string()
 }
 
+/// Also the reply of a script whose `redis.call` hits a key of the wrong type: Redis 7 passes the
+/// call's error on with its own code (`-WRONGTYPE ... script: <sha>, on @user_script:<line>.`),
+/// where Redis 6 said `-ERR Error running script (call to f_<sha>): ... WRONGTYPE ...`.
 const WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong kind of value";
+
+/// `s` as Redis parses an integer (`string2ll`, as `INCR` does): an optional `-`, then digits
+/// without a leading zero (`0` alone is fine), within i64. No `+`, no spaces, no `-0`.
+fn redis_int(s: &[u8]) -> Option<i64> {
+    let digits = s.strip_prefix(b"-").unwrap_or(s);
+    let leading_zero = digits.first() == Some(&b'0') && s.len() > 1;
+    if digits.is_empty() || leading_zero || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(s).ok()?.parse().ok()
+}
 
 /// Whether `s` is the fixed-width timestamp the scripts' Lua pattern accepts.
 fn well_formed(s: &[u8]) -> bool {
@@ -253,7 +267,7 @@ impl RedisState {
                 ));
             }
         }
-        let cur = self.get_str(key).map_err(|e| format!("ERR Error running script: {e}"))?;
+        let cur = self.get_str(key)?;
         if let Some(cur) = cur {
             if well_formed(&cur) && cur.as_slice() >= ts {
                 return Ok(0);
@@ -271,7 +285,7 @@ impl RedisState {
                 Some(Plant::UnconditionalDelete) => h.keys().cloned().collect(),
                 _ => h.contains_key(field).then(|| field.to_vec()).into_iter().collect(),
             },
-            Some(_) => return Err(format!("ERR Error running script: {WRONGTYPE}")),
+            Some(_) => return Err(WRONGTYPE.into()),
         };
         let mut n = 0;
         if let Some(Val::Hash(h)) = self.db.get_mut(key) {
@@ -359,7 +373,7 @@ impl RedisState {
         let n = match self.db.get_mut(key) {
             None => 0,
             Some(Val::Hash(h)) => i64::from(h.remove(field).is_some()),
-            Some(_) => return Err(format!("ERR Error running script: {WRONGTYPE}")),
+            Some(_) => return Err(WRONGTYPE.into()),
         };
         self.drop_if_empty(key);
         Ok(n)
@@ -378,8 +392,13 @@ impl RedisState {
             self.zscore(&keys[0], format!("{server}#{token}").as_bytes())?
         };
         if exp.is_none_or(|e| e <= now) {
-            let cur = self.get_str(&keys[2])?.and_then(|v| String::from_utf8_lossy(&v).parse::<i64>().ok());
-            let n = (cur.unwrap_or(0) + 1).max(now);
+            // `INCR`: the counter must hold a Redis integer (else the script fails, having written
+            // nothing yet), and must not overflow.
+            let cur = match self.get_str(&keys[2])? {
+                None => 0,
+                Some(v) => redis_int(&v).ok_or("ERR value is not an integer or out of range")?,
+            };
+            let n = cur.checked_add(1).ok_or("ERR increment or decrement would overflow")?.max(now);
             self.db.insert(keys[2].clone(), Val::Str(n.to_string().into_bytes()));
             token = n.to_string();
         }
@@ -406,10 +425,15 @@ impl RedisState {
             return Ok(Reply::Bulk(None));
         }
         if let Some(claim) = self.hget(&keys[2], &args[0])? {
-            let claim = String::from_utf8_lossy(&claim).into_owned();
-            if let Some((who, until)) = claim.rsplit_once(' ') {
-                let until: i64 = until.parse().unwrap_or(0);
-                if who.as_bytes() != args[1].as_slice() && until > now {
+            // Lua: `string.match(claim, '^(.*) (%d+)$')` splits at the last space, and only if
+            // ASCII digits alone follow it (no sign); `tonumber(untl)` is a double, so an `untl`
+            // beyond i64 is just a large number. A claim of any other shape is no claim.
+            if let Some(at) = claim.iter().rposition(|&b| b == b' ') {
+                let (who, until) = (&claim[..at], &claim[at + 1..]);
+                let until = (!until.is_empty() && until.iter().all(u8::is_ascii_digit))
+                    .then(|| String::from_utf8_lossy(until).parse::<f64>().ok())
+                    .flatten();
+                if who != args[1].as_slice() && until.is_some_and(|u| u > now as f64) {
                     return Ok(Reply::Bulk(None));
                 }
             }
@@ -461,7 +485,7 @@ impl RedisState {
     /// `record_end` of the scripts: into the cache if it holds a well-formed value, else into the
     /// pending key.
     fn record_end(&mut self, w: &World, cache: &[u8], pending: &[u8], ts: &[u8]) -> Result<i64, String> {
-        let present = self.get_str(cache).map_err(|e| format!("ERR Error running script: {e}"))?;
+        let present = self.get_str(cache)?;
         if present.is_some_and(|c| well_formed(&c)) {
             self.max_register(w, cache, ts)
         } else {
@@ -472,14 +496,26 @@ impl RedisState {
     /// [`SET_LAST_SEEN_LUA`]: max-register of the cache, then drop a pending value it covers.
     fn set_last_seen(&mut self, w: &World, keys: &[Vec<u8>], ts: &[u8]) -> Result<i64, String> {
         let wrote = self.max_register(w, &keys[0], ts)?;
-        let cache = self.get_str(&keys[0]).map_err(|e| format!("ERR Error running script: {e}"))?;
-        let pending = self.get_str(&keys[1]).map_err(|e| format!("ERR Error running script: {e}"))?;
+        let cache = self.get_str(&keys[0])?;
+        let pending = self.get_str(&keys[1])?;
         if let Some(p) = pending {
             if !well_formed(&p) || cache.is_some_and(|c| p <= c) {
                 self.db.remove(&keys[1]);
             }
         }
         Ok(wrote)
+    }
+
+    /// Runs one command (`argv`, not empty) as host `peer` sent it and returns the reply encoded
+    /// as RESP2, the bytes a client reads. The entry point of the differential test against a real
+    /// redis-server (`sim/tests/redis_differential.rs`); the simulator itself goes through
+    /// [`redis_main`]. Nothing is traced; the live checks (I5, I7) still report to `w`. The Redis
+    /// clock is `EPOCH_MS + w.now()`: outside turmoil, set it with `w.outer_now`.
+    pub fn execute(&mut self, w: &World, peer: &str, argv: &[Vec<u8>]) -> Vec<u8> {
+        assert!(!argv.is_empty(), "a command has at least its name");
+        let mut out = Vec::new();
+        self.command(w, peer, argv).write(&mut out);
+        out
     }
 
     fn command(&mut self, w: &World, peer: &str, argv: &[Vec<u8>]) -> Reply {
@@ -547,6 +583,9 @@ impl RedisState {
                 self.drop_if_empty(&argv[1]);
                 res
             }
+            // Change notices for subscriptions: the simulated clients do not subscribe, so there
+            // is never a subscriber to deliver to.
+            "PUBLISH" if argv.len() == 3 => Reply::Int(0),
             "SRANDMEMBER" if argv.len() == 3 => {
                 let Some(n) = std::str::from_utf8(&argv[2]).ok().and_then(|s| s.parse::<usize>().ok()) else {
                     return Reply::Err("ERR value is not an integer or out of range".into());
@@ -604,7 +643,7 @@ impl RedisState {
                 self.run_script(w, peer, &sha, keys, args)
             }
             "HSET" | "HLEN" | "HGET" | "HVALS" | "HDEL" | "GET" | "SET" | "DEL" | "SADD" | "SREM"
-            | "SRANDMEMBER" | "SCRIPT" | "EVALSHA" | "EVAL" => wrong(),
+            | "SRANDMEMBER" | "PUBLISH" | "SCRIPT" | "EVALSHA" | "EVAL" => wrong(),
             _ => Reply::Err(format!("ERR unknown command '{}'", name.to_lowercase())),
         }
     }
@@ -733,6 +772,18 @@ mod tests {
         assert_eq!(a, vec![b"PING".to_vec()]);
         assert!(parse(b"*2\r\n$3\r\nGE").unwrap().is_none());
         assert!(parse(b"+x\r\n").is_err());
+    }
+
+    #[test]
+    fn integers_parse_as_in_redis() {
+        assert_eq!(redis_int(b"0"), Some(0));
+        assert_eq!(redis_int(b"-5"), Some(-5));
+        assert_eq!(redis_int(b"9223372036854775807"), Some(i64::MAX));
+        for bad in
+            [&b""[..], b"-", b"-0", b"05", b"+5", b" 5", b"5 ", b"1e3", b"12abc", b"9223372036854775808"]
+        {
+            assert_eq!(redis_int(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]
