@@ -119,6 +119,8 @@ struct Harness {
     watched: BTreeSet<UserId>,
     /// Per connection, what it was last shown of each user (snapshots and pushes).
     shown: BTreeMap<ConnId, BTreeMap<String, (bool, Option<String>)>>,
+    /// Per connection, the users it subscribed to and did not unsubscribe since.
+    subs: BTreeMap<ConnId, BTreeSet<String>>,
     /// The answers to the harness's own lookups.
     lookups: Vec<Vec<(String, bool, Option<String>)>>,
 }
@@ -151,6 +153,7 @@ impl Harness {
             reaped: BTreeSet::new(),
             watched: BTreeSet::new(),
             shown: BTreeMap::new(),
+            subs: BTreeMap::new(),
             lookups: Vec::new(),
         }
     }
@@ -281,8 +284,13 @@ impl Harness {
         if !(id.is_none() || id == Some(9)) {
             return;
         }
+        let subs = self.subs.get(&conn);
         let shown = self.shown.entry(conn).or_default();
         for e in users {
+            // A snapshot that arrives after an unsubscribe of the user shows nothing to keep.
+            if id.is_some() && !subs.is_some_and(|s| s.contains(e.user.as_str())) {
+                continue;
+            }
             shown.insert(e.user.to_string(), (e.online, e.last_seen.map(|t| t.to_rfc3339())));
         }
     }
@@ -463,6 +471,9 @@ impl Harness {
                 self.feed(Input::RegistryRestarted)
             }
             Step::Subscribe(c, users) => {
+                if let Some(conn) = self.pick(c) {
+                    self.subs.entry(conn).or_default().extend(users.iter().map(|&u| USERS[u].to_owned()));
+                }
                 let list: Vec<String> = users.iter().map(|&u| format!("\"{}\"", USERS[u])).collect();
                 let text = format!(r#"{{"type":"subscribe","id":9,"users":[{}]}}"#, list.join(","));
                 self.message(c, Encoding::Json, text.as_bytes())
@@ -471,9 +482,10 @@ impl Harness {
                 let list: Vec<String> = users.iter().map(|&u| format!("\"{}\"", USERS[u])).collect();
                 let text = format!(r#"{{"type":"unsubscribe","users":[{}]}}"#, list.join(","));
                 // No longer watched by this connection: what it was shown is not checked.
-                if let Some(shown) = self.pick(c).and_then(|conn| self.shown.get_mut(&conn)) {
+                if let Some(conn) = self.pick(c) {
                     for &u in &users {
-                        shown.remove(USERS[u]);
+                        self.shown.get_mut(&conn).map(|s| s.remove(USERS[u]));
+                        self.subs.get_mut(&conn).map(|s| s.remove(USERS[u]));
                     }
                 }
                 self.message(c, Encoding::Json, text.as_bytes())

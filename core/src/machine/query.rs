@@ -166,11 +166,8 @@ impl Presence {
 
     fn fail_query(&mut self, q: QueryState, why: &str) {
         match q.asker {
-            Asker::Conn { conn, sid, request, subscribe } => {
+            Asker::Conn { conn, sid, request, .. } => {
                 if self.finish_query(conn, sid) {
-                    if subscribe {
-                        self.subscribe_failed(conn, &q.users);
-                    }
                     self.send_error(conn, request, ErrorCode::Unavailable, why);
                 }
             }
@@ -194,8 +191,8 @@ impl Presence {
     }
 
     fn reply(&mut self, q: QueryState) {
-        if let Asker::Conn { conn, sid, .. } = q.asker {
-            if !self.finish_query(conn, sid) {
+        if let Asker::Conn { conn, sid, .. } = &q.asker {
+            if !self.finish_query(*conn, *sid) {
                 return;
             }
         }

@@ -14,6 +14,11 @@
 //!   grace produces nothing. Offline -> online is pushed at once.
 //! - Each connection remembers what it was shown (its snapshot, then each push), and gets a frame
 //!   only when the new state differs: online/offline flipped, or a newer last_seen while offline.
+//!   No push reaches a connection before its snapshot; after the snapshot each user is read once
+//!   more (a change between the snapshot's read and its answer went only to the other watchers).
+//!   A `subscribe` whose snapshot fails (`unavailable`) still holds its users (within the limit)
+//!   but pushes nothing for them until a later `subscribe` of them is answered, or they are
+//!   unsubscribed.
 //! - After the change channel may have lost messages (a registry restart or pub/sub reconnect:
 //!   [`Input::Resync`]), every watched user is read again and differences pushed.
 //!
@@ -73,7 +78,8 @@ pub(super) struct Watched {
 #[derive(Debug, Default)]
 pub(super) struct Watches {
     pub(super) users: BTreeMap<UserId, Watched>,
-    /// Grace deadlines, (when, user).
+    /// Deadlines to read a user again, (when, user): a held-back offline's grace, or a retry
+    /// after a failed read.
     pub(super) grace: BTreeSet<(MonoTime, UserId)>,
 }
 
@@ -100,17 +106,6 @@ impl Presence {
                 self.effects.push_back(Effect::Watch { user: user.clone() });
             }
             w.pending.insert(conn);
-        }
-    }
-
-    /// A `subscribe` whose snapshot failed (an error was sent): it watches nothing.
-    pub(super) fn subscribe_failed(&mut self, conn: ConnId, users: &[UserId]) {
-        for user in users {
-            let Some(c) = self.conns.get_mut(&conn) else { return };
-            if c.watching.remove(user) {
-                c.shown.remove(user);
-                self.drop_watcher(user, conn);
-            }
         }
     }
 
@@ -170,18 +165,20 @@ impl Presence {
         let Some(c) = self.conns.get_mut(&conn) else { return };
         let mut joined = Vec::new();
         for e in entries {
+            // Unsubscribed meanwhile: not watched any more.
             if !c.watching.contains(&e.user) {
                 continue;
             }
             c.shown.insert(e.user.clone(), View::of(e));
             if let Some(w) = self.watches.users.get_mut(&e.user) {
-                if w.pending.remove(&conn) {
-                    w.watchers.insert(conn);
-                    joined.push(e.user.clone());
-                }
+                w.pending.remove(&conn);
+                w.watchers.insert(conn);
                 // The first state of a user nobody read yet.
                 w.state.get_or_insert(View::of(e));
             }
+            // Read once more, also for a user this connection watched already: this snapshot
+            // may be older than a push it got meanwhile.
+            joined.push(e.user.clone());
         }
         for user in joined {
             self.on_changed(user);
@@ -193,15 +190,19 @@ impl Presence {
     pub(super) fn watched_read(&mut self, users: &[UserId], entries: Option<Vec<PresenceEntry>>) {
         let (now, grace) = (self.now, self.config.presence_grace);
         let Some(entries) = entries else {
+            // The stores could not say: read again at the next lease renewal (when our view of
+            // the stores is refreshed), a held-back offline after another grace.
+            let retry = now.saturating_add(self.config.lease_renew_interval);
             for user in users {
                 let Some(w) = self.watches.users.get_mut(user) else { continue };
                 w.reading = false;
-                // A held-back offline whose check failed: check again after another grace.
                 if let Some(at) = w.grace_until.filter(|at| *at <= now) {
                     self.watches.grace.remove(&(at, user.clone()));
                     let next = now.saturating_add(grace);
                     w.grace_until = Some(next);
                     self.watches.grace.insert((next, user.clone()));
+                } else {
+                    self.watches.grace.insert((retry, user.clone()));
                 }
             }
             return;
@@ -239,7 +240,8 @@ impl Presence {
         }
     }
 
-    /// The grace of a held-back offline ran out: read once more and push what holds.
+    /// A deadline of `grace` passed (a held-back offline's grace ran out, or a failed read's
+    /// retry): read once more and push what holds.
     pub(super) fn grace_due(&mut self, user: UserId) {
         let Some(w) = self.watches.users.get_mut(&user) else { return };
         if w.reading {
