@@ -130,6 +130,8 @@ impl Device {
                 last_touch: t0,
                 last_acked_send: None,
                 end: None,
+                subscribed: None,
+                view: BTreeMap::new(),
             });
             m.conns.len() - 1
         };
@@ -167,6 +169,11 @@ impl Device {
         w.trace(format!("{} c{c} open", self.name));
 
         let mut pending: Pending = BTreeMap::new();
+        // Half the connections watch every other user (a chat list): a snapshot, then pushes.
+        if self.rng.chance(0.5) && !self.subscribe(c, &mut ws, &mut pending).await {
+            self.end(c, End::ServerClosed);
+            return;
+        }
         let lifetime = self.rng.range(1_000, 15_000);
         let end_at = t_open + lifetime;
         let mut next_act = t_open + self.rng.range(100, 1_000);
@@ -208,6 +215,28 @@ impl Device {
                 }
             }
         }
+    }
+
+    /// Subscribes to every other user. False if the connection failed.
+    async fn subscribe(&mut self, c: ConnIx, ws: &mut Ws, pending: &mut Pending) -> bool {
+        self.next_id += 1;
+        let id = self.next_id;
+        let users: Vec<UserId> = self
+            .w
+            .users()
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != self.user)
+            .map(|(_, u)| UserId::new(u).expect("valid user"))
+            .collect();
+        self.conn_mut(c, |conn| conn.subscribed = Some(id));
+        pending.insert(id, (true, self.now()));
+        self.w.trace(format!("{} c{c} send #{id} subscribe", self.name));
+        let text = codec::encode_json(&Frame::Subscribe { id: Some(id), users });
+        matches!(
+            tokio::time::timeout(Duration::from_millis(1_000), ws.send(Message::text(text))).await,
+            Ok(Ok(()))
+        )
     }
 
     /// Sends a ping or a query. False if the connection failed.
@@ -292,6 +321,25 @@ impl Device {
                 return true;
             }
         };
+        if let (None, Some(entries)) = (id, &answer) {
+            // A live update for a watcher.
+            let mut m = lock(&self.w.model);
+            m.pushes += 1;
+            let subscribed = m.conns[c].subscribed.is_some();
+            let mut shown = Vec::new();
+            for e in entries {
+                let Some(u) = m.user_ix(e.user.as_str()) else { continue };
+                let ls = e.last_seen.map(|v| v.0);
+                m.conns[c].view.insert(u, (e.online, ls));
+                shown.push(format!("{}:{}", e.user.as_str(), if e.online { "on" } else { "off" }));
+            }
+            drop(m);
+            if !subscribed {
+                self.w.violation(format!("{} c{c} got a push without subscribing: {text}", self.name));
+            }
+            self.w.trace(format!("{} c{c} push {}", self.name, shown.join(" ")));
+            return true;
+        }
         let Some((_, sent)) = id.and_then(|id| pending.remove(&id)) else {
             self.w.violation(format!("{} got an answer to no request: {text}", self.name));
             return true;
@@ -315,6 +363,12 @@ impl Device {
                         ls.map_or("-".to_owned(), |v| v.to_string())
                     ));
                     out.push((u, e.online, ls));
+                }
+                // The subscription's snapshot: what the server will push changes against.
+                if id.is_some() && m.conns[c].subscribed == id {
+                    for &(u, online, ls) in &out {
+                        m.conns[c].view.insert(u, (online, ls));
+                    }
                 }
                 // The reader's core may extrapolate past its clock's readings after a backward step, but
                 // never beyond true time + the largest offset its clock ever had.

@@ -58,9 +58,10 @@ fn main() -> ExitCode {
                 );
             }
         }
-        let reaped = o.verdict.counts.get("I2 checks (reaped session)").copied().unwrap_or(0);
+        let count = |k: &str| o.verdict.counts.get(k).copied().unwrap_or(0);
+        let (reaped, watched) = (count("I2 checks (reaped session)"), count("W1 checks"));
         println!(
-            "seed {seed} hash {:016x} lines {} conns {} answers {} reaped {reaped} {status}",
+            "seed {seed} hash {:016x} lines {} conns {} answers {} reaped {reaped} watched {watched} {status}",
             o.hash, o.trace_lines, o.conns, o.answers
         );
         if !o.violations.is_empty() || keep_trace {

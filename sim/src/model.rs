@@ -46,6 +46,11 @@ pub struct Conn {
     pub last_acked_send: Option<u64>,
     /// How and when it ended.
     pub end: Option<(End, u64)>,
+    /// The request id of this connection's `subscribe` to every other user, if it sent one.
+    pub subscribed: Option<u64>,
+    /// What this connection was last shown of each watched user (snapshot, then pushes):
+    /// `user -> (online, last_seen)`.
+    pub view: std::collections::BTreeMap<usize, (bool, Option<i64>)>,
 }
 
 impl Conn {
@@ -115,6 +120,8 @@ pub struct Model {
     pub conns: Vec<Conn>,
     /// Every presence answer.
     pub answers: Vec<Answer>,
+    /// Live `presence` frames the watchers received.
+    pub pushes: u64,
     /// Queries answered with an error (`unavailable`, `rate_limited`, ...), by code.
     pub errors: std::collections::BTreeMap<String, u64>,
     /// Faults.

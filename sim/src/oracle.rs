@@ -303,6 +303,51 @@ fn check_durable(m: &Model, v: &mut Verdict, crash: &Crashes, durable: &BTreeMap
     }
 }
 
+/// Watchers (issue 7): after the quiet phase, a healthy connection that subscribed to every other
+/// user shows each user whose final state is settled as the truth: online exactly as the user is
+/// (a healthy session, as in I6), and for an offline user the last_seen DynamoDB holds. Users whose
+/// state is not settled at the end are skipped (counted).
+fn check_watchers(m: &Model, v: &mut Verdict, end: u64, settle: u64, durable: &BTreeMap<String, i64>) {
+    let healthy = |c: &crate::model::Conn| {
+        c.end.is_none()
+            && c.t_open.is_some_and(|o| o + 3_000 <= end)
+            && c.last_acked_send.is_some_and(|s| s + 2_500 >= end)
+    };
+    for (cx, w) in m.conns.iter().enumerate() {
+        if w.subscribed.is_none() || !healthy(w) || w.view.is_empty() {
+            continue;
+        }
+        for (u, name) in m.users.iter().enumerate() {
+            if u == w.user {
+                continue;
+            }
+            let conns: Vec<_> = m.conns.iter().filter(|c| c.user == u).collect();
+            let live = conns.iter().any(|c| healthy(c));
+            let offline = conns.iter().all(|c| c.gone_at().is_some_and(|g| g + settle <= end));
+            if !live && !offline {
+                v.count("W1 skipped (user's state ambiguous at the end)");
+                continue;
+            }
+            v.count("W1 checks");
+            let shown = w.view.get(&u).copied();
+            let want_last = durable.get(name).copied();
+            let ok = match shown {
+                Some((online, last)) => online == live && (live || last == want_last),
+                None => false,
+            };
+            if !ok {
+                v.violate(
+                    "W1",
+                    format!(
+                        "c{cx} ({} watching from srv{}) shows {name} as {shown:?} after the quiet phase; truth: online={live}, DynamoDB last_seen {want_last:?}",
+                        m.users[w.user], w.server
+                    ),
+                );
+            }
+        }
+    }
+}
+
 /// I6 (and I8): after the quiet phase the registry matches the live sessions, Redis's cached
 /// last_seen matches DynamoDB's, and no server has pending writes.
 #[allow(clippy::too_many_arguments)]
@@ -320,6 +365,7 @@ fn check_convergence(
         return;
     }
     let settle = bounds::HEARTBEAT_TIMEOUT_MS + bounds::GHOST_SLACK_MS + bounds::REDIS_RECOVER_MS;
+    check_watchers(m, v, end, settle, durable);
     for (u, name) in m.users.iter().enumerate() {
         let conns: Vec<_> = m.conns.iter().filter(|c| c.user == u).collect();
         let live = conns.iter().any(|c| {

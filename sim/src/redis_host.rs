@@ -3,12 +3,12 @@
 //! It implements only what the runtime sends, with Redis semantics: `PING`, `CLIENT` (SETINFO),
 //! `SELECT`, `INFO` (with a `run_id` that changes on every start), `HSET`, `HGET`, `HVALS`,
 //! `HLEN`, `HDEL`, `GET`, `SET`, `DEL`, `SADD`, `SREM`, `SRANDMEMBER` (the first members in
-//! order, so runs replay), `SCRIPT LOAD|FLUSH`, `EVAL` and `EVALSHA`. Scripts are not
-//! interpreted: the ones the runtime uses ([`SET_LAST_SEEN_LUA`], [`END_SESSION_LUA`],
-//! [`RENEW_LEASE_LUA`], [`CLAIM_REAP_LUA`], [`DROP_LEASE_LUA`], [`REAP_MARK_LUA`], [`REAP_LUA`]) are
-//! recognised by
+//! order, so runs replay), `PUBLISH`, `SUBSCRIBE`/`UNSUBSCRIBE` (RESP2 subscriber mode, with its
+//! `PING`), `SCRIPT LOAD|FLUSH`, `EVAL` and `EVALSHA`. Scripts are not interpreted: the ones the
+//! runtime uses ([`SET_LAST_SEEN_LUA`], [`END_SESSION_LUA`], [`RENEW_LEASE_LUA`],
+//! [`CLAIM_REAP_LUA`], [`DROP_LEASE_LUA`], [`REAP_MARK_LUA`], [`REAP_LUA`]) are recognised by
 //! their SHA-1 and executed natively, with the Redis clock (`TIME`) = true virtual time; the
-//! script cache is empty after a restart (`NOSCRIPT`, as in Redis).
+//! script cache and the subscriptions are gone after a restart, as in Redis.
 //!
 //! All data lives in [`RedisState`], reset every time the host software starts: a crash or
 //! bounce loses everything, like a Redis without persistence.
@@ -59,6 +59,10 @@ pub struct RedisState {
     scripts: BTreeSet<String>,
     /// Commands served (all incarnations).
     pub commands: u64,
+    /// Pub/sub: channel -> subscribed connections, and each connection's outbound queue.
+    subs: BTreeMap<Vec<u8>, BTreeSet<u64>>,
+    outboxes: BTreeMap<u64, tokio::sync::mpsc::UnboundedSender<Vec<u8>>>,
+    next_conn: u64,
 }
 
 enum Reply {
@@ -148,6 +152,9 @@ impl RedisState {
             db: BTreeMap::new(),
             scripts: BTreeSet::new(),
             commands: 0,
+            subs: BTreeMap::new(),
+            outboxes: BTreeMap::new(),
+            next_conn: 0,
         }
     }
 
@@ -159,6 +166,8 @@ impl RedisState {
             format!("{:016x}{:016x}{:08x}", mix3(self.seed, 0x4ED15, self.incarnation), self.incarnation, 0);
         self.db.clear();
         self.scripts.clear();
+        self.subs.clear();
+        self.outboxes.clear();
     }
 
     /// A crash: the data is gone at once.
@@ -166,6 +175,49 @@ impl RedisState {
         self.up = false;
         self.db.clear();
         self.scripts.clear();
+        self.subs.clear();
+        self.outboxes.clear();
+    }
+
+    /// `SUBSCRIBE` / `UNSUBSCRIBE` of connection `conn` (RESP2 subscriber mode): one reply per
+    /// channel, `[kind, channel, count of this connection's channels]`.
+    fn subscribe_cmd(&mut self, conn: u64, subscribe: bool, channels: &[Vec<u8>]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for ch in channels {
+            if subscribe {
+                self.subs.entry(ch.clone()).or_default().insert(conn);
+            } else if let Some(set) = self.subs.get_mut(ch) {
+                set.remove(&conn);
+                if set.is_empty() {
+                    self.subs.remove(ch);
+                }
+            }
+            let count = self.subs.values().filter(|s| s.contains(&conn)).count() as i64;
+            let kind = if subscribe { "subscribe" } else { "unsubscribe" };
+            Reply::Array(vec![bulk(kind), bulk(ch.clone()), Reply::Int(count)]).write(&mut out);
+        }
+        out
+    }
+
+    /// Whether connection `conn` is in subscriber mode.
+    fn subscribed(&self, conn: u64) -> bool {
+        self.subs.values().any(|s| s.contains(&conn))
+    }
+
+    /// `PUBLISH`: delivers `[message, channel, payload]` to every subscriber; the count.
+    fn publish(&mut self, channel: &[u8], payload: &[u8]) -> i64 {
+        let Some(conns) = self.subs.get(channel) else { return 0 };
+        let mut msg = Vec::new();
+        Reply::Array(vec![bulk("message"), bulk(channel.to_vec()), bulk(payload.to_vec())]).write(&mut msg);
+        let mut n = 0;
+        for c in conns {
+            if let Some(tx) = self.outboxes.get(c) {
+                if tx.send(msg.clone()).is_ok() {
+                    n += 1;
+                }
+            }
+        }
+        n
     }
 
     /// `HLEN ws:{user} > 0`.
@@ -583,9 +635,7 @@ impl RedisState {
                 self.drop_if_empty(&argv[1]);
                 res
             }
-            // Change notices for subscriptions: the simulated clients do not subscribe, so there
-            // is never a subscriber to deliver to.
-            "PUBLISH" if argv.len() == 3 => Reply::Int(0),
+            "PUBLISH" if argv.len() == 3 => Reply::Int(self.publish(&argv[1], &argv[2])),
             "SRANDMEMBER" if argv.len() == 3 => {
                 let Some(n) = std::str::from_utf8(&argv[2]).ok().and_then(|s| s.parse::<usize>().ok()) else {
                     return Reply::Err("ERR value is not an integer or out of range".into());
@@ -726,10 +776,43 @@ pub async fn redis_main(w: Arc<World>) -> turmoil::Result {
 }
 
 async fn serve_conn(w: Arc<World>, peer: String, mut stream: turmoil::net::TcpStream) -> std::io::Result<()> {
+    let (tx, mut pushes) = tokio::sync::mpsc::unbounded_channel();
+    let conn = {
+        let mut st = lock(&w.redis);
+        st.next_conn += 1;
+        let id = st.next_conn;
+        st.outboxes.insert(id, tx);
+        id
+    };
+    let result = serve_loop(&w, &peer, conn, &mut stream, &mut pushes).await;
+    let mut st = lock(&w.redis);
+    st.outboxes.remove(&conn);
+    for set in st.subs.values_mut() {
+        set.remove(&conn);
+    }
+    st.subs.retain(|_, s| !s.is_empty());
+    result
+}
+
+async fn serve_loop(
+    w: &Arc<World>,
+    peer: &str,
+    conn: u64,
+    stream: &mut turmoil::net::TcpStream,
+    pushes: &mut tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
     loop {
-        let n = stream.read(&mut chunk).await?;
+        // Published messages and commands, in a fixed order so runs replay.
+        let n = tokio::select! {
+            biased;
+            Some(msg) = pushes.recv() => {
+                stream.write_all(&msg).await?;
+                continue;
+            }
+            n = stream.read(&mut chunk) => n?,
+        };
         if n == 0 {
             return Ok(());
         }
@@ -739,12 +822,30 @@ async fn serve_conn(w: Arc<World>, peer: String, mut stream: turmoil::net::TcpSt
             match parse(&buf) {
                 Ok(Some((argv, used))) => {
                     buf.drain(..used);
-                    let reply = lock(&w.redis).command(&w, &peer, &argv);
                     let name = String::from_utf8_lossy(&argv[0]).to_ascii_uppercase();
-                    if name != "INFO" && name != "CLIENT" {
-                        w.trace(format!("redis<{peer} {} -> {}", show_args(&argv), reply.show()));
-                    }
-                    reply.write(&mut out);
+                    let mut st = lock(&w.redis);
+                    let reply = match name.as_str() {
+                        "SUBSCRIBE" | "UNSUBSCRIBE" if argv.len() >= 2 => {
+                            st.subscribe_cmd(conn, name == "SUBSCRIBE", &argv[1..])
+                        }
+                        // RESP2 subscriber mode answers PING with `[pong, ""]`.
+                        "PING" if st.subscribed(conn) => {
+                            let mut o = Vec::new();
+                            Reply::Array(vec![bulk("pong"), bulk("")]).write(&mut o);
+                            o
+                        }
+                        _ => {
+                            let reply = st.command(w, peer, &argv);
+                            let mut o = Vec::new();
+                            reply.write(&mut o);
+                            if name != "INFO" && name != "CLIENT" {
+                                w.trace(format!("redis<{peer} {} -> {}", show_args(&argv), reply.show()));
+                            }
+                            o
+                        }
+                    };
+                    drop(st);
+                    out.extend_from_slice(&reply);
                 }
                 Ok(None) => break,
                 Err(()) => {

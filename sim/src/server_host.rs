@@ -52,6 +52,7 @@ pub fn core_config() -> presence_core::Config {
         max_pending_writes: 1_000,
         lease_ttl: Duration::from_millis(bounds::LEASE_TTL_MS),
         lease_renew_interval: Duration::from_millis(bounds::LEASE_RENEW_MS),
+        presence_grace: Duration::from_millis(bounds::OFFLINE_GRACE_MS),
         ..presence_core::Config::default()
     }
 }

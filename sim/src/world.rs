@@ -103,6 +103,8 @@ pub mod bounds {
     /// After a lease expires, its sessions are reaped (claimed, written durably, removed) within
     /// this: the next renewal of a live server plus the store round trips and a retry.
     pub const REAP_SLACK_MS: u64 = 3_000;
+    /// Watchers: a watched user's offline is pushed only if not back within this.
+    pub const OFFLINE_GRACE_MS: u64 = 1_000;
     /// A session on a server that crashed at `tc` reads as offline from `tc + CRASH_GHOST_MS`:
     /// the lease expires by `tc + TTL`, and readers see it expired at their next renewal.
     pub const CRASH_GHOST_MS: u64 = LEASE_TTL_MS + LEASE_RENEW_MS + GHOST_SLACK_MS;
