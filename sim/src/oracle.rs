@@ -395,10 +395,12 @@ fn check_convergence(
         match (cached, stored) {
             (Some(c), Some(d)) if c == d => {}
             (None, _) => {}
+            // Documented failure case: a session that ended just before its server crashed may
+            // have reached one store and not the other (ARCHITECTURE.md, "Leases and the reaper").
             (Some(c), d)
-                if d.is_none_or(|d| c > d) && conns.iter().any(|x| crash.end_lost_with_crash(m, x)) =>
+                if d.is_none_or(|d| c != d) && conns.iter().any(|x| crash.end_lost_with_crash(m, x)) =>
             {
-                v.count("I6 excused (durable write lost with a crashed server)");
+                v.count("I6 excused (one store's write lost with a crashed server)");
             }
             (c, d) => v.violate(
                 "I6",

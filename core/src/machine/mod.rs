@@ -74,6 +74,10 @@ pub struct Presence {
     registry_epoch: u64,
     registry_failing: bool,
     durable_failing: bool,
+    /// When a registry / durable-store operation last failed: a failing flag nothing has
+    /// confirmed or cleared for `retry_max` is stale (an idle server has nothing to retry).
+    registry_failed_at: MonoTime,
+    durable_failed_at: MonoTime,
     shutting_down: bool,
     /// Our lease, the view of everyone's, and the reaper.
     lease: Lease,
@@ -118,6 +122,8 @@ impl Presence {
             registry_epoch: 0,
             registry_failing: false,
             durable_failing: false,
+            registry_failed_at: MonoTime::ZERO,
+            durable_failed_at: MonoTime::ZERO,
             shutting_down: false,
             lease: Lease::default(),
             watches: Watches::default(),
@@ -179,8 +185,8 @@ impl Presence {
             accepting: !self.shutting_down && !self.at_capacity(),
             pending_writes: self.pending_writes(),
             max_pending_writes: self.config.max_pending_writes,
-            registry_failing: self.registry_failing,
-            durable_failing: self.durable_failing,
+            registry_failing: self.registry_failing && self.recent(self.registry_failed_at),
+            durable_failing: self.durable_failing && self.recent(self.durable_failed_at),
         }
     }
 
@@ -213,6 +219,12 @@ impl Presence {
     /// Whether the user has a live session on this server.
     pub fn is_locally_online(&self, user: &UserId) -> bool {
         self.users.get(user).is_some_and(|u| u.live > 0)
+    }
+
+    /// Whether a failure at `at` is recent enough to still say a store is failing: a failing store
+    /// with work pending fails again within `retry_max` (the longest retry delay).
+    fn recent(&self, at: MonoTime) -> bool {
+        self.now < at.saturating_add(self.config.retry_max)
     }
 
     fn at_capacity(&self) -> bool {

@@ -240,6 +240,7 @@ impl Presence {
         let Some(what) = self.in_flight.remove(&id) else {
             return;
         };
+        let failed = result.is_err();
         match what {
             InFlight::Session { sid, epoch, end } => {
                 self.registry_failing = result.is_err();
@@ -259,6 +260,15 @@ impl Presence {
             InFlight::ReapClaim => self.reap_claimed(result),
             InFlight::ReapMark => self.reap_marked(result),
             InFlight::ReapRemove => self.reap_removed(result),
+        }
+        // The handlers set the failing flags; a failure refreshes their time (`readiness`).
+        if failed {
+            if self.registry_failing {
+                self.registry_failed_at = self.now;
+            }
+            if self.durable_failing {
+                self.durable_failed_at = self.now;
+            }
         }
     }
 
