@@ -122,8 +122,6 @@ pub enum RegistryOp {
         lease: String,
         /// Its token.
         token: LeaseToken,
-        /// The last_seen to record (the dead server's last lease renewal).
-        last_seen: UnixMillis,
         /// The sessions of this batch: (user, session, held when claimed).
         sessions: Vec<(UserId, SessionId, bool)>,
     },

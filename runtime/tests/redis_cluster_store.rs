@@ -149,7 +149,7 @@ async fn cluster_ops_work_across_slots() {
     assert_eq!(batch.sessions, want);
     let held = want.iter().map(|(u, s, _)| (u.clone(), s.clone())).collect();
     ok(&reg, RegistryOp::MarkReaped { token: td, last_seen: batch.last_seen, sessions: held }).await;
-    let reap = RegistryOp::Reap { lease: name, token: td, last_seen: batch.last_seen, sessions: want };
+    let reap = RegistryOp::Reap { lease: name, token: td, sessions: want };
     ok(&reg, reap).await;
     let got = match reg.execute(RegistryOp::Read { users: users[..10].to_vec() }).await {
         Ok(StoreOutput::Registry(v)) => v,

@@ -518,8 +518,7 @@ async fn leases_expire_and_the_reaper_removes_only_fenced_entries() {
     let carol_pending: Option<String> = admin.get(pending_key(&carol)).await.unwrap();
     assert_eq!((carol_cached, carol_pending), (None, None));
 
-    let reap =
-        RegistryOp::Reap { lease: name.clone(), token: td, last_seen: batch.last_seen, sessions: want };
+    let reap = RegistryOp::Reap { lease: name.clone(), token: td, sessions: want };
     ok(&live, reap.clone()).await;
     ok(&live, reap).await; // idempotent
     let bob_ws: BTreeMap<String, String> = admin.hgetall(ws_key(&bob)).await.unwrap();

@@ -40,10 +40,9 @@ pub(super) struct Lease {
     /// Send time of the renewal that last confirmed our lease: the lease is live until at least
     /// this + TTL (the registry started counting after we sent).
     confirmed_at: Option<MonoTime>,
-    /// Leases live at our last successful renewal, ours included.
+    /// Leases live at our last successful renewal, ours included. A token above the highest one
+    /// was issued after that view, so it is live too.
     live: BTreeSet<LeaseToken>,
-    /// The highest token in that view: any higher token was issued after it, so it is live.
-    newest: Option<LeaseToken>,
     /// Expired leases from the last view, by name: candidates for the reaper.
     expired: Vec<String>,
     /// When to send the next renewal.
@@ -82,7 +81,7 @@ impl Presence {
         if self.now >= view_at.saturating_add(self.config.lease_ttl) {
             return None;
         }
-        Some(l.live.contains(&token) || l.newest.is_none_or(|n| token > n))
+        Some(l.live.contains(&token) || l.live.last().is_none_or(|n| token > *n))
     }
 
     /// When the lease work next needs a `Timeout`.
@@ -128,7 +127,6 @@ impl Presence {
         let LeaseView { token, live, expired } = view;
         let previous = self.lease.token.replace(token);
         self.lease.confirmed_at = Some(sent);
-        self.lease.newest = live.iter().copied().chain([token]).max();
         self.lease.live = live.into_iter().chain([token]).collect();
         self.lease.expired = expired;
         if previous != Some(token) {
@@ -222,12 +220,7 @@ impl Presence {
         let Some(reap) = self.lease.reap.take() else { return };
         let ReapStep::Durable { batch, .. } = reap.step else { return };
         let held = batch.sessions.iter().filter(|s| s.2).count() as u64;
-        let op = RegistryOp::Reap {
-            lease: reap.lease.clone(),
-            token: batch.token,
-            last_seen: batch.last_seen,
-            sessions: batch.sessions,
-        };
+        let op = RegistryOp::Reap { lease: reap.lease.clone(), token: batch.token, sessions: batch.sessions };
         self.lease.reap = Some(Reap { lease: reap.lease, step: ReapStep::Removing { held } });
         self.emit_store(StoreOp::Registry(op), InFlight::ReapRemove);
     }

@@ -141,25 +141,25 @@ async fn run_single(
                 biased;
                 cmd = cmds.recv() => {
                     let Some(cmd) = cmd else { return };
-                    let (user, subscribe) = match &cmd {
-                        Cmd::Watch(u) => (u.clone(), !wanted.contains(u)),
-                        Cmd::Unwatch(u) => (u.clone(), false),
+                    let (user, watch) = match cmd {
+                        Cmd::Watch(u) => (u, true),
+                        Cmd::Unwatch(u) => (u, false),
                     };
-                    let was_wanted = wanted.contains(&user);
-                    apply(&mut wanted, cmd);
+                    let changed = if watch { wanted.insert(user.clone()) } else { wanted.remove(&user) };
+                    if !changed {
+                        continue;
+                    }
                     let channel = change_channel(&user);
-                    let result = if subscribe {
+                    let result = if watch {
                         tokio::time::timeout(config.op_timeout, sink.subscribe(&channel)).await
-                    } else if was_wanted && !wanted.contains(&user) {
-                        tokio::time::timeout(config.op_timeout, sink.unsubscribe(&channel)).await
                     } else {
-                        Ok(Ok(()))
+                        tokio::time::timeout(config.op_timeout, sink.unsubscribe(&channel)).await
                     };
                     if !matches!(result, Ok(Ok(()))) {
                         tracing::warn!("change feed: (UN)SUBSCRIBE failed; reconnecting");
                         break;
                     }
-                    if subscribe {
+                    if watch {
                         let _ = notices.send(Notice::Changed(user));
                     }
                 }

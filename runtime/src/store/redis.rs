@@ -34,7 +34,7 @@
 //!
 //! | op                        | Redis                                                             |
 //! |---------------------------|-------------------------------------------------------------------|
-//! | `Register`                | `SADD sessions:{lease}`, then a pipeline `HSET ws_lease:{u}` + `HSET ws:{u}` |
+//! | `Register`                | one pipeline `SADD sessions:{lease}`, `HSET ws_lease:{u}`, `HSET ws:{u}`, `PUBLISH presence:{u}` (cluster: the `SADD` first, on its own) |
 //! | `EndSession`              | script [`END_SESSION_LUA`]: `HDEL` both hashes + record the end, then `SREM sessions:{lease}` |
 //! | `SetLastSeen`             | script [`SET_LAST_SEEN_LUA`]                                      |
 //! | `Read` (single node)      | one pipeline of `HVALS ws_lease:{u}` + `GET last_seen:{u}` + `GET last_seen_pending:{u}` for all users |
@@ -353,16 +353,20 @@ where
     match op {
         RegistryOp::Register { user, session, token } => {
             // Index first: a server that dies between the two leaves an index entry with no
-            // registration (the reaper skips it), never a registration the reaper cannot find.
-            let lease = lease_name(server_id, token);
-            redis::cmd("SADD")
-                .arg(lease_index_key(&lease))
-                .arg(index_member(&user, &session))
-                .query_async::<i64>(&mut conn)
-                .await?;
+            // registration (the reaper skips it), never a registration the reaper cannot find. A
+            // single node runs a pipeline in order, so it goes in the same round trip; on a
+            // cluster the index lives in another slot.
+            let mut sadd = redis::cmd("SADD");
+            sadd.arg(lease_index_key(&lease_name(server_id, token))).arg(index_member(&user, &session));
+            let mut pipe = redis::pipe();
+            match topology {
+                Topology::Single => {
+                    pipe.add_command(sadd).ignore();
+                }
+                Topology::Cluster => sadd.query_async::<()>(&mut conn).await?,
+            }
             // The lease before the server id: readers look at `ws_lease` only.
-            redis::pipe()
-                .cmd("HSET")
+            pipe.cmd("HSET")
                 .arg(ws_lease_key(&user))
                 .arg(session.as_str())
                 .arg(token.0)
@@ -481,7 +485,7 @@ where
             futures_util::future::try_join_all(marks).await?;
             Ok(StoreOutput::Done)
         }
-        RegistryOp::Reap { lease, token, sessions, .. } => {
+        RegistryOp::Reap { lease, token, sessions } => {
             let reaps = sessions.iter().filter(|s| s.2).map(|(user, session, _)| {
                 let mut conn = conn.clone();
                 let mut call = scripts.reap.prepare_invoke();
