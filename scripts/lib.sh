@@ -100,3 +100,20 @@ start_dynalite() {
     die "dynalite on port $port did not start within 60 s"
   fi
 }
+
+# Installs what the browser test needs: Debian's chromium, and playwright-core from npm (pinned by
+# tests/browser/package-lock.json). Sets CHROMIUM_PATH unless already set.
+need_browser_test() {
+  need_apt chromium chromium
+  command -v node >/dev/null 2>&1 || need_apt nodejs node
+  command -v npm >/dev/null 2>&1 || need_apt npm npm
+  local dir=$ROOT/tests/browser stamp=$ROOT/tests/browser/node_modules/.installed-lock
+  if ! cmp -s "$dir/package-lock.json" "$stamp" 2>/dev/null; then
+    say "installing playwright-core (npm ci, pinned by tests/browser/package-lock.json)"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error) || die "npm ci in tests/browser failed"
+    cp "$dir/package-lock.json" "$stamp"
+  fi
+  [ -f "$dir/node_modules/playwright-core/package.json" ] || die "playwright-core is not installed in $dir/node_modules"
+  CHROMIUM_PATH=${CHROMIUM_PATH:-$(command -v chromium)}
+  export CHROMIUM_PATH
+}

@@ -10,6 +10,7 @@
 //! | [`clock`]   | the wall clock behind a trait; tokio's (virtual under turmoil) monotonic time |
 //! | [`metrics`] | Prometheus text rendering                                                     |
 //! | [`config`]  | the command line (`clap`), every flag also an environment variable            |
+//! | [`demo`]    | the demo page served at `GET /` (static HTML, CSS, JS built into the binary)  |
 //!
 //! Everything is generic over the listener, the stores and the wall clock, so the simulation
 //! (`presence-sim`) runs this very code over turmoil's network.
@@ -18,6 +19,7 @@
 pub mod auth;
 pub mod clock;
 pub mod config;
+pub mod demo;
 pub mod driver;
 pub mod metrics;
 pub mod server;

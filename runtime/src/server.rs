@@ -157,9 +157,16 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<B
         (&Method::GET, "/readyz") => readyz(&shared).await,
         (&Method::GET, "/metrics") => metrics(&shared).await,
         (&Method::POST, "/v1/dev/token") if shared.config.dev_tokens => dev_token(&shared, req).await,
+        (&Method::GET, p) if p == "/" || p.starts_with("/demo") => demo(&shared, p),
         _ => json(StatusCode::NOT_FOUND, &error_body("not_found", "no such route")),
     };
     Ok(resp)
+}
+
+/// The demo page and its files (`crate::demo`); 404 for other paths under `/demo`.
+fn demo(shared: &Shared, path: &str) -> Response<Body> {
+    crate::demo::response(path, shared.config.dev_tokens)
+        .unwrap_or_else(|| json(StatusCode::NOT_FOUND, &error_body("not_found", "no such route")))
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Body> {
