@@ -26,6 +26,10 @@ pub struct Cli {
 pub enum Command {
     /// Print a token for a user, signed with the server's secret.
     Token(TokenArgs),
+    /// Ask a running server whether users are online and when they were last seen.
+    Query(QueryArgs),
+    /// Watch users: print their state, then every change, until Ctrl-C.
+    Watch(WatchArgs),
 }
 
 /// `presence-server token`.
@@ -40,6 +44,55 @@ pub struct TokenArgs {
     /// How long the token is valid.
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     pub ttl: Duration,
+    /// Print `{"user":..,"token":..,"expires_at":..}` instead of the bare token.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// How the client subcommands reach a server and authenticate.
+#[derive(Debug, Args, Clone)]
+pub struct ClientArgs {
+    /// The server: `ws://host:port` or `http://host:port` (the path may be `/v1/ws` or empty).
+    #[arg(long, env = "PRESENCE_URL", default_value = "ws://127.0.0.1:8080")]
+    pub url: String,
+    /// A token to use as is.
+    #[arg(long, env = "PRESENCE_TOKEN", hide_env_values = true, conflicts_with = "jwt_secret")]
+    pub token: Option<String>,
+    /// The deployment's HS256 secret: sign a one-hour token for `--as`. Without this or
+    /// `--token`, the client asks a dev-mode server for a token.
+    #[arg(long, env = "PRESENCE_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// The identity to sign or fetch a token for (`watch` holds a session as this user).
+    #[arg(long = "as", env = "PRESENCE_CLI_USER", default_value = "presence-cli")]
+    pub as_user: String,
+    /// Bound on connecting and on each answer.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    /// One JSON object per line instead of text for humans.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `presence-server query`.
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    /// Connection and output.
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// The users to ask about (at most 256).
+    #[arg(required = true, num_args = 1..=256)]
+    pub users: Vec<String>,
+}
+
+/// `presence-server watch`.
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Connection and output.
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// The users to watch (at most 256).
+    #[arg(required = true, num_args = 1..=256)]
+    pub users: Vec<String>,
 }
 
 /// Log output format.
@@ -301,7 +354,32 @@ mod tests {
                 assert_eq!(t.user, "bob");
                 assert_eq!(t.ttl, Duration::from_secs(24 * 3600));
             }
-            None => panic!("expected the token subcommand"),
+            other => panic!("expected the token subcommand, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn client_subcommands() {
+        let cli = parse(&["query", "--url", "ws://10.0.0.1:9000", "bob", "carol", "--json"]).unwrap();
+        match cli.command {
+            Some(Command::Query(q)) => {
+                assert_eq!(q.users, ["bob", "carol"]);
+                assert_eq!(q.client.url, "ws://10.0.0.1:9000");
+                assert!(q.client.json);
+                assert_eq!(q.client.as_user, "presence-cli");
+                assert_eq!(q.client.timeout, Duration::from_secs(5));
+            }
+            other => panic!("expected query, got {other:?}"),
+        }
+        let cli = parse(&["watch", "--as", "ops", "--jwt-secret", "s", "bob"]).unwrap();
+        match cli.command {
+            Some(Command::Watch(w)) => {
+                assert_eq!((w.users.as_slice(), w.client.as_user.as_str()), (&["bob".to_owned()][..], "ops"));
+                assert_eq!(w.client.jwt_secret.as_deref(), Some("s"));
+            }
+            other => panic!("expected watch, got {other:?}"),
+        }
+        assert!(parse(&["query"]).is_err(), "query needs at least one user");
+        assert!(parse(&["query", "--token", "t", "--jwt-secret", "s", "bob"]).is_err());
     }
 }

@@ -7,6 +7,7 @@
 //! | [`driver`]  | the one task that owns the core: feeds it inputs, executes its effects        |
 //! | [`store`]   | executors for Redis, Redis Cluster, DynamoDB and the embedded defaults        |
 //! | [`auth`]    | HS256 JWT verification and issuing                                            |
+//! | [`client`]  | the command-line client: `query` and `watch` a running deployment             |
 //! | [`clock`]   | the wall clock behind a trait; tokio's (virtual under turmoil) monotonic time |
 //! | [`metrics`] | Prometheus text rendering                                                     |
 //! | [`config`]  | the command line (`clap`), every flag also an environment variable            |
@@ -17,6 +18,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod auth;
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod demo;

@@ -1,4 +1,4 @@
-//! `presence-server`: the server binary, and its `token` subcommand.
+//! `presence-server`: the server binary, and its client subcommands (`token`, `query`, `watch`).
 //!
 //! `cargo run --release` starts a working server with nothing else installed (in-process registry,
 //! embedded last_seen store in `./presence-data`, dev-mode tokens on loopback). Point it at Redis and
@@ -11,8 +11,9 @@ use std::time::Duration;
 use clap::Parser;
 use presence_core::user::UserId;
 use presence_runtime::auth::{self, Auth};
+use presence_runtime::client::{self, Client, ClientError, TokenSource, WatchEvent};
 use presence_runtime::clock::SystemClock;
-use presence_runtime::config::{Cli, Command, LogFormat, ServeArgs};
+use presence_runtime::config::{Cli, ClientArgs, Command, LogFormat, ServeArgs, TokenArgs};
 use presence_runtime::driver::{DriverConfig, Stores};
 use presence_runtime::server::{serve, ServerConfig};
 use presence_runtime::store::{
@@ -25,16 +26,9 @@ use tracing::{error, info, warn};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Token(t)) => match UserId::new(&t.user) {
-            Ok(user) => {
-                println!("{}", Auth::new(t.jwt_secret.as_bytes()).issue(&user, t.ttl));
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("presence-server: invalid --user {:?}: {e}", t.user);
-                ExitCode::from(2)
-            }
-        },
+        Some(Command::Token(t)) => token(&t),
+        Some(Command::Query(q)) => run_client(&q.client, &q.users, query),
+        Some(Command::Watch(w)) => run_client(&w.client, &w.users, watch),
         None => {
             init_logging(cli.serve.log_format);
             if let Err(e) = cli.serve.validate() {
@@ -63,6 +57,108 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn token(t: &TokenArgs) -> ExitCode {
+    let user = match UserId::new(&t.user) {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("presence-server: invalid --user {:?}: {e}", t.user);
+            return ExitCode::from(2);
+        }
+    };
+    let token = Auth::new(t.jwt_secret.as_bytes()).issue(&user, t.ttl);
+    if t.json {
+        let expires = client::now().saturating_add(t.ttl);
+        let v =
+            serde_json::json!({ "user": user.as_str(), "token": token, "expires_at": expires.to_rfc3339() });
+        println!("{v}");
+    } else {
+        println!("{token}");
+    }
+    ExitCode::SUCCESS
+}
+
+/// Runs a client subcommand on a small single-threaded runtime; errors go to stderr (as JSON with
+/// `--json`) with the exit code of [`ClientError::exit_code`].
+fn run_client<F, Fut>(args: &ClientArgs, names: &[String], command: F) -> ExitCode
+where
+    F: FnOnce(Client, Vec<UserId>, bool) -> Fut,
+    Fut: std::future::Future<Output = Result<(), ClientError>>,
+{
+    let result = (|| {
+        let users = client::user_ids(names)?;
+        let source = match (&args.token, &args.jwt_secret) {
+            (Some(t), _) => TokenSource::Given(t.clone()),
+            (None, secret) => {
+                let user = client::user_ids(std::slice::from_ref(&args.as_user))?.remove(0);
+                match secret {
+                    Some(s) => TokenSource::Sign { secret: s.clone(), user },
+                    None => TokenSource::Dev(user),
+                }
+            }
+        };
+        let c = Client::new(&args.url, source, args.timeout)?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| ClientError::Protocol(format!("cannot start the async runtime: {e}")))?;
+        rt.block_on(command(c, users, args.json))
+    })();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if args.json {
+                eprintln!("{}", serde_json::json!({ "error": e.to_string(), "exit_code": e.exit_code() }));
+            } else {
+                eprintln!("presence-server: {e}");
+            }
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+async fn query(c: Client, users: Vec<UserId>, json: bool) -> Result<(), ClientError> {
+    let entries = c.query(&users).await?;
+    let width = entries.iter().map(|e| e.user.as_str().len()).max().unwrap_or(0);
+    let now = client::now();
+    for e in &entries {
+        if json {
+            println!("{}", client::entry_json(e, None));
+        } else {
+            println!("{}", client::format_entry(e, width, now));
+        }
+    }
+    Ok(())
+}
+
+async fn watch(c: Client, users: Vec<UserId>, json: bool) -> Result<(), ClientError> {
+    let width = users.iter().map(|u| u.as_str().len()).max().unwrap_or(0);
+    let stop = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    c.watch(&users, stop, |event| {
+        let now = client::now();
+        match event {
+            WatchEvent::Snapshot(entries) => {
+                for e in &entries {
+                    if json {
+                        println!("{}", client::entry_json(e, Some("snapshot")));
+                    } else {
+                        println!("{}", client::format_entry(e, width, now));
+                    }
+                }
+                if !json {
+                    println!("-- watching {} user(s); changes follow (Ctrl-C to stop)", entries.len());
+                }
+            }
+            WatchEvent::Change(e) if json => println!("{}", client::entry_json(&e, Some("change"))),
+            WatchEvent::Change(e) => {
+                println!("{}  {}", client::human_time(now), client::format_entry(&e, width, now))
+            }
+        }
+    })
+    .await
 }
 
 fn init_logging(format: LogFormat) {

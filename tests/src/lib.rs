@@ -13,6 +13,7 @@
 //! | [`redis`]     | start/kill/restart `redis-server`, a local cluster, and read `ws:{u}` / `last_seen:{u}` |
 //! | [`dynamo`]    | start/kill/restart dynalite, and read `last_seen` with `ConsistentRead`      |
 //! | [`server`]    | start/stop `presence-server` processes with short timeouts                   |
+//! | [`cli`]       | the `presence-server query` / `watch` command-line client, run as a process  |
 //! | [`client`]    | [`WsClient`]: a WebSocket client speaking the JSON protocol; can go silent   |
 //! | [`http`]      | a minimal HTTP/1.1 client for `/healthz`, `/readyz`, `/v1/presence`          |
 //! | [`token`]     | HS256 tokens: valid, expired, forged and `alg: none`                         |
@@ -27,6 +28,7 @@
 //! a poll against a deadline ([`time::eventually`]) rather than a fixed sleep, so the suite stays
 //! fast. When a test fails, the tail of every process log is printed and its directory is kept.
 
+pub mod cli;
 pub mod client;
 pub mod dynamo;
 pub mod env;
