@@ -194,6 +194,9 @@ async fn run(args: ServeArgs) -> Result<bool, String> {
         "presence-server listening"
     );
     println!("presence-server listening on http://{addr}  (WebSocket: ws://{addr}/v1/ws)");
+    if dev {
+        println!("demo page: http://{addr}/  (open it in two tabs, sign in as two users)");
+    }
     let config = ServerConfig {
         server_id,
         core: args.core_config(),
