@@ -67,7 +67,8 @@ process.on('exit', killAll);
 for (const sig of ['SIGINT', 'SIGTERM']) {
   process.on(sig, () => {
     killAll();
-    process.exit(130);
+    fs.rmSync(tmp, { recursive: true, force: true });
+    process.exit(130); // playwright closes the browser on exit
   });
 }
 

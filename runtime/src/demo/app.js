@@ -497,9 +497,11 @@
     $('error').hidden = true;
   });
 
-  // Closing the tab ends the session at once (the server records last seen at the close).
+  // Closing the tab ends the session at once (the server records last seen at the close). A page
+  // kept in the back/forward cache connects again when shown.
   window.addEventListener('pagehide', () => {
-    if (isOpen()) state.ws.close(1000, 'page closed');
+    clearTimeout(state.reconnectTimer);
+    dropSocket();
   });
   window.addEventListener('pageshow', (ev) => {
     if (ev.persisted && state.me !== null && state.ws === null) connect(state.gen, false);
