@@ -56,6 +56,19 @@ fn heartbeat(c: &mut Criterion) {
             debug_assert!(p.poll_effect().is_none());
         })
     });
+    // The baseline (scripts/bench reports the core's figure as a ratio to it): the least any
+    // implementation must do per proof of life, one hash-map lookup and store of the time.
+    let mut bare: rustc_hash::FxHashMap<u64, u64> = (0..SESSIONS).map(|i| (i, 1)).collect();
+    group.bench_function("bare_map_100k_sessions", |b| {
+        b.iter(|| {
+            t += 1;
+            for i in 0..SESSIONS {
+                if let Some(last) = bare.get_mut(&black_box(i)) {
+                    *last = t;
+                }
+            }
+        })
+    });
     group.finish();
 }
 
