@@ -23,6 +23,12 @@ use presence_runtime::store::{
 use presence_runtime::ws::WsLimits;
 use tracing::{error, info, warn};
 
+/// mimalloc instead of glibc's allocator: the read path allocates per user (store commands,
+/// replies, entries), and glibc's malloc/free was about 40% of the server's CPU under batch
+/// queries (BENCHMARKS.md, "What limits the read path").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
