@@ -55,6 +55,23 @@ pub struct Config {
     pub presence_grace: Duration,
     /// Decoder bounds (frame size, users per frame).
     pub limits: Limits,
+    /// Test only: a bug planted on purpose, so the deterministic simulation (`presence-sim
+    /// --plant ...`) can prove its oracles catch it. `None` (the default) everywhere else; no
+    /// flag or environment variable of the server sets it.
+    #[doc(hidden)]
+    pub planted_bug: Option<PlantedBug>,
+}
+
+/// Test only: the bugs [`Config::planted_bug`] can plant in the core (docs/SIMULATION.md,
+/// "Planted bugs").
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlantedBug {
+    /// Live sessions are never registered again once the registry may have lost them (a registry
+    /// restart, a new lease).
+    NoReregister,
+    /// A failed durable write is dropped instead of retried.
+    NoDurableRetry,
 }
 
 impl Default for Config {
@@ -78,6 +95,7 @@ impl Default for Config {
             max_watched_users: 1_000,
             presence_grace: Duration::from_secs(5),
             limits: Limits::default(),
+            planted_bug: None,
         }
     }
 }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use presence_core::close_code;
 use presence_core::codec;
 use presence_core::frame::{Encoding, Frame, Limits};
 use presence_core::user::UserId;
@@ -414,7 +415,14 @@ impl Device {
                     let wait = async {
                         loop {
                             match ws.next().await {
-                                Some(Ok(Message::Close(_))) | None => return true,
+                                // The answer to our close: no code (the echo of our Close frame) or
+                                // 1000 (after `bye`). A server that closed on its own (1001: the
+                                // heartbeat declared the connection dead, its Close crossing ours)
+                                // or just went away (EOF) never proved it read our close.
+                                Some(Ok(Message::Close(f))) => {
+                                    return f.is_none_or(|f| u16::from(f.code) == close_code::NORMAL)
+                                }
+                                None => return false,
                                 Some(Ok(Message::Text(t))) => {
                                     // An answer still in flight: keep it.
                                     let msg = Some(Ok(Message::Text(t)));

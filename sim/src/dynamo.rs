@@ -36,6 +36,8 @@ struct Inner {
     seed: u64,
     plant: Option<Plant>,
     table: Mutex<BTreeMap<String, i64>>,
+    /// Per user, every applied write: (virtual ms, value), in order.
+    history: Mutex<BTreeMap<String, Vec<(u64, i64)>>>,
     fault: Mutex<Option<DynFault>>,
     ops: AtomicU64,
     world: OnceLock<Weak<World>>,
@@ -51,6 +53,7 @@ impl SimDynamo {
             seed,
             plant,
             table: Mutex::new(BTreeMap::new()),
+            history: Mutex::new(BTreeMap::new()),
             fault: Mutex::new(None),
             ops: AtomicU64::new(0),
             world: OnceLock::new(),
@@ -70,6 +73,12 @@ impl SimDynamo {
     pub fn snapshot(&self) -> BTreeMap<String, i64> {
         lock(&self.0.table).clone()
     }
+
+    /// Per user, every write the table applied, as (virtual ms, value) in order: when each
+    /// value became durable (the oracles' timely-durability check, I2).
+    pub fn history(&self) -> BTreeMap<String, Vec<(u64, i64)>> {
+        lock(&self.0.history).clone()
+    }
 }
 
 impl Inner {
@@ -86,7 +95,8 @@ impl Inner {
     fn apply(&self, op: &DurableOp) -> StoreOutput {
         match op {
             DurableOp::Write { user, last_seen } => {
-                if let Some(w) = self.world() {
+                let world = self.world();
+                if let Some(w) = &world {
                     let limit = EPOCH_MS + w.now() as i64 + bounds::MAX_SKEW_MS;
                     if last_seen.0 > limit {
                         w.violation(format!(
@@ -104,6 +114,8 @@ impl Inner {
                 };
                 if wins {
                     t.insert(user.as_str().to_owned(), last_seen.0);
+                    let now = world.map_or(0, |w| w.now());
+                    lock(&self.history).entry(user.as_str().to_owned()).or_default().push((now, last_seen.0));
                     StoreOutput::Done
                 } else {
                     StoreOutput::Superseded

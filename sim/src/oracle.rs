@@ -53,8 +53,10 @@ pub fn check(w: &World, end: u64) -> Verdict {
         m.faults.iter().filter(|f| f.kind == crate::model::FaultKind::RedisDown).map(|f| f.start).collect();
     let crash = Crashes { crashes, wipes };
 
-    check_answers(&m, &mut v, &crash);
+    let history = w.dynamo.history();
+    check_answers(&m, &mut v, &crash, &history);
     check_durable(&m, &mut v, &crash, &durable);
+    check_durable_timely(&m, &mut v, end, &crash, &history);
     check_convergence(w, &m, &mut v, end, &crash, &durable);
     v
 }
@@ -94,7 +96,12 @@ impl Crashes {
     }
 }
 
-fn check_answers(m: &Model, v: &mut Verdict, crash: &Crashes) {
+/// When DynamoDB first held a value >= `value` for `user` (from the stand-in's history).
+fn durable_since(history: &BTreeMap<String, Vec<(u64, i64)>>, user: &str, value: i64) -> Option<u64> {
+    history.get(user).and_then(|h| h.iter().find(|&&(_, x)| x >= value)).map(|&(t, _)| t)
+}
+
+fn check_answers(m: &Model, v: &mut Verdict, crash: &Crashes, history: &BTreeMap<String, Vec<(u64, i64)>>) {
     // I1: per user, an answer requested after another was received never shows an older value.
     for u in 0..m.users.len() {
         let mut obs: Vec<(u64, u64, Option<i64>, usize)> = Vec::new();
@@ -123,6 +130,19 @@ fn check_answers(m: &Model, v: &mut Verdict, crash: &Crashes) {
                 // A value clamped to the reader's now + max skew is >= the true time of the request.
                 if o.2.is_some_and(|x| x >= EPOCH_MS + o.1 as i64) {
                     v.count("I1 excused (clamped to reader's skew ceiling)");
+                    continue;
+                }
+                // The higher value was in no durable store when Redis lost its data (after the
+                // value existed: it is a wall-clock reading, at most MAX_SKEW ahead of true time),
+                // and still was not when this query was sent. Until its server's durable retry
+                // lands, only that server knows it; if that server crashed first, it is lost
+                // (documented: ARCHITECTURE.md, "Leases and the reaper"). docs/SIMULATION.md,
+                // finding 4.
+                let high = best.unwrap_or(i64::MIN);
+                let born = (high - EPOCH_MS - bounds::MAX_SKEW_MS).max(0) as u64;
+                if crash.wiped(born, o.1) && durable_since(history, &m.users[u], high).is_none_or(|t| t > o.1)
+                {
+                    v.count("I1 excused (higher value not durable when Redis lost its data)");
                     continue;
                 }
                 let a = &m.answers[o.3];
@@ -297,6 +317,73 @@ fn check_durable(m: &Model, v: &mut Verdict, crash: &Crashes, durable: &BTreeMap
                     c.server,
                     secs(t_end),
                     secs(proof)
+                ),
+            );
+        }
+    }
+}
+
+/// I2, in time: an ended session's last proof of life (less the skew) is in DynamoDB by a bound
+/// after the server ended it and DynamoDB is healthy again (`DURABLE_RECOVER_MS`), not only at the
+/// end of the run: a durable write that was dropped instead of retried is caught even when a later
+/// session of the same user writes a newer value before the run ends. Sessions whose server crashed
+/// before the bound are left to the end-of-run check (reaped, or documented as lost with the server).
+fn check_durable_timely(
+    m: &Model,
+    v: &mut Verdict,
+    end: u64,
+    crash: &Crashes,
+    history: &BTreeMap<String, Vec<(u64, i64)>>,
+) {
+    let dynamo: Vec<(u64, u64)> = m
+        .faults
+        .iter()
+        .filter(|f| matches!(f.kind, crate::model::FaultKind::Dynamo(_)))
+        .map(|f| (f.start, f.end))
+        .collect();
+    for (cx, c) in m.conns.iter().enumerate() {
+        let (Some((kind, _)), Some(_), Some(proof), Some(gone)) =
+            (c.end, c.t_open, c.last_acked_send, c.gone_at())
+        else {
+            continue;
+        };
+        let mut due =
+            gone + bounds::HEARTBEAT_TIMEOUT_MS + bounds::GHOST_SLACK_MS + bounds::DURABLE_RECOVER_MS;
+        // Every DynamoDB fault window before the deadline pushes it past the window's end.
+        loop {
+            let later = dynamo
+                .iter()
+                .filter(|&&(a, b)| a <= due && b >= gone)
+                .map(|&(_, b)| b.saturating_add(bounds::DURABLE_RECOVER_MS))
+                .max()
+                .unwrap_or(0);
+            if later <= due {
+                break;
+            }
+            due = later;
+        }
+        if due > end {
+            v.count("I2 timely skipped (deadline after the end of the run)");
+            continue;
+        }
+        if crash_of(&crash.crashes, c.server, c.incarnation).is_some_and(|tc| tc <= due) {
+            v.count("I2 timely skipped (server crashed before the deadline)");
+            continue;
+        }
+        v.count("I2 timely checks");
+        let want = EPOCH_MS + proof as i64 - bounds::MAX_SKEW_MS;
+        let user = &m.users[c.user];
+        let reached = durable_since(history, user, want);
+        if reached.is_none_or(|t| t > due) {
+            v.violate(
+                "I2",
+                format!(
+                    "{user}: c{cx} on srv{} ended ({kind:?}, quiet from {}) with proof of life at {}; DynamoDB reached >= {want} at {}, due by {}",
+                    c.server,
+                    secs(gone),
+                    secs(proof),
+                    reached.map_or("never".to_owned(), secs),
+                    secs(due)
                 ),
             );
         }

@@ -42,7 +42,8 @@ impl RedisConnector for SimRedisConnector {
 
 /// The core's configuration in the sim: the product's, with the heartbeat and retry times scaled
 /// down so that a run of a minute of virtual time holds many session lifetimes.
-pub fn core_config() -> presence_core::Config {
+/// `plant`: a bug planted in the core ([`crate::Plant::in_core`]), `None` in real runs.
+pub fn core_config(plant: Option<presence_core::config::PlantedBug>) -> presence_core::Config {
     presence_core::Config {
         ping_interval: Duration::from_millis(bounds::PING_INTERVAL_MS),
         heartbeat_timeout: Duration::from_millis(bounds::HEARTBEAT_TIMEOUT_MS),
@@ -53,6 +54,7 @@ pub fn core_config() -> presence_core::Config {
         lease_ttl: Duration::from_millis(bounds::LEASE_TTL_MS),
         lease_renew_interval: Duration::from_millis(bounds::LEASE_RENEW_MS),
         presence_grace: Duration::from_millis(bounds::OFFLINE_GRACE_MS),
+        planted_bug: plant,
         ..presence_core::Config::default()
     }
 }
@@ -84,7 +86,7 @@ pub async fn server_main(w: Arc<World>, i: usize) -> turmoil::Result {
     let stores = Stores { registry: Arc::new(registry), durable: Arc::new(w.dynamo.clone()) };
     let config = ServerConfig {
         server_id: name.clone(),
-        core: core_config(),
+        core: core_config(w.params.plant.and_then(crate::Plant::in_core)),
         driver: DriverConfig {
             registry_concurrency: 64,
             durable_concurrency: 16,

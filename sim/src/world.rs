@@ -31,9 +31,13 @@ pub struct Params {
     pub chaos_ms: u64,
     /// Length of the fault-free phase at the end, in virtual milliseconds.
     pub quiet_ms: u64,
-    /// turmoil tick.
+    /// turmoil tick: each step runs every host for this long, and the network delivers
+    /// messages only between steps, so one-way latencies are rounded up to whole ticks. Timers
+    /// inside a host still fire at their own times. 5 ms by default (the cost of a run is
+    /// almost all turmoil's per-step, per-host work); `--tick-ms 1` for full latency resolution
+    /// (docs/SIMULATION.md, "Speed").
     pub tick: Duration,
-    /// Planted bug in the stand-ins (to prove the oracles bite); `None` in real runs.
+    /// Planted bug (to prove the oracles bite); `None` in real runs.
     pub plant: Option<Plant>,
 }
 
@@ -44,28 +48,55 @@ impl Default for Params {
             devices_per_user: vec![2, 2, 1, 1],
             chaos_ms: 30_000,
             quiet_ms: 22_000,
-            tick: Duration::from_millis(1),
+            tick: Duration::from_millis(5),
             plant: None,
         }
     }
 }
 
-/// A bug planted in the simulator's stand-ins, to check that the oracles catch it.
+/// A bug planted on purpose, to check that the oracles catch it: (a) and (b) in the sim's
+/// stand-ins, (c) and (d) in the real core through its test-only
+/// [`presence_core::Config::planted_bug`] switch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Plant {
-    /// The Redis host's `END_SESSION` script deletes the whole `ws:{u}` hash (no compare-and-delete).
+    /// (a) The Redis host's `END_SESSION` script deletes the whole `ws:{u}` hash (no
+    /// compare-and-delete).
     UnconditionalDelete,
-    /// The DynamoDB stand-in overwrites `last_seen` instead of keeping the maximum.
+    /// (b) The DynamoDB stand-in overwrites `last_seen` instead of keeping the maximum.
     PlainOverwrite,
+    /// (c) The core never registers its live sessions again after the registry may have lost
+    /// them (a Redis restart seen by the executor, or a new lease).
+    NoReregister,
+    /// (d) The core drops a failed durable write instead of retrying it.
+    NoDurableRetry,
 }
 
 impl Plant {
+    /// Every planted bug, in the order of the issue.
+    pub const ALL: [Plant; 4] =
+        [Plant::UnconditionalDelete, Plant::PlainOverwrite, Plant::NoReregister, Plant::NoDurableRetry];
+
     /// Parses the command-line spelling.
     pub fn parse(s: &str) -> Option<Plant> {
-        match s {
-            "unconditional-delete" => Some(Plant::UnconditionalDelete),
-            "plain-overwrite" => Some(Plant::PlainOverwrite),
-            _ => None,
+        Plant::ALL.into_iter().find(|p| p.name() == s)
+    }
+
+    /// The command-line spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            Plant::UnconditionalDelete => "unconditional-delete",
+            Plant::PlainOverwrite => "plain-overwrite",
+            Plant::NoReregister => "no-reregister",
+            Plant::NoDurableRetry => "no-durable-retry",
+        }
+    }
+
+    /// The switch this bug sets in the core, if it is planted there.
+    pub fn in_core(self) -> Option<presence_core::config::PlantedBug> {
+        match self {
+            Plant::NoReregister => Some(presence_core::config::PlantedBug::NoReregister),
+            Plant::NoDurableRetry => Some(presence_core::config::PlantedBug::NoDurableRetry),
+            Plant::UnconditionalDelete | Plant::PlainOverwrite => None,
         }
     }
 }
@@ -105,6 +136,12 @@ pub mod bounds {
     pub const REAP_SLACK_MS: u64 = 3_000;
     /// Watchers: a watched user's offline is pushed only if not back within this.
     pub const OFFLINE_GRACE_MS: u64 = 1_000;
+    /// A session's end is durable (DynamoDB holds its last proof of life, within the skew) within
+    /// this of the later of: its client going quiet + heartbeat timeout + ghost slack (the server
+    /// has ended it), and the end of any DynamoDB fault window meanwhile. One call hanging to its
+    /// timeout, the next retry (backoff at most `RETRY_MAX`; a user's durable write can also wait
+    /// one registry refresh: a Redis timeout, then its retry), and the write.
+    pub const DURABLE_RECOVER_MS: u64 = DYNAMO_OP_TIMEOUT_MS + RETRY_MAX_MS + REDIS_OP_TIMEOUT_MS + 500;
     /// A session on a server that crashed at `tc` reads as offline from `tc + CRASH_GHOST_MS`:
     /// the lease expires by `tc + TTL`, and readers see it expired at their next renewal.
     pub const CRASH_GHOST_MS: u64 = LEASE_TTL_MS + LEASE_RENEW_MS + GHOST_SLACK_MS;

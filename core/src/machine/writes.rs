@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use rand_chacha::rand_core::RngCore;
 
+use crate::config::PlantedBug;
 use crate::store::{DurableOp, EffectId, LeaseToken, RegistryOp, StoreError, StoreOp, StoreOutput};
 use crate::time::{MonoTime, UnixMillis};
 use crate::user::{SessionId, UserId};
@@ -315,6 +316,15 @@ impl Presence {
                 DurablePhase::Write(_) | DurablePhase::ReadBack => self.stats.durable_failures += 1,
                 DurablePhase::Refresh(_) => self.stats.registry_failures += 1,
             }
+            if self.config.planted_bug == Some(PlantedBug::NoDurableRetry)
+                && matches!(phase, DurablePhase::Write(_))
+            {
+                // Planted bug (simulation only): the failed write is dropped, not retried.
+                self.durable.remove(&user);
+                self.user_unref(&user);
+                self.reap_check_durable();
+                return;
+            }
             self.schedule_retry(RetryKey::Durable(user));
             return;
         };
@@ -414,8 +424,16 @@ impl Presence {
     /// Registers every live session again and re-sends pending ends: results of operations sent
     /// before are not trusted (they may have landed before a data loss, or under an old lease).
     pub(super) fn register_all_again(&mut self) {
-        self.registry_epoch += 1;
+        // Planted bug (simulation only): what the registry acknowledged before is trusted to be
+        // there still; only sessions never registered are sent (as on the first lease grant).
+        let planted = self.config.planted_bug == Some(PlantedBug::NoReregister);
+        if !planted {
+            self.registry_epoch += 1;
+        }
         for (sid, s) in self.sessions.iter_mut() {
+            if planted && s.registered {
+                continue;
+            }
             s.registered = false;
             s.attempts = 0;
             // The store is back: retry at once instead of waiting out the backoff.
