@@ -652,6 +652,16 @@ impl RedisState {
                 Ok(v) => Reply::Bulk(v),
                 Err(e) => Reply::Err(e),
             },
+            // A key of another type reads as nil, as in Redis (MGET never fails on types).
+            "MGET" if arity(2) => Reply::Array(
+                argv[1..]
+                    .iter()
+                    .map(|k| match self.db.get(k) {
+                        Some(Val::Str(s)) => bulk(s.clone()),
+                        _ => Reply::Bulk(None),
+                    })
+                    .collect(),
+            ),
             "SET" if arity(3) => {
                 self.db.insert(argv[1].clone(), Val::Str(argv[2].clone()));
                 Reply::Simple("OK")
@@ -692,7 +702,7 @@ impl RedisState {
                 let (keys, args) = argv[3..].split_at(nkeys);
                 self.run_script(w, peer, &sha, keys, args)
             }
-            "HSET" | "HLEN" | "HGET" | "HVALS" | "HDEL" | "GET" | "SET" | "DEL" | "SADD" | "SREM"
+            "HSET" | "HLEN" | "HGET" | "HVALS" | "HDEL" | "GET" | "MGET" | "SET" | "DEL" | "SADD" | "SREM"
             | "SRANDMEMBER" | "PUBLISH" | "SCRIPT" | "EVALSHA" | "EVAL" => wrong(),
             _ => Reply::Err(format!("ERR unknown command '{}'", name.to_lowercase())),
         }

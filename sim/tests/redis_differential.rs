@@ -935,12 +935,15 @@ impl Case<'_> {
                 self.script("diff", Script::SetLastSeen, how, keys, vec![self.val(ts)])?;
             }
             Op::Read { ref users } => {
-                // The runtime pipelines these; a pipeline is the same commands back to back.
+                // As the runtime reads a single node: each user's HVALS, then one MGET of every
+                // last_seen and pending key, pipelined (a pipeline is the commands back to back).
+                let mut mget = vec!["MGET".to_owned()];
                 for &u in users {
                     self.plain(vec!["HVALS".into(), self.key(K::WsLease(u))], Cmp::Unordered)?;
-                    self.plain(vec!["GET".into(), self.key(K::LastSeen(u))], Cmp::Exact)?;
-                    self.plain(vec!["GET".into(), self.key(K::Pending(u))], Cmp::Exact)?;
+                    mget.push(self.key(K::LastSeen(u)));
+                    mget.push(self.key(K::Pending(u)));
                 }
+                self.plain(mget, Cmp::Exact)?;
             }
             Op::Renew { srv, tok, ttl, wall, how } => {
                 let keys = vec![self.key(K::Leases), self.key(K::Renewed), self.key(K::Counter)];
@@ -1027,6 +1030,8 @@ impl Case<'_> {
             }
             Op::Get(k) => {
                 self.plain(vec!["GET".into(), self.key(k)], Cmp::Exact)?;
+                // MGET reads any other type as nil (the lease index is a sorted set).
+                self.plain(vec!["MGET".into(), self.key(k), self.key(K::Leases)], Cmp::Exact)?;
             }
             Op::Hset(k, ref pairs) => {
                 let mut c = vec!["HSET".into(), self.key(k)];

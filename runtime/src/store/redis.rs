@@ -522,15 +522,39 @@ where
                 return Ok(StoreOutput::Registry(Vec::new()));
             }
             let values = match topology {
+                // One round trip and 101 commands for 100 users: each user's `HVALS`, then one
+                // `MGET` of every last_seen and pending key (a single node serves any keys).
+                // Fewer commands is what the read path's throughput is made of (BENCHMARKS.md).
                 Topology::Single => {
                     let mut pipe = redis::pipe();
                     for user in &users {
                         pipe.cmd("HVALS").arg(ws_lease_key(user));
-                        pipe.cmd("GET").arg(last_seen_key(user));
-                        pipe.cmd("GET").arg(pending_key(user));
                     }
-                    pipe.query_async::<Vec<Value>>(&mut conn).await?
+                    let mut mget = redis::cmd("MGET");
+                    for user in &users {
+                        mget.arg(last_seen_key(user)).arg(pending_key(user));
+                    }
+                    pipe.add_command(mget);
+                    let mut replies = pipe.query_async::<Vec<Value>>(&mut conn).await?;
+                    let strings = match replies.pop() {
+                        Some(Value::Array(v)) if v.len() == users.len() * 2 => v,
+                        other => {
+                            return Err(RedisError::from((
+                                ErrorKind::UnexpectedReturnType,
+                                "registry read: bad MGET reply",
+                                format!("{other:?}"),
+                            )))
+                        }
+                    };
+                    let mut strings = strings.into_iter();
+                    let mut values = Vec::with_capacity(users.len() * 3);
+                    for tokens in replies {
+                        values.push(tokens);
+                        values.extend(strings.by_ref().take(2));
+                    }
+                    values
                 }
+                // A cluster spreads users over slots: one pipeline per user (its keys share a slot).
                 Topology::Cluster => {
                     let reads = users.iter().map(|user| {
                         let mut conn = conn.clone();
@@ -643,27 +667,24 @@ fn parse_entry(
             .collect::<RedisResult<Vec<_>>>()?,
         other => return Err(wrong(format!("{}: {other:?}", ws_lease_key(user)))),
     };
-    let last_seen = parse_timestamp(&last_seen_key(user), last_seen);
-    let pending = parse_timestamp(&pending_key(user), pending);
+    let last_seen = parse_timestamp(|| last_seen_key(user), last_seen);
+    let pending = parse_timestamp(|| pending_key(user), pending);
     Ok(RegistryEntry { leases, last_seen, pending })
 }
 
 /// A `GET` of a timestamp key: `None` if absent, or (logged) if not a fixed-width timestamp.
-fn parse_timestamp(key: &str, v: &Value) -> Option<UnixMillis> {
-    let text = match v {
-        Value::Nil => None,
-        Value::BulkString(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
-        Value::SimpleString(s) => Some(s.clone()),
-        Value::VerbatimString { text, .. } => Some(text.clone()),
-        other => Some(format!("{other:?}")),
+/// `key` names it only in that log line (no key is formatted on the read path's hot loop).
+fn parse_timestamp(key: impl FnOnce() -> String, v: &Value) -> Option<UnixMillis> {
+    let parsed = match v {
+        Value::Nil => return None,
+        Value::BulkString(bytes) => std::str::from_utf8(bytes).ok().and_then(UnixMillis::parse_rfc3339),
+        Value::SimpleString(s) | Value::VerbatimString { text: s, .. } => UnixMillis::parse_rfc3339(s),
+        _ => None,
     };
-    text.and_then(|s| {
-        let parsed = UnixMillis::parse_rfc3339(&s);
-        if parsed.is_none() {
-            tracing::warn!(%key, value = %s.escape_debug(), "unparseable timestamp in redis: treated as absent");
-        }
-        parsed
-    })
+    if parsed.is_none() {
+        tracing::warn!(key = %key(), value = ?v, "unparseable timestamp in redis: treated as absent");
+    }
+    parsed
 }
 
 /// How a failed command maps to the core's error, and whether the connection is now suspect.
