@@ -119,6 +119,38 @@ pub fn sha1_hex(body: &[u8]) -> String {
     sha1_smol::Sha1::from(body).digest().to_string()
 }
 
+/// The runtime's scripts the host executes natively, by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Script {
+    SetLastSeen,
+    EndSession,
+    ReapMark,
+    RenewLease,
+    ClaimReap,
+    DropLease,
+    Reap,
+}
+
+/// The script whose SHA-1 is `sha` (the digests are computed once per process).
+fn script_of(sha: &str) -> Option<Script> {
+    static SHAS: std::sync::OnceLock<Vec<(String, Script)>> = std::sync::OnceLock::new();
+    let shas = SHAS.get_or_init(|| {
+        [
+            (SET_LAST_SEEN_LUA, Script::SetLastSeen),
+            (END_SESSION_LUA, Script::EndSession),
+            (REAP_MARK_LUA, Script::ReapMark),
+            (RENEW_LEASE_LUA, Script::RenewLease),
+            (CLAIM_REAP_LUA, Script::ClaimReap),
+            (DROP_LEASE_LUA, Script::DropLease),
+            (REAP_LUA, Script::Reap),
+        ]
+        .into_iter()
+        .map(|(body, script)| (sha1_hex(body.as_bytes()), script))
+        .collect()
+    });
+    shas.iter().find(|(s, _)| s == sha).map(|&(_, script)| script)
+}
+
 /// Also the reply of a script whose `redis.call` hits a key of the wrong type: Redis 7 passes the
 /// call's error on with its own code (`-WRONGTYPE ... script: <sha>, on @user_script:<line>.`),
 /// where Redis 6 said `-ERR Error running script (call to f_<sha>): ... WRONGTYPE ...`.
@@ -364,51 +396,60 @@ impl RedisState {
             (keys.len() < k || args.len() < a)
                 .then(|| Reply::Err("ERR Error running script: missing KEYS/ARGV".into()))
         };
-        let result = if sha == sha1_hex(SET_LAST_SEEN_LUA.as_bytes()) {
-            if let Some(e) = need(2, 1) {
-                return e;
-            }
-            self.set_last_seen(w, keys, &args[0])
-        } else if sha == sha1_hex(END_SESSION_LUA.as_bytes()) {
-            if let Some(e) = need(4, 2) {
-                return e;
-            }
-            self.owner_delete(w, peer, &keys[0], &args[0])
-                .and_then(|_| self.hdel(&keys[2], &args[0]))
-                .and_then(|_| self.record_end(w, &keys[1], &keys[3], &args[1]))
-        } else if sha == sha1_hex(REAP_MARK_LUA.as_bytes()) {
-            if let Some(e) = need(3, 3) {
-                return e;
-            }
-            match self.hget(&keys[0], &args[0]) {
-                Ok(t) if t.as_deref() == Some(args[1].as_slice()) => {
-                    self.record_end(w, &keys[1], &keys[2], &args[2]).map(|_| 1)
-                }
-                Ok(_) => Ok(0),
-                Err(e) => Err(e),
-            }
-        } else if sha == sha1_hex(RENEW_LEASE_LUA.as_bytes()) {
-            if let Some(e) = need(3, 4) {
-                return e;
-            }
-            return self.renew_lease(w, keys, args).unwrap_or_else(Reply::Err);
-        } else if sha == sha1_hex(CLAIM_REAP_LUA.as_bytes()) {
-            if let Some(e) = need(3, 3) {
-                return e;
-            }
-            return self.claim_reap(w, keys, args).unwrap_or_else(Reply::Err);
-        } else if sha == sha1_hex(DROP_LEASE_LUA.as_bytes()) {
-            if let Some(e) = need(3, 1) {
-                return e;
-            }
-            self.drop_lease(w, keys, &args[0])
-        } else if sha == sha1_hex(REAP_LUA.as_bytes()) {
-            if let Some(e) = need(2, 2) {
-                return e;
-            }
-            self.reap(w, peer, keys, args)
-        } else {
+        let Some(script) = script_of(sha) else {
             return Reply::Err("ERR sim redis: unsupported script".into());
+        };
+        let result = match script {
+            Script::SetLastSeen => {
+                if let Some(e) = need(2, 1) {
+                    return e;
+                }
+                self.set_last_seen(w, keys, &args[0])
+            }
+            Script::EndSession => {
+                if let Some(e) = need(4, 2) {
+                    return e;
+                }
+                self.owner_delete(w, peer, &keys[0], &args[0])
+                    .and_then(|_| self.hdel(&keys[2], &args[0]))
+                    .and_then(|_| self.record_end(w, &keys[1], &keys[3], &args[1]))
+            }
+            Script::ReapMark => {
+                if let Some(e) = need(3, 3) {
+                    return e;
+                }
+                match self.hget(&keys[0], &args[0]) {
+                    Ok(t) if t.as_deref() == Some(args[1].as_slice()) => {
+                        self.record_end(w, &keys[1], &keys[2], &args[2]).map(|_| 1)
+                    }
+                    Ok(_) => Ok(0),
+                    Err(e) => Err(e),
+                }
+            }
+            Script::RenewLease => {
+                if let Some(e) = need(3, 4) {
+                    return e;
+                }
+                return self.renew_lease(w, keys, args).unwrap_or_else(Reply::Err);
+            }
+            Script::ClaimReap => {
+                if let Some(e) = need(3, 3) {
+                    return e;
+                }
+                return self.claim_reap(w, keys, args).unwrap_or_else(Reply::Err);
+            }
+            Script::DropLease => {
+                if let Some(e) = need(3, 1) {
+                    return e;
+                }
+                self.drop_lease(w, keys, &args[0])
+            }
+            Script::Reap => {
+                if let Some(e) = need(2, 2) {
+                    return e;
+                }
+                self.reap(w, peer, keys, args)
+            }
         };
         match result {
             Ok(n) => Reply::Int(n),
