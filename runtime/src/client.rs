@@ -29,6 +29,7 @@ use presence_core::frame::{ErrorCode, Frame, Limits, PresenceEntry};
 use presence_core::time::UnixMillis;
 use presence_core::user::UserId;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{self, Message};
 use url::Url;
@@ -242,10 +243,12 @@ impl Client {
         ws.send(Message::text(codec::encode_json(&subscribe)))
             .await
             .map_err(|e| ClientError::Protocol(format!("sending subscribe: {e}")))?;
+        // Never a hung watch: the snapshot must come within the timeout, and afterwards an
+        // application ping sent after every quiet `timeout` must be answered within another, so a server that went
+        // silent (no FIN: a partition, a dead host) is noticed, not waited on forever.
         let mut snapshot_seen = false;
-        // The snapshot must come within the timeout; after that the wait for pushes is unbounded
-        // (the server's pings keep the connection alive; tungstenite answers them while reading).
-        let snapshot_deadline = tokio::time::Instant::now() + self.timeout;
+        let mut answer_due = Some(Instant::now() + self.timeout);
+        let mut next_probe = Instant::now() + self.timeout;
         tokio::pin!(stop);
         loop {
             let next = tokio::select! {
@@ -255,8 +258,15 @@ impl Client {
                     let _ = tokio::time::timeout(self.timeout, ws.close(None)).await;
                     return Ok(());
                 }
-                () = tokio::time::sleep_until(snapshot_deadline), if !snapshot_seen => {
-                    return Err(ClientError::Timeout(self.timeout));
+                () = sleep_until_opt(answer_due) => return Err(ClientError::Timeout(self.timeout)),
+                () = tokio::time::sleep_until(next_probe), if answer_due.is_none() => {
+                    let ping = Message::text(codec::encode_json(&Frame::Ping { seq: None }));
+                    if let Err(e) = ws.send(ping).await {
+                        return Err(ClientError::Closed { code: 1006, reason: e.to_string() });
+                    }
+                    answer_due = Some(Instant::now() + self.timeout);
+                    next_probe = Instant::now() + self.timeout;
+                    continue;
                 }
                 next = ws.next() => next,
             };
@@ -280,8 +290,11 @@ impl Client {
             match frame {
                 Frame::Presence { id: Some(ID), users } => {
                     snapshot_seen = true;
+                    answer_due = None;
                     on_event(WatchEvent::Snapshot(users));
                 }
+                Frame::Pong { .. } if snapshot_seen => answer_due = None,
+                Frame::Pong { .. } => {}
                 Frame::Presence { id: None, users } => {
                     users.into_iter().for_each(|e| on_event(WatchEvent::Change(e)))
                 }
@@ -362,6 +375,13 @@ impl Client {
 
     fn unreachable(&self, e: &std::io::Error) -> ClientError {
         ClientError::Unreachable { addr: self.addr.clone(), reason: e.to_string() }
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -36,7 +36,7 @@ pub enum Outbound {
 /// Messages to the driver.
 #[derive(Debug)]
 pub(crate) enum ToDriver {
-    Open { conn: ConnId, user: UserId, session: SessionId, outbox: mpsc::Sender<Outbound> },
+    Open { conn: ConnId, user: UserId, session: SessionId, outbox: futures_channel::mpsc::Sender<Outbound> },
     Message { conn: ConnId, encoding: Encoding, payload: Vec<u8> },
     Alive { conn: ConnId },
     Closed { conn: ConnId, graceful: bool },
@@ -135,7 +135,7 @@ pub(crate) struct Driver {
     stores: Stores,
     registry_slots: Arc<Semaphore>,
     durable_slots: Arc<Semaphore>,
-    outboxes: HashMap<ConnId, mpsc::Sender<Outbound>>,
+    outboxes: HashMap<ConnId, futures_channel::mpsc::Sender<Outbound>>,
     lookups: HashMap<LookupId, oneshot::Sender<LookupResult>>,
     next_lookup: u64,
     inbox: mpsc::Receiver<ToDriver>,
@@ -320,19 +320,19 @@ impl Driver {
     }
 
     fn send_to_conn(&mut self, conn: ConnId, out: Outbound) {
-        let Some(outbox) = self.outboxes.get(&conn) else { return };
+        let Some(outbox) = self.outboxes.get_mut(&conn) else { return };
         match outbox.try_send(out) {
             Ok(()) => {}
             // The client does not read fast enough to keep OUTBOX messages: end its session now
             // and drop the sender, which tells the task to close the socket.
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(e) if e.is_full() => {
                 debug!(conn = conn.0, "client too slow; closing");
                 self.metrics.slow_consumers.inc();
                 self.outboxes.remove(&conn);
                 self.feed(Input::Closed { conn, graceful: false });
             }
             // The task has ended; its own `Closed` message (with how it ended) is on its way.
-            Err(mpsc::error::TrySendError::Closed(_)) => {
+            Err(_) => {
                 self.outboxes.remove(&conn);
             }
         }

@@ -228,6 +228,11 @@ impl PresenceServer {
         proc.terminate(limit).await
     }
 
+    /// Sends `signal` to the running server (e.g. `SIGSTOP`: silent, sockets open, no FIN).
+    pub fn signal(&mut self, signal: i32) {
+        self.proc.as_mut().expect("server running").signal(signal);
+    }
+
     /// SIGKILL (a crash), then waits for the exit.
     pub async fn kill9(&mut self) {
         let mut proc = self.proc.take().expect("server running");

@@ -3,7 +3,8 @@
 //! Alice watches Bob through server B while Bob comes and goes on server A: the snapshot, then
 //! Bob online, then Bob offline with the last_seen DynamoDB holds, as exact JSON lines. The watch
 //! is a real session (Alice is online while it runs); Ctrl-C ends it gracefully (exit 0, Alice
-//! offline with a recorded last_seen). A watch whose server shuts down exits 4 with the close code.
+//! offline with a recorded last_seen). A watch whose server shuts down exits 4 with the close code;
+//! one whose server goes silent (SIGSTOP: no FIN, no answers) exits 4 within two `--timeout`s.
 
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ const LINE: Duration = Duration::from_secs(5);
 #[ignore = "needs redis-server and dynalite: run scripts/test"]
 async fn cli_watch() {
     let stack = Stack::new("cli_watch").await;
-    let (a, mut b) = tokio::join!(stack.server("ws-a").start(), stack.server("ws-b").start());
+    let (mut a, mut b) = tokio::join!(stack.server("ws-a").start(), stack.server("ws-b").start());
     let url = format!("ws://{}", b.addr());
     let args = ["--url", &url, "--jwt-secret", SECRET, "--as", "alice", "--json", "bob"];
 
@@ -62,6 +63,23 @@ async fn cli_watch() {
     let snapshot =
         format!(r#"{{"event":"snapshot","user":"bob","online":false,"last_seen":"{}"}}"#, rfc3339(at));
     assert_eq!(watch.next_line(LINE).await, snapshot);
+    // The other server goes silent: the watch's probe goes unanswered.
+    let url_a = format!("ws://{}", a.addr());
+    let silent_args =
+        ["--url", &url_a, "--jwt-secret", SECRET, "--as", "ops", "--json", "--timeout", "500ms", "bob"];
+    let mut silent = cli::Watch::start(&silent_args);
+    assert_eq!(silent.next_line(LINE).await, snapshot);
+    a.signal(libc::SIGSTOP);
+    let stopped = std::time::Instant::now();
+    let out = silent.wait(LINE).await;
+    let waited = stopped.elapsed();
+    a.signal(libc::SIGCONT);
+    assert_eq!(
+        (out.code, out.stderr.as_str()),
+        (Some(4), "{\"error\":\"no answer from the server within 500ms\",\"exit_code\":4}\n")
+    );
+    assert!(waited < Duration::from_millis(1500), "noticed after {waited:?}, bound 2 x 500 ms + slack");
+
     b.terminate(Duration::from_secs(10)).await;
     let out = watch.wait(LINE).await;
     assert_eq!(out.code, Some(4), "{out:?}");
