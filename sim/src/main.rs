@@ -18,7 +18,8 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, ExitCode, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use presence_sim::{replay_line, run_seed, write_trace, Params, Plant};
+use presence_sim::run::replay_line_for;
+use presence_sim::{run_seed, write_trace, Params, Plant};
 
 /// Ends a worker's report of one seed (never the start of a report line).
 const END: &str = "@@end";
@@ -104,7 +105,7 @@ fn main() -> ExitCode {
             print(seed, &block, fail);
         }
     } else {
-        run_workers(from, end, jobs, &pass_on, &mut print);
+        run_workers(from, end, jobs, &opts, &pass_on, &mut print);
     }
     let secs = started.elapsed().as_secs_f64();
     println!(
@@ -165,7 +166,7 @@ fn report(seed: u64, opts: &Opts) -> (String, bool) {
         }
     }
     if !o.violations.is_empty() {
-        let _ = writeln!(text, "  replay: {}", replay_line(seed));
+        let _ = writeln!(text, "  replay: {}", replay_line_for(seed, &opts.params));
         failed = true;
     }
     (text, failed)
@@ -242,6 +243,7 @@ fn run_workers(
     from: u64,
     end: u64,
     jobs: usize,
+    opts: &Opts,
     pass_on: &[String],
     print: &mut impl FnMut(u64, &str, bool),
 ) {
@@ -250,6 +252,7 @@ fn run_workers(
     let mut threads = Vec::new();
     for _ in 0..jobs {
         let (next, tx, pass_on) = (next.clone(), tx.clone(), pass_on.to_vec());
+        let replay_params = opts.params.clone();
         threads.push(std::thread::spawn(move || {
             let mut worker: Option<Worker> = None;
             loop {
@@ -275,7 +278,7 @@ fn run_workers(
                     (
                         format!(
                             "seed {seed} FAIL (the worker process died)\n  replay: {}\n",
-                            replay_line(seed)
+                            replay_line_for(seed, &replay_params)
                         ),
                         true,
                     )

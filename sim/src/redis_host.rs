@@ -647,7 +647,14 @@ impl RedisState {
             },
             "HVALS" if arity(2) => match self.db.get(&argv[1]) {
                 None => Reply::Array(Vec::new()),
-                Some(Val::Hash(h)) => Reply::Array(h.values().map(|v| bulk(v.clone())).collect()),
+                Some(Val::Hash(h)) => {
+                    // In value order, not field order: fields are session ids, which carry the
+                    // boot id `serve()` draws from the OS, so field order could differ between two
+                    // runs of a seed (two incarnations of one server). Redis fixes no order either.
+                    let mut vals: Vec<&Vec<u8>> = h.values().collect();
+                    vals.sort();
+                    Reply::Array(vals.into_iter().map(|v| bulk(v.clone())).collect())
+                }
                 Some(_) => Reply::Err(WRONGTYPE.into()),
             },
             "HDEL" if arity(3) => {

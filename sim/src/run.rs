@@ -182,9 +182,22 @@ pub fn write_trace(o: &Outcome) -> Option<PathBuf> {
     Some(path)
 }
 
-/// The line that replays a seed exactly.
+/// The line that replays a seed exactly (default parameters).
 pub fn replay_line(seed: u64) -> String {
-    format!("cargo run -p presence-sim --release -- --seeds 1 --from {seed} --trace")
+    replay_line_for(seed, &Params::default())
+}
+
+/// The line that replays a seed exactly with `params` (its planted bug and tick, if not the
+/// default).
+pub fn replay_line_for(seed: u64, params: &Params) -> String {
+    let mut line = format!("cargo run -p presence-sim --release -- --seeds 1 --from {seed} --trace");
+    if let Some(p) = params.plant {
+        line.push_str(&format!(" --plant {}", p.name()));
+    }
+    if params.tick != Params::default().tick {
+        line.push_str(&format!(" --tick-ms {}", params.tick.as_millis()));
+    }
+    line
 }
 
 /// Keeps `Arc` in the public API tidy for the binary.
