@@ -750,8 +750,8 @@ impl RedisState {
                 let (keys, args) = argv[3..].split_at(nkeys);
                 self.run_script(w, peer, &sha, keys, args)
             }
-            "HSET" | "HLEN" | "HGET" | "HVALS" | "HDEL" | "GET" | "MGET" | "SET" | "DEL" | "SADD" | "SREM"
-            | "SRANDMEMBER" | "PUBLISH" | "SCRIPT" | "EVALSHA" | "EVAL" => wrong(),
+            "HSET" | "HLEN" | "HGET" | "HVALS" | "HDEL" | "GET" | "MGET" | "SET" | "DEL" | "SADD"
+            | "SREM" | "SRANDMEMBER" | "PUBLISH" | "SCRIPT" | "EVALSHA" | "EVAL" => wrong(),
             _ => Reply::Err(format!("ERR unknown command '{}'", name.to_lowercase())),
         }
     }
