@@ -47,16 +47,23 @@ need_apt() {
   fi
 }
 
-# Installs the pinned Node.js test services (dynalite) from tests/node/package-lock.json.
-need_node_services() {
+# need_npm_dir DIR WHAT: Node.js and npm (Debian packages if missing), then `npm ci` in DIR (pinned
+# by its package-lock.json) unless that lock file is already what is installed.
+need_npm_dir() {
+  local dir=$1 what=$2 stamp=$1/node_modules/.installed-lock
   command -v node >/dev/null 2>&1 || need_apt nodejs node
   command -v npm >/dev/null 2>&1 || need_apt npm npm
-  local dir=$ROOT/tests/node stamp=$ROOT/tests/node/node_modules/.installed-lock
   if ! cmp -s "$dir/package-lock.json" "$stamp" 2>/dev/null; then
-    say "installing dynalite (npm ci, pinned by tests/node/package-lock.json)"
-    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error) || die "npm ci in tests/node failed"
+    say "installing $what (npm ci, pinned by ${dir#$ROOT/}/package-lock.json)"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error) || die "npm ci in $dir failed"
     cp "$dir/package-lock.json" "$stamp"
   fi
+}
+
+# Installs the pinned Node.js test services (dynalite) from tests/node/package-lock.json.
+need_node_services() {
+  local dir=$ROOT/tests/node
+  need_npm_dir "$dir" dynalite
   DYNALITE_CLI=$dir/node_modules/dynalite/cli.js
   [ -f "$DYNALITE_CLI" ] || die "dynalite is not installed at $DYNALITE_CLI"
 }
@@ -105,14 +112,8 @@ start_dynalite() {
 # tests/browser/package-lock.json). Sets CHROMIUM_PATH unless already set.
 need_browser_test() {
   need_apt chromium chromium
-  command -v node >/dev/null 2>&1 || need_apt nodejs node
-  command -v npm >/dev/null 2>&1 || need_apt npm npm
-  local dir=$ROOT/tests/browser stamp=$ROOT/tests/browser/node_modules/.installed-lock
-  if ! cmp -s "$dir/package-lock.json" "$stamp" 2>/dev/null; then
-    say "installing playwright-core (npm ci, pinned by tests/browser/package-lock.json)"
-    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error) || die "npm ci in tests/browser failed"
-    cp "$dir/package-lock.json" "$stamp"
-  fi
+  local dir=$ROOT/tests/browser
+  need_npm_dir "$dir" playwright-core
   [ -f "$dir/node_modules/playwright-core/package.json" ] || die "playwright-core is not installed in $dir/node_modules"
   CHROMIUM_PATH=${CHROMIUM_PATH:-$(command -v chromium)}
   export CHROMIUM_PATH
