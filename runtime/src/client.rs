@@ -252,6 +252,8 @@ impl Client {
         tokio::pin!(stop);
         loop {
             let next = tokio::select! {
+                // Fixed order: a stop wins over anything else that is ready.
+                biased;
                 () = &mut stop => {
                     // Best effort: the session ends gracefully if the server hears the bye.
                     let _ = ws.send(Message::text(codec::encode_json(&Frame::Bye))).await;

@@ -163,7 +163,12 @@ async fn pubsub(args: &Args) -> Histogram<u64> {
     let mut h = histogram();
     for i in 0..args.rounds {
         let t0 = Instant::now();
-        let _: i64 = redis::cmd("PUBLISH").arg("bench:detect").arg(i).query_async(&mut publisher).await.expect("PUBLISH");
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg("bench:detect")
+            .arg(i)
+            .query_async(&mut publisher)
+            .await
+            .expect("PUBLISH");
         messages.next().await.expect("message");
         h.record(t0.elapsed().as_micros().max(1) as u64).expect("record");
     }

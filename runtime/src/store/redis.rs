@@ -37,7 +37,7 @@
 //! | `Register`                | one pipeline `SADD sessions:{lease}`, `HSET ws_lease:{u}`, `HSET ws:{u}`, `PUBLISH presence:{u}` (cluster: the `SADD` first, on its own) |
 //! | `EndSession`              | script [`END_SESSION_LUA`]: `HDEL` both hashes + record the end, then `SREM sessions:{lease}` |
 //! | `SetLastSeen`             | script [`SET_LAST_SEEN_LUA`]                                      |
-//! | `Read` (single node)      | one pipeline of `HVALS ws_lease:{u}` + `GET last_seen:{u}` + `GET last_seen_pending:{u}` for all users |
+//! | `Read` (single node)      | one pipeline: `HVALS ws_lease:{u}` per user, then one `MGET` of every `last_seen:{u}` and `last_seen_pending:{u}` |
 //! | `Read` (cluster)          | one such pipeline per user (same slot), all in parallel           |
 //! | `RenewLease`              | script [`RENEW_LEASE_LUA`]                                        |
 //! | `ClaimReap`               | script [`CLAIM_REAP_LUA`], `SRANDMEMBER sessions:{lease}`, `HGET ws_lease:{u}` per session; or [`DROP_LEASE_LUA`] when the index is empty |
