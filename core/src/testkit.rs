@@ -67,7 +67,11 @@ impl MemoryStores {
                 }
                 StoreOutput::Done
             }
-            StoreOp::Registry(RegistryOp::SetLastSeen { user, last_seen }) => {
+            StoreOp::Registry(RegistryOp::SetLastSeen { user, last_seen, create }) => {
+                // A refresh (`create: false`) leaves an absent cache absent.
+                if !*create && !self.registry_last_seen.contains_key(user) {
+                    return StoreOutput::Done;
+                }
                 max_register(&mut self.registry_last_seen, user, *last_seen);
                 let cached = self.registry_last_seen[user];
                 if self.registry_pending.get(user).is_some_and(|p| *p <= cached) {

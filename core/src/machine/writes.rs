@@ -222,7 +222,12 @@ impl Presence {
             } else if w.read_back {
                 (StoreOp::Durable(DurableOp::Read { users: vec![user.clone()] }), DurablePhase::ReadBack)
             } else if let Some(v) = w.refresh {
-                let op = StoreOp::Registry(RegistryOp::SetLastSeen { user: user.clone(), last_seen: v });
+                // A refresh never creates the cache (store.rs, `SetLastSeen`).
+                let op = StoreOp::Registry(RegistryOp::SetLastSeen {
+                    user: user.clone(),
+                    last_seen: v,
+                    create: false,
+                });
                 (op, DurablePhase::Refresh(v))
             } else {
                 // Durable and refreshed: done.
