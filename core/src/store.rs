@@ -57,23 +57,15 @@ pub enum RegistryOp {
         /// The lease the session was last registered under (whose index lists it), if any.
         token: Option<LeaseToken>,
     },
-    /// Max-register `last_seen:{user} = max(old, last_seen)` with a durable value, then delete
-    /// `last_seen_pending:{user}` if the cache now covers it. One script.
-    ///
-    /// Only a backfill (`create`: the value a consistent read of the durable store just returned,
-    /// after a cache miss) creates an absent cache. A refresh (the value of an applied durable
-    /// write, or one read back after a superseded write) only raises an existing cache: it may be
-    /// sent, or retried, after Redis lost its data and another server made a newer value durable,
-    /// and creating the cache with it would hide that newer value from every reader (I1;
-    /// docs/SIMULATION.md, finding 6). An absent cache is left absent: readers then ask the
-    /// durable store, which holds the value.
+    /// Max-register `last_seen:{user} = max(old, last_seen)` with a durable value (a backfill after
+    /// a cache miss, the value of an applied durable write, or the durable value read back after a
+    /// superseded one), creating it if absent; then delete `last_seen_pending:{user}` if the cache
+    /// now covers it. One script.
     SetLastSeen {
         /// Whose value.
         user: UserId,
         /// The value read from the durable store.
         last_seen: UnixMillis,
-        /// Create the cache if absent (a backfill); otherwise only raise an existing one.
-        create: bool,
     },
     /// For each user, in one round trip: the lease tokens of `ws_lease:{user}` (`HVALS`),
     /// `last_seen:{user}` and `last_seen_pending:{user}`. Answered with [`StoreOutput::Registry`],

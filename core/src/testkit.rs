@@ -67,11 +67,7 @@ impl MemoryStores {
                 }
                 StoreOutput::Done
             }
-            StoreOp::Registry(RegistryOp::SetLastSeen { user, last_seen, create }) => {
-                // A refresh (`create: false`) leaves an absent cache absent.
-                if !*create && !self.registry_last_seen.contains_key(user) {
-                    return StoreOutput::Done;
-                }
+            StoreOp::Registry(RegistryOp::SetLastSeen { user, last_seen }) => {
                 max_register(&mut self.registry_last_seen, user, *last_seen);
                 let cached = self.registry_last_seen[user];
                 if self.registry_pending.get(user).is_some_and(|p| *p <= cached) {

@@ -56,8 +56,7 @@ async fn cluster_ops_work_across_slots() {
         ok(&reg, RegistryOp::Register { user: u.clone(), session: session("s1"), token: TOKEN }).await;
         ok(&reg, RegistryOp::Register { user: u.clone(), session: session("s2"), token: TOKEN }).await;
         // A cached value for the ends to raise (an end never creates the key).
-        ok(&reg, RegistryOp::SetLastSeen { user: u.clone(), last_seen: UnixMillis(T0 - 10), create: true })
-            .await;
+        ok(&reg, RegistryOp::SetLastSeen { user: u.clone(), last_seen: UnixMillis(T0 - 10) }).await;
         if i % 2 == 0 {
             // End one of two sessions, then try to lower last_seen: refused.
             let end = RegistryOp::EndSession {
@@ -67,8 +66,7 @@ async fn cluster_ops_work_across_slots() {
                 token: Some(TOKEN),
             };
             ok(&reg, end).await;
-            let older =
-                RegistryOp::SetLastSeen { user: u.clone(), last_seen: UnixMillis(T0 - 1), create: true };
+            let older = RegistryOp::SetLastSeen { user: u.clone(), last_seen: UnixMillis(T0 - 1) };
             ok(&reg, older).await;
         } else {
             for s in ["s1", "s2"] {
@@ -116,11 +114,7 @@ async fn cluster_ops_work_across_slots() {
 
     // Scripts survive SCRIPT FLUSH on every node.
     let _: redis::Value = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut admin).await.unwrap();
-    ok(
-        &reg,
-        RegistryOp::SetLastSeen { user: users[1].clone(), last_seen: UnixMillis(T0 + 99), create: true },
-    )
-    .await;
+    ok(&reg, RegistryOp::SetLastSeen { user: users[1].clone(), last_seen: UnixMillis(T0 + 99) }).await;
 
     // Leases across slots: a dead server's sessions (user slots), its index (its own slot) and the
     // lease keys (the `{presence}` slot), reaped from another server.

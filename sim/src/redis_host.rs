@@ -404,9 +404,7 @@ impl RedisState {
                 if let Some(e) = need(2, 1) {
                     return e;
                 }
-                // ARGV[2] is `create` for a backfill; anything else (or nothing) only raises.
-                let create = args.get(1).is_some_and(|a| a.as_slice() == b"create");
-                self.set_last_seen(w, keys, &args[0], create)
+                self.set_last_seen(w, keys, &args[0])
             }
             Script::EndSession => {
                 if let Some(e) = need(4, 2) {
@@ -589,11 +587,7 @@ impl RedisState {
     }
 
     /// [`SET_LAST_SEEN_LUA`]: max-register of the cache, then drop a pending value it covers.
-    fn set_last_seen(&mut self, w: &World, keys: &[Vec<u8>], ts: &[u8], create: bool) -> Result<i64, String> {
-        // A refresh leaves a cache that is absent (or not a timestamp, which reads as absent) alone.
-        if !create && !self.get_str(&keys[0])?.is_some_and(|c| well_formed(&c)) {
-            return Ok(0);
-        }
+    fn set_last_seen(&mut self, w: &World, keys: &[Vec<u8>], ts: &[u8]) -> Result<i64, String> {
         let wrote = self.max_register(w, &keys[0], ts)?;
         let cache = self.get_str(&keys[0])?;
         let pending = self.get_str(&keys[1])?;

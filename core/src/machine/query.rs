@@ -158,7 +158,7 @@ impl Presence {
             q.entries[i].last_seen = Some(v);
             // Refill the cache (max-register, so a racing newer end is kept). Best effort: the value
             // is safe in the durable store whatever happens to this write.
-            let op = RegistryOp::SetLastSeen { user: q.users[i].clone(), last_seen: v, create: true };
+            let op = RegistryOp::SetLastSeen { user: q.users[i].clone(), last_seen: v };
             self.emit_store(StoreOp::Registry(op), InFlight::Backfill);
         }
         self.reply(q);

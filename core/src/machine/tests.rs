@@ -126,10 +126,7 @@ fn graceful_close_records_close_time_in_both_stores() {
     assert!(r.done(store(&e[0]).0, Ok(StoreOutput::Done)).is_empty());
     // The durable store applied the value: now it is safe to put in the registry's cache.
     let refresh = r.done(store(&e[1]).0, Ok(StoreOutput::Done));
-    assert_eq!(
-        store(&refresh[0]).1,
-        reg(RegistryOp::SetLastSeen { user: uid("bob"), last_seen: at, create: false })
-    );
+    assert_eq!(store(&refresh[0]).1, reg(RegistryOp::SetLastSeen { user: uid("bob"), last_seen: at }));
     assert_eq!(r.p.pending_writes(), 1);
     assert!(r.done(store(&refresh[0]).0, Ok(StoreOutput::Done)).is_empty());
     assert_eq!(r.p.pending_writes(), 0);
@@ -149,10 +146,7 @@ fn superseded_durable_write_refreshes_the_cache_with_the_durable_value() {
     assert_eq!(store(&e[0]).1, StoreOp::Durable(DurableOp::Read { users: vec![uid("bob")] }));
     let newer = UnixMillis(T0 + 60_000);
     let e = r.done(store(&e[0]).0, Ok(StoreOutput::Durable(vec![Some(newer)])));
-    assert_eq!(
-        store(&e[0]).1,
-        reg(RegistryOp::SetLastSeen { user: uid("bob"), last_seen: newer, create: false })
-    );
+    assert_eq!(store(&e[0]).1, reg(RegistryOp::SetLastSeen { user: uid("bob"), last_seen: newer }));
     r.done(store(&e[0]).0, Ok(StoreOutput::Done));
     assert!(r.p.is_idle());
 }
@@ -294,10 +288,7 @@ fn query_falls_back_to_durable_and_backfills() {
     let (id, op) = store(&e[0]);
     assert_eq!(op, StoreOp::Durable(DurableOp::Read { users: vec![uid("bob"), uid("carol")] }));
     let e = r.done(id, Ok(StoreOutput::Durable(vec![Some(UnixMillis(T0)), None])));
-    assert_eq!(
-        store(&e[0]).1,
-        reg(RegistryOp::SetLastSeen { user: uid("bob"), last_seen: UnixMillis(T0), create: true })
-    );
+    assert_eq!(store(&e[0]).1, reg(RegistryOp::SetLastSeen { user: uid("bob"), last_seen: UnixMillis(T0) }));
     assert_eq!(
         text_of(&e[1]),
         r#"{"type":"presence","id":7,"users":[{"user":"bob","online":false,"last_seen":"2024-01-15T09:42:00.000Z"},{"user":"carol","online":true,"last_seen":null}]}"#
@@ -578,10 +569,7 @@ fn reaper_makes_last_seen_durable_then_removes_fenced_entries_batch_by_batch() {
     assert_eq!(op, StoreOp::Durable(DurableOp::Write { user: uid("bob"), last_seen: dead_renewal }));
     // Durable (applied): the batch's entries are removed, and the cache refreshed with it.
     let e = r.done(w, Ok(StoreOutput::Done));
-    assert_eq!(
-        store(&e[1]).1,
-        reg(RegistryOp::SetLastSeen { user: uid("bob"), last_seen: dead_renewal, create: false })
-    );
+    assert_eq!(store(&e[1]).1, reg(RegistryOp::SetLastSeen { user: uid("bob"), last_seen: dead_renewal }));
     let (remove, op) = store(&e[0]);
     assert_eq!(op, reg(RegistryOp::Reap { lease: "ws-9#4".into(), token: LeaseToken(4), sessions }));
     // Removed: claim the next batch; the registry says the index is empty and drops the lease.
@@ -625,10 +613,7 @@ fn answers_combine_the_cache_the_pending_value_and_the_durable_one() {
     assert_eq!(op, StoreOp::Durable(DurableOp::Read { users: vec![uid("dave")] }));
     let e = r.done(id, Ok(StoreOutput::Durable(vec![Some(UnixMillis(T0))])));
     // Only the durable value fills the cache; the answer is the maximum.
-    assert_eq!(
-        store(&e[0]).1,
-        reg(RegistryOp::SetLastSeen { user: uid("dave"), last_seen: UnixMillis(T0), create: true })
-    );
+    assert_eq!(store(&e[0]).1, reg(RegistryOp::SetLastSeen { user: uid("dave"), last_seen: UnixMillis(T0) }));
     assert_eq!(
         text_of(&e[1]),
         r#"{"type":"presence","id":1,"users":[{"user":"dave","online":false,"last_seen":"2024-01-15T09:42:00.005Z"},{"user":"erin","online":false,"last_seen":"2024-01-15T09:42:00.003Z"}]}"#

@@ -222,12 +222,7 @@ impl Presence {
             } else if w.read_back {
                 (StoreOp::Durable(DurableOp::Read { users: vec![user.clone()] }), DurablePhase::ReadBack)
             } else if let Some(v) = w.refresh {
-                // A refresh never creates the cache (store.rs, `SetLastSeen`).
-                let op = StoreOp::Registry(RegistryOp::SetLastSeen {
-                    user: user.clone(),
-                    last_seen: v,
-                    create: false,
-                });
+                let op = StoreOp::Registry(RegistryOp::SetLastSeen { user: user.clone(), last_seen: v });
                 (op, DurablePhase::Refresh(v))
             } else {
                 // Durable and refreshed: done.

@@ -128,13 +128,7 @@ impl MemoryRegistry {
             // One server: no other lease ever expires, so there is never anything to reap.
             RegistryOp::ClaimReap { .. } => StoreOutput::Reap(None),
             RegistryOp::MarkReaped { .. } | RegistryOp::Reap { .. } => StoreOutput::Done,
-            // A refresh (`create: false`) leaves an absent cache absent.
-            RegistryOp::SetLastSeen { user, create: false, .. }
-                if users.get(&user).is_none_or(|s| s.last_seen.is_none()) =>
-            {
-                StoreOutput::Done
-            }
-            RegistryOp::SetLastSeen { user, last_seen, .. } => {
+            RegistryOp::SetLastSeen { user, last_seen } => {
                 let state = users.entry(user).or_default();
                 max_register(&mut state.last_seen, last_seen);
                 if state.pending.is_some_and(|p| Some(p) <= state.last_seen) {
@@ -419,13 +413,7 @@ mod tests {
 
         // A durable value fills the cache; the pending value goes once the cache covers it, and
         // ends go to the cache from then on.
-        let set =
-            |t: i64| RegistryOp::SetLastSeen { user: user("bob"), last_seen: UnixMillis(t), create: true };
-        // A refresh does not create the cache.
-        let refresh =
-            RegistryOp::SetLastSeen { user: user("bob"), last_seen: UnixMillis(1_800), create: false };
-        reg.execute(refresh).await.unwrap();
-        assert_eq!(read(&reg, &["bob"]).await, vec![pending_entry(0, None, Some(2_000))]);
+        let set = |t: i64| RegistryOp::SetLastSeen { user: user("bob"), last_seen: UnixMillis(t) };
         reg.execute(set(1_500)).await.unwrap();
         assert_eq!(read(&reg, &["bob"]).await, vec![pending_entry(0, Some(1_500), Some(2_000))]);
         reg.execute(set(2_000)).await.unwrap();
@@ -443,11 +431,7 @@ mod tests {
     #[tokio::test]
     async fn memory_last_seen_never_regresses_and_read_keeps_order() {
         let reg = MemoryRegistry::new("srv-1");
-        let set = |u: &str, t: i64| RegistryOp::SetLastSeen {
-            user: user(u),
-            last_seen: UnixMillis(t),
-            create: true,
-        };
+        let set = |u: &str, t: i64| RegistryOp::SetLastSeen { user: user(u), last_seen: UnixMillis(t) };
         reg.execute(set("bob", 5_000)).await.unwrap();
         reg.execute(set("bob", 4_000)).await.unwrap();
         // An older EndSession removes the field but must not lower last_seen either.

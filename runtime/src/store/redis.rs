@@ -203,15 +203,12 @@ macro_rules! lua_helpers {
 }
 
 /// `SetLastSeen`: `KEYS[1]` = `last_seen:{u}`, `KEYS[2]` = `last_seen_pending:{u}`, `ARGV[1]` =
-/// the fixed-width timestamp (a durable value), `ARGV[2]` = `create` (a backfill: create the
-/// cache if absent) or `raise` (a refresh: an absent cache stays absent; presence-core's
-/// `RegistryOp::SetLastSeen` says why). Max-register of the cache; then the pending value is
-/// dropped if the cache covers it. Returns 1 if the cache was written.
+/// the fixed-width timestamp (a durable value). Max-register of the cache, creating it; then the
+/// pending value is dropped if the cache covers it. Returns 1 if the cache was written.
 ///
 /// Public so a test double (the simulator's Redis) can recognise it by its SHA-1.
 pub const SET_LAST_SEEN_LUA: &str = concat!(
     lua_helpers!(),
-    "if ARGV[2] ~= 'create' and not wf(redis.call('GET', KEYS[1])) then return 0 end\n",
     "local wrote = max_into(KEYS[1], ARGV[1])\n",
     "local p = redis.call('GET', KEYS[2])\n",
     "if p and ((not wf(p)) or p <= redis.call('GET', KEYS[1])) then redis.call('DEL', KEYS[2]) end\n",
@@ -510,13 +507,12 @@ where
             then_publish(&mut conn, topology, Some(srem), &held).await?;
             Ok(StoreOutput::Done)
         }
-        RegistryOp::SetLastSeen { user, last_seen, create } => {
+        RegistryOp::SetLastSeen { user, last_seen } => {
             scripts
                 .set_last_seen
                 .key(last_seen_key(&user))
                 .key(pending_key(&user))
                 .arg(last_seen.to_rfc3339())
-                .arg(if create { "create" } else { "raise" })
                 .invoke_async::<i64>(&mut conn)
                 .await?;
             Ok(StoreOutput::Done)
