@@ -207,6 +207,41 @@ fn end_waits_for_register_in_flight() {
     assert!(matches!(store(&e[0]).1, StoreOp::Registry(RegistryOp::EndSession { .. })));
 }
 
+/// Finding 6 of docs/SIMULATION.md: a refresh creates an absent cache, so one that failed (the
+/// registry may have lost its data since) or that a registry restart overtook must not be sent
+/// again with its old value: another server may have made a newer one durable meanwhile. The
+/// durable value is read back first and the cache refreshed with that.
+#[test]
+fn a_failed_or_overtaken_refresh_reads_the_durable_value_back_first() {
+    let mut r = Rig::new(Config::default());
+    let e = r.open(1, "bob");
+    r.done(store(&e[0]).0, Ok(StoreOutput::Done));
+    r.advance(1_000);
+    let at = UnixMillis(T0 + 1_000);
+    let e = r.input(Input::Closed { conn: ConnId(1), graceful: true });
+    r.done(store(&e[0]).0, Ok(StoreOutput::Done));
+    let refresh = r.done(store(&e[1]).0, Ok(StoreOutput::Done));
+    assert_eq!(store(&refresh[0]).1, reg(RegistryOp::SetLastSeen { user: uid("bob"), last_seen: at }));
+    // The refresh fails; its retry is a consistent read of the durable value, not the old value.
+    assert!(r.done(store(&refresh[0]).0, Err(StoreError::Timeout)).is_empty());
+    let e = r.advance(200);
+    assert_eq!(store(&e[0]).1, StoreOp::Durable(DurableOp::Read { users: vec![uid("bob")] }));
+    // Another server made a newer value durable meanwhile: that is what goes to the cache.
+    let newer = UnixMillis(T0 + 1_500);
+    let e = r.done(store(&e[0]).0, Ok(StoreOutput::Durable(vec![Some(newer)])));
+    assert_eq!(store(&e[0]).1, reg(RegistryOp::SetLastSeen { user: uid("bob"), last_seen: newer }));
+    // A registry restart while that refresh is in flight: read back again before refreshing.
+    r.input(Input::RegistryRestarted);
+    let after = r.done(store(&e[0]).0, Err(StoreError::Unavailable("connection lost".into())));
+    let read = after
+        .iter()
+        .chain(r.advance(200).iter())
+        .map(|e| store(e).1)
+        .find(|op| matches!(op, StoreOp::Durable(_)))
+        .expect("a read-back after the restart");
+    assert_eq!(read, StoreOp::Durable(DurableOp::Read { users: vec![uid("bob")] }));
+}
+
 #[test]
 fn failed_writes_retry_with_backoff_and_coalesce() {
     let mut r = Rig::new(Config::default());

@@ -78,9 +78,10 @@ pub(super) struct DurableWrite {
     acked: Option<UnixMillis>,
     /// A durable value (applied by us, or read back) still to be set in the registry.
     refresh: Option<UnixMillis>,
-    /// A write came back superseded: read the durable value back to refresh the cache with it
-    /// (the stored value is unknown: ours, if an earlier attempt timed out after applying it, or
-    /// another server's newer one).
+    /// Read the durable value back (consistent read) before refreshing the cache with it: after a
+    /// superseded write (the stored value is unknown: ours, if an earlier attempt timed out after
+    /// applying it, or another server's newer one), and after a failed refresh or a registry
+    /// restart (ours may no longer be the maximum when the refresh lands in an emptied cache).
     read_back: bool,
     /// The operation in flight, if one is.
     in_flight: Option<(EffectId, DurablePhase)>,
@@ -316,6 +317,14 @@ impl Presence {
                 DurablePhase::Write(_) | DurablePhase::ReadBack => self.stats.durable_failures += 1,
                 DurablePhase::Refresh(_) => self.stats.registry_failures += 1,
             }
+            if let DurablePhase::Refresh(_) = phase {
+                // The registry failed: it may have lost its data meanwhile, and another server
+                // may have made a newer value durable since ours was. A refresh creates an absent
+                // cache, so retrying it with our value could put a superseded value in front of
+                // every reader (I1; docs/SIMULATION.md, finding 6). Read the durable value back
+                // first, and refresh with that.
+                w.read_back = true;
+            }
             if self.config.planted_bug == Some(PlantedBug::NoDurableRetry)
                 && matches!(phase, DurablePhase::Write(_))
             {
@@ -419,6 +428,14 @@ impl Presence {
         self.lease.token = None;
         self.renew_lease_now();
         self.register_all_again();
+        // Refreshes not yet done carry values from before the data loss: read them back first
+        // (as after a failed refresh, `durable_done`).
+        for (user, w) in self.durable.iter_mut() {
+            if w.refresh.is_some() && !w.read_back {
+                w.read_back = true;
+                self.dirty_durable.insert(user.clone());
+            }
+        }
     }
 
     /// Registers every live session again and re-sends pending ends: results of operations sent
