@@ -200,7 +200,9 @@ impl Client {
     pub async fn query(&self, users: &[UserId]) -> Result<Vec<PresenceEntry>, ClientError> {
         let token = self.token().await?;
         let list: Vec<&str> = users.iter().map(UserId::as_str).collect();
-        let path = format!("/v1/presence?users={}", list.join(","));
+        // Form-encoded: user ids may hold `+` (a space in a query string), `@` and `:`.
+        let encoded: String = url::form_urlencoded::byte_serialize(list.join(",").as_bytes()).collect();
+        let path = format!("/v1/presence?users={encoded}");
         let (status, body) = self.http(Method::GET, &path, Some(&token), Bytes::new()).await?;
         match status {
             StatusCode::OK => parse_users_body(&body),

@@ -30,6 +30,14 @@ async fn cli_query() {
     );
     let out = cli::run(&["query", "--url", &url, "--jwt-secret", SECRET, "bob", "carol"]).await;
     assert_eq!(out.stdout, "bob    online\ncarol  offline, never seen\n", "{out:?}");
+    // Every character a user id may hold survives the query string (`+` is not a space).
+    let odd = "d.o_e+work@x.example:2-";
+    let out = cli::run(&["query", "--url", &url, "--jwt-secret", SECRET, "--json", odd]).await;
+    assert_eq!(
+        out.stdout,
+        format!("{{\"user\":\"{odd}\",\"online\":false,\"last_seen\":null}}\n"),
+        "{out:?}"
+    );
 
     // Bob leaves: the CLI shows the instant the source of truth holds.
     bob.close().await;
