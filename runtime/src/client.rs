@@ -17,7 +17,7 @@
 //! Every failure is a [`ClientError`] with a message that says what to do and an exit code that
 //! scripts can branch on ([`ClientError::exit_code`]).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Full, Limited};
@@ -326,7 +326,7 @@ impl Client {
                         .ok_or_else(|| ClientError::Protocol("dev token answer without a token".to_owned())),
                     // A presence server without dev tokens answers its own `not_found` error;
                     // anything else (a proxy, another service) is reported as it is.
-                    StatusCode::NOT_FOUND if error_code(&body).as_deref() == Some("not_found") => {
+                    StatusCode::NOT_FOUND if error_body(&body).is_some_and(|e| e.code == "not_found") => {
                         Err(ClientError::NoDevToken)
                     }
                     _ => Err(http_error(status, &body)),
@@ -418,25 +418,26 @@ fn decode(bytes: &[u8]) -> Result<Frame, ClientError> {
         .map_err(|e| ClientError::Protocol(format!("undecodable frame: {e}")))
 }
 
-/// The `message` of a `{"code","message"}` error body, or the body itself.
+/// The server's HTTP error body, `{"code": ..., "message": ...}`.
+#[derive(serde::Deserialize)]
+struct ErrorBody {
+    code: String,
+    message: String,
+}
+
+fn error_body(body: &[u8]) -> Option<ErrorBody> {
+    serde_json::from_slice(body).ok()
+}
+
+/// The `message` of an error body, or the body itself.
 fn error_message(body: &[u8]) -> String {
-    serde_json::from_slice::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| v.get("message")?.as_str().map(str::to_owned))
-        .unwrap_or_else(|| snippet(body))
+    error_body(body).map_or_else(|| snippet(body), |e| e.message)
 }
 
-/// The `code` of a `{"code","message"}` error body.
-fn error_code(body: &[u8]) -> Option<String> {
-    let v = serde_json::from_slice::<serde_json::Value>(body).ok()?;
-    v.get("code")?.as_str().map(str::to_owned)
-}
-
-/// A `{"code","message"}` body whose code is a protocol error code.
+/// An error body whose code is a protocol error code.
 fn error_frame(body: &[u8]) -> Option<ClientError> {
-    let v = serde_json::from_slice::<serde_json::Value>(body).ok()?;
-    let code = ErrorCode::from_str_opt(v.get("code")?.as_str()?)?;
-    Some(ClientError::Refused { code, message: v.get("message")?.as_str()?.to_owned() })
+    let e = error_body(body)?;
+    Some(ClientError::Refused { code: ErrorCode::from_str_opt(&e.code)?, message: e.message })
 }
 
 fn http_error(status: StatusCode, body: &[u8]) -> ClientError {
@@ -497,10 +498,4 @@ pub fn age(now: UnixMillis, t: UnixMillis) -> String {
         3600..=86_399 => format!("{} h {} min ago", s / 3600, s % 3600 / 60),
         _ => format!("{} days ago", s / 86_400),
     }
-}
-
-/// The wall clock now.
-pub fn now() -> UnixMillis {
-    let ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
-    UnixMillis(i64::try_from(ms).unwrap_or(i64::MAX))
 }

@@ -12,7 +12,7 @@ use clap::Parser;
 use presence_core::user::UserId;
 use presence_runtime::auth::{self, Auth};
 use presence_runtime::client::{self, Client, ClientError, TokenSource, WatchEvent};
-use presence_runtime::clock::SystemClock;
+use presence_runtime::clock::{SystemClock, WallClock};
 use presence_runtime::config::{Cli, ClientArgs, Command, LogFormat, ServeArgs, TokenArgs};
 use presence_runtime::driver::{DriverConfig, Stores};
 use presence_runtime::server::{serve, ServerConfig};
@@ -75,7 +75,7 @@ fn token(t: &TokenArgs) -> ExitCode {
     };
     let token = Auth::new(t.jwt_secret.as_bytes()).issue(&user, t.ttl);
     if t.json {
-        let expires = client::now().saturating_add(t.ttl);
+        let expires = SystemClock.wall().saturating_add(t.ttl);
         let v =
             serde_json::json!({ "user": user.as_str(), "token": token, "expires_at": expires.to_rfc3339() });
         println!("{v}");
@@ -127,7 +127,7 @@ where
 async fn query(c: Client, users: Vec<UserId>, json: bool) -> Result<(), ClientError> {
     let entries = c.query(&users).await?;
     let width = entries.iter().map(|e| e.user.as_str().len()).max().unwrap_or(0);
-    let now = client::now();
+    let now = SystemClock.wall();
     for e in &entries {
         if json {
             println!("{}", client::entry_json(e, None));
@@ -144,7 +144,7 @@ async fn watch(c: Client, users: Vec<UserId>, json: bool) -> Result<(), ClientEr
         let _ = tokio::signal::ctrl_c().await;
     };
     c.watch(&users, stop, |event| {
-        let now = client::now();
+        let now = SystemClock.wall();
         match event {
             WatchEvent::Snapshot(entries) => {
                 for e in &entries {
