@@ -67,6 +67,16 @@ pub enum RegistryOp {
         /// The value read from the durable store.
         last_seen: UnixMillis,
     },
+    /// Record a value not yet durable as a session end does (the max-register of
+    /// `last_seen:{user}` if it exists, else of `last_seen_pending:{user}`): after the registry lost
+    /// its data, so readers do not fall back to an older durable value while the durable write is
+    /// still retrying. One script. Idempotent.
+    RecordLastSeen {
+        /// Whose value.
+        user: UserId,
+        /// The value (not yet acknowledged by the durable store).
+        last_seen: UnixMillis,
+    },
     /// For each user, in one round trip: the lease tokens of `ws_lease:{user}` (`HVALS`),
     /// `last_seen:{user}` and `last_seen_pending:{user}`. Answered with [`StoreOutput::Registry`],
     /// one entry per user, same order.

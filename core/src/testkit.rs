@@ -75,6 +75,10 @@ impl MemoryStores {
                 }
                 StoreOutput::Done
             }
+            StoreOp::Registry(RegistryOp::RecordLastSeen { user, last_seen }) => {
+                self.record_end(user, *last_seen);
+                StoreOutput::Done
+            }
             StoreOp::Registry(RegistryOp::Read { users }) => StoreOutput::Registry(
                 users
                     .iter()

@@ -375,6 +375,7 @@ fn op_kind(op: &StoreOp) -> &'static str {
         StoreOp::Registry(RegistryOp::Register { .. }) => "register",
         StoreOp::Registry(RegistryOp::EndSession { .. }) => "end_session",
         StoreOp::Registry(RegistryOp::SetLastSeen { .. }) => "set_last_seen",
+        StoreOp::Registry(RegistryOp::RecordLastSeen { .. }) => "record_last_seen",
         StoreOp::Registry(RegistryOp::Read { .. }) => "read",
         StoreOp::Registry(RegistryOp::RenewLease { .. }) => "renew_lease",
         StoreOp::Registry(RegistryOp::ClaimReap { .. }) => "claim_reap",

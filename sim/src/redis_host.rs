@@ -5,7 +5,7 @@
 //! `HLEN`, `HDEL`, `GET`, `SET`, `DEL`, `SADD`, `SREM`, `SRANDMEMBER` (the first members in
 //! order, so runs replay), `PUBLISH`, `SUBSCRIBE`/`UNSUBSCRIBE` (RESP2 subscriber mode, with its
 //! `PING`), `SCRIPT LOAD|FLUSH`, `EVAL` and `EVALSHA`. Scripts are not interpreted: the ones the
-//! runtime uses ([`SET_LAST_SEEN_LUA`], [`END_SESSION_LUA`], [`RENEW_LEASE_LUA`],
+//! runtime uses ([`SET_LAST_SEEN_LUA`], [`RECORD_LAST_SEEN_LUA`], [`END_SESSION_LUA`], [`RENEW_LEASE_LUA`],
 //! [`CLAIM_REAP_LUA`], [`DROP_LEASE_LUA`], [`REAP_MARK_LUA`], [`REAP_LUA`]) are recognised by
 //! their SHA-1 and executed natively, with the Redis clock (`TIME`) = true virtual time; the
 //! script cache and the subscriptions are gone after a restart, as in Redis.
@@ -22,8 +22,8 @@ use std::sync::Arc;
 
 use presence_core::time::UnixMillis;
 use presence_runtime::store::redis::{
-    CLAIM_REAP_LUA, DROP_LEASE_LUA, END_SESSION_LUA, REAP_LUA, REAP_MARK_LUA, RENEW_LEASE_LUA,
-    SET_LAST_SEEN_LUA,
+    CLAIM_REAP_LUA, DROP_LEASE_LUA, END_SESSION_LUA, REAP_LUA, REAP_MARK_LUA, RECORD_LAST_SEEN_LUA,
+    RENEW_LEASE_LUA, SET_LAST_SEEN_LUA,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -59,6 +59,10 @@ pub struct RedisState {
     scripts: BTreeSet<String>,
     /// Commands served (all incarnations).
     pub commands: u64,
+    /// Per last_seen key, the last value a session end, a reaper's mark or a re-record (values
+    /// not yet durable) wrote there: the value, the writer (`srv<N>`) and the true time. Evidence
+    /// for the oracle when such a value never became durable because its writer crashed.
+    recorded: BTreeMap<Vec<u8>, (Vec<u8>, String, u64)>,
     /// Pub/sub: channel -> subscribed connections, and each connection's outbound queue.
     subs: BTreeMap<Vec<u8>, BTreeSet<u64>>,
     outboxes: BTreeMap<u64, tokio::sync::mpsc::UnboundedSender<Vec<u8>>>,
@@ -123,6 +127,7 @@ pub fn sha1_hex(body: &[u8]) -> String {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Script {
     SetLastSeen,
+    RecordLastSeen,
     EndSession,
     ReapMark,
     RenewLease,
@@ -137,6 +142,7 @@ fn script_of(sha: &str) -> Option<Script> {
     let shas = SHAS.get_or_init(|| {
         [
             (SET_LAST_SEEN_LUA, Script::SetLastSeen),
+            (RECORD_LAST_SEEN_LUA, Script::RecordLastSeen),
             (END_SESSION_LUA, Script::EndSession),
             (REAP_MARK_LUA, Script::ReapMark),
             (RENEW_LEASE_LUA, Script::RenewLease),
@@ -184,6 +190,7 @@ impl RedisState {
             db: BTreeMap::new(),
             scripts: BTreeSet::new(),
             commands: 0,
+            recorded: BTreeMap::new(),
             subs: BTreeMap::new(),
             outboxes: BTreeMap::new(),
             next_conn: 0,
@@ -197,6 +204,7 @@ impl RedisState {
         self.run_id =
             format!("{:016x}{:016x}{:08x}", mix3(self.seed, 0x4ED15, self.incarnation), self.incarnation, 0);
         self.db.clear();
+        self.recorded.clear();
         self.scripts.clear();
         self.subs.clear();
         self.outboxes.clear();
@@ -406,13 +414,19 @@ impl RedisState {
                 }
                 self.set_last_seen(w, keys, &args[0])
             }
+            Script::RecordLastSeen => {
+                if let Some(e) = need(2, 1) {
+                    return e;
+                }
+                self.record_end(w, peer, &keys[0], &keys[1], &args[0])
+            }
             Script::EndSession => {
                 if let Some(e) = need(4, 2) {
                     return e;
                 }
                 self.owner_delete(w, peer, &keys[0], &args[0])
                     .and_then(|_| self.hdel(&keys[2], &args[0]))
-                    .and_then(|_| self.record_end(w, &keys[1], &keys[3], &args[1]))
+                    .and_then(|_| self.record_end(w, peer, &keys[1], &keys[3], &args[1]))
             }
             Script::ReapMark => {
                 if let Some(e) = need(3, 3) {
@@ -420,7 +434,7 @@ impl RedisState {
                 }
                 match self.hget(&keys[0], &args[0]) {
                     Ok(t) if t.as_deref() == Some(args[1].as_slice()) => {
-                        self.record_end(w, &keys[1], &keys[2], &args[2]).map(|_| 1)
+                        self.record_end(w, peer, &keys[1], &keys[2], &args[2]).map(|_| 1)
                     }
                     Ok(_) => Ok(0),
                     Err(e) => Err(e),
@@ -577,13 +591,33 @@ impl RedisState {
 
     /// `record_end` of the scripts: into the cache if it holds a well-formed value, else into the
     /// pending key.
-    fn record_end(&mut self, w: &World, cache: &[u8], pending: &[u8], ts: &[u8]) -> Result<i64, String> {
+    fn record_end(
+        &mut self,
+        w: &World,
+        peer: &str,
+        cache: &[u8],
+        pending: &[u8],
+        ts: &[u8],
+    ) -> Result<i64, String> {
         let present = self.get_str(cache)?;
-        if present.is_some_and(|c| well_formed(&c)) {
-            self.max_register(w, cache, ts)
-        } else {
-            self.max_register(w, pending, ts)
+        let key = if present.is_some_and(|c| well_formed(&c)) { cache } else { pending };
+        let wrote = self.max_register(w, key, ts)?;
+        if wrote == 1 {
+            self.recorded.insert(key.to_vec(), (ts.to_vec(), peer.to_owned(), w.now()));
         }
+        Ok(wrote)
+    }
+
+    /// Who recorded `user`'s answered last_seen `value` (a value not yet durable when written),
+    /// and when: `(writer, true time)`, if a session end, a reaper's mark or a re-record put that
+    /// exact value in `last_seen:{user}` or `last_seen_pending:{user}` in this incarnation.
+    pub fn recorder(&self, user: &str, value: i64) -> Option<(&str, u64)> {
+        [format!("last_seen:{{{user}}}"), format!("last_seen_pending:{{{user}}}")].iter().find_map(|key| {
+            let (ts, peer, t) = self.recorded.get(key.as_bytes())?;
+            let still_there = self.db.get(key.as_bytes()).is_some_and(|v| v == &Val::Str(ts.clone()));
+            let parsed = UnixMillis::parse_rfc3339(&String::from_utf8_lossy(ts))?;
+            (still_there && parsed.0 == value).then_some((peer.as_str(), *t))
+        })
     }
 
     /// [`SET_LAST_SEEN_LUA`]: max-register of the cache, then drop a pending value it covers.

@@ -30,8 +30,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use presence_runtime::store::redis::{
-    CLAIM_REAP_LUA, DROP_LEASE_LUA, END_SESSION_LUA, REAP_LUA, REAP_MARK_LUA, RENEW_LEASE_LUA,
-    SET_LAST_SEEN_LUA,
+    CLAIM_REAP_LUA, DROP_LEASE_LUA, END_SESSION_LUA, REAP_LUA, REAP_MARK_LUA, RECORD_LAST_SEEN_LUA,
+    RENEW_LEASE_LUA, SET_LAST_SEEN_LUA,
 };
 use presence_sim::redis_host::{sha1_hex, RedisState, Val};
 use presence_sim::world::{lock, World, EPOCH_MS};
@@ -184,6 +184,11 @@ enum Op {
         ts: V,
         how: How,
     },
+    RecordLastSeen {
+        u: u8,
+        ts: V,
+        how: How,
+    },
     Read {
         users: Vec<u8>,
     },
@@ -251,6 +256,7 @@ enum Op {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Script {
     SetLastSeen,
+    RecordLastSeen,
     EndSession,
     ReapMark,
     Renew,
@@ -260,8 +266,9 @@ enum Script {
 }
 
 impl Script {
-    const ALL: [Script; 7] = [
+    const ALL: [Script; 8] = [
         Script::SetLastSeen,
+        Script::RecordLastSeen,
         Script::EndSession,
         Script::ReapMark,
         Script::Renew,
@@ -273,6 +280,7 @@ impl Script {
     fn body(self) -> &'static str {
         match self {
             Script::SetLastSeen => SET_LAST_SEEN_LUA,
+            Script::RecordLastSeen => RECORD_LAST_SEEN_LUA,
             Script::EndSession => END_SESSION_LUA,
             Script::ReapMark => REAP_MARK_LUA,
             Script::Renew => RENEW_LEASE_LUA,
@@ -374,6 +382,7 @@ fn op() -> BoxedStrategy<Op> {
         5 => (u(), s(), ts(), srv(), prop::option::weighted(0.8, tok()), how())
             .prop_map(|(u, s, ts, srv, tok, how)| Op::EndSession { u, s, ts, srv, tok, how }),
         3 => (u(), ts(), how()).prop_map(|(u, ts, how)| Op::SetLastSeen { u, ts, how }),
+        2 => (u(), ts(), how()).prop_map(|(u, ts, how)| Op::RecordLastSeen { u, ts, how }),
         3 => prop::collection::vec(u(), 1..=3).prop_map(|users| Op::Read { users }),
         5 => (srv(), prop::option::weighted(0.6, tok()), 0..RENEW_TTLS.len() as u8, 0..WALLS.len() as u8, how())
             .prop_map(|(srv, tok, ttl, wall, how)| Op::Renew { srv, tok, ttl, wall, how }),
@@ -933,6 +942,10 @@ impl Case<'_> {
             Op::SetLastSeen { u, ts, how } => {
                 let keys = vec![self.key(K::LastSeen(u)), self.key(K::Pending(u))];
                 self.script("diff", Script::SetLastSeen, how, keys, vec![self.val(ts)])?;
+            }
+            Op::RecordLastSeen { u, ts, how } => {
+                let keys = vec![self.key(K::LastSeen(u)), self.key(K::Pending(u))];
+                self.script("diff", Script::RecordLastSeen, how, keys, vec![self.val(ts)])?;
             }
             Op::Read { ref users } => {
                 // As the runtime reads a single node: each user's HVALS, then one MGET of every

@@ -242,6 +242,46 @@ fn a_failed_or_overtaken_refresh_reads_the_durable_value_back_first() {
     assert_eq!(read, StoreOp::Durable(DurableOp::Read { users: vec![uid("bob")] }));
 }
 
+/// Finding 4 (docs/SIMULATION.md): a value whose durable write is still retrying lives only in
+/// the registry. When the registry loses its data it is recorded there again at once (as a session
+/// end records it), or readers would fall back to an older durable value until the write lands.
+#[test]
+fn a_registry_restart_records_values_not_yet_durable_again() {
+    let mut r = Rig::new(Config::default());
+    let e = r.open(1, "bob");
+    r.done(store(&e[0]).0, Ok(StoreOutput::Done));
+    r.advance(1_000);
+    let at = UnixMillis(T0 + 1_000);
+    let e = r.input(Input::Closed { conn: ConnId(1), graceful: true });
+    r.done(store(&e[0]).0, Ok(StoreOutput::Done));
+    // DynamoDB is down: the write waits for its retry.
+    assert!(r.done(store(&e[1]).0, Err(StoreError::Unavailable("down".into()))).is_empty());
+    // Redis restarts: the value is recorded again at once, before the durable retry.
+    let e = r.input(Input::RegistryRestarted);
+    let record = reg(RegistryOp::RecordLastSeen { user: uid("bob"), last_seen: at });
+    let rec = e.iter().find(|e| store(e).1 == record).expect("the record after the restart");
+    let e = r.done(store(rec).0, Ok(StoreOutput::Done));
+    // Recorded: next is the durable write itself, and nothing is recorded twice.
+    let write = StoreOp::Durable(DurableOp::Write { user: uid("bob"), last_seen: at });
+    assert_eq!(e.iter().map(|e| store(e).1).collect::<Vec<_>>(), vec![write.clone()]);
+    // It fails again, and so does the next record (another restart, Redis still failing): the
+    // durable write is not held back by the failing registry.
+    assert!(r.done(store(&e[0]).0, Err(StoreError::Unavailable("down".into()))).is_empty());
+    let e = r.input(Input::RegistryRestarted);
+    let rec = e.iter().find(|e| store(e).1 == record).expect("the record after the second restart");
+    assert!(r.done(store(rec).0, Err(StoreError::Timeout)).is_empty());
+    let e = r.advance(2_000);
+    let ops: Vec<StoreOp> =
+        e.iter().map(|e| store(e).1).filter(|op| matches!(op, StoreOp::Durable(_))).collect();
+    assert_eq!(ops, vec![write]);
+    // Once durable, the record is moot: the cache refresh follows, then nothing.
+    let id = e.iter().find(|e| matches!(store(e).1, StoreOp::Durable(_))).map(|e| store(e).0).unwrap();
+    let e = r.done(id, Ok(StoreOutput::Done));
+    assert_eq!(store(&e[0]).1, reg(RegistryOp::SetLastSeen { user: uid("bob"), last_seen: at }));
+    assert!(r.done(store(&e[0]).0, Ok(StoreOutput::Done)).is_empty());
+    assert_eq!(r.p.pending_writes(), 0);
+}
+
 #[test]
 fn failed_writes_retry_with_backoff_and_coalesce() {
     let mut r = Rig::new(Config::default());

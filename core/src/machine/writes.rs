@@ -83,6 +83,11 @@ pub(super) struct DurableWrite {
     /// applying it, or another server's newer one), and after a failed refresh or a registry
     /// restart (ours may no longer be the maximum when the refresh lands in an emptied cache).
     read_back: bool,
+    /// The registry lost its data while `value` was not yet durable: record it there again as a
+    /// session end does (the cache if present, else the pending key) before anything else, or
+    /// readers would fall back to an older durable value until the write lands (I1;
+    /// docs/SIMULATION.md, finding 4).
+    rerecord: bool,
     /// The operation in flight, if one is.
     in_flight: Option<(EffectId, DurablePhase)>,
     attempts: u32,
@@ -98,6 +103,9 @@ pub(super) enum DurablePhase {
     Refresh(UnixMillis),
     /// A consistent read of the durable value, after a superseded write.
     ReadBack,
+    /// The registry record of this not-yet-durable value, issued after this many registry
+    /// restarts (`Stats::registry_restarts`).
+    Record(UnixMillis, u64),
 }
 
 /// What a store operation in flight was for.
@@ -161,6 +169,7 @@ impl Presence {
                     acked: None,
                     refresh: None,
                     read_back: false,
+                    rerecord: false,
                     in_flight: None,
                     attempts: 0,
                     retry_at: None,
@@ -217,7 +226,13 @@ impl Presence {
             if w.in_flight.is_some() || w.retry_at.is_some() {
                 continue;
             }
-            let (op, phase) = if w.acked.is_none_or(|a| a < w.value) {
+            let durable = w.is_durable(w.value);
+            // The record goes first, but never holds the durable write back: while the registry
+            // fails, the write goes on (once it lands, the record is moot).
+            let (op, phase) = if w.rerecord && !durable && !self.registry_failing {
+                let op = RegistryOp::RecordLastSeen { user: user.clone(), last_seen: w.value };
+                (StoreOp::Registry(op), DurablePhase::Record(w.value, self.stats.registry_restarts))
+            } else if !durable {
                 let op = StoreOp::Durable(DurableOp::Write { user: user.clone(), last_seen: w.value });
                 (op, DurablePhase::Write(w.value))
             } else if w.read_back {
@@ -308,14 +323,17 @@ impl Presence {
     fn durable_done(&mut self, user: UserId, result: Result<StoreOutput, StoreError>) {
         let Some(w) = self.durable.get_mut(&user) else { return };
         let Some((_, phase)) = w.in_flight.take() else { return };
-        match phase {
-            DurablePhase::Write(_) | DurablePhase::ReadBack => self.durable_failing = result.is_err(),
-            DurablePhase::Refresh(_) => self.registry_failing = result.is_err(),
+        let registry = matches!(phase, DurablePhase::Refresh(_) | DurablePhase::Record(..));
+        if registry {
+            self.registry_failing = result.is_err();
+        } else {
+            self.durable_failing = result.is_err();
         }
         let Ok(output) = result else {
-            match phase {
-                DurablePhase::Write(_) | DurablePhase::ReadBack => self.stats.durable_failures += 1,
-                DurablePhase::Refresh(_) => self.stats.registry_failures += 1,
+            if registry {
+                self.stats.registry_failures += 1;
+            } else {
+                self.stats.durable_failures += 1;
             }
             if let DurablePhase::Refresh(_) = phase {
                 // The registry failed: it may have lost its data meanwhile, and another server
@@ -359,6 +377,13 @@ impl Presence {
             DurablePhase::Refresh(v) => {
                 if w.refresh == Some(v) {
                     w.refresh = None;
+                }
+            }
+            DurablePhase::Record(v, restarts) => {
+                // Recorded, unless a newer value came since (its own session end records it) or
+                // the registry restarted meanwhile (this record may have landed before the loss).
+                if restarts == self.stats.registry_restarts && v >= w.value {
+                    w.rerecord = false;
                 }
             }
         }
@@ -428,13 +453,21 @@ impl Presence {
         self.lease.token = None;
         self.renew_lease_now();
         self.register_all_again();
-        // Refreshes not yet done carry values from before the data loss: read them back first
-        // (as after a failed refresh, `durable_done`).
         for (user, w) in self.durable.iter_mut() {
-            if w.refresh.is_some() && !w.read_back {
+            // Refreshes not yet done carry values from before the data loss: read them back first
+            // (as after a failed refresh, `durable_done`).
+            if w.refresh.is_some() {
                 w.read_back = true;
-                self.dirty_durable.insert(user.clone());
             }
+            // A value not yet durable was only in the registry, and is gone with its data: record
+            // it at once, not after the durable write's backoff (whose attempt count stays).
+            w.rerecord = !w.is_durable(w.value);
+            if w.rerecord {
+                if let Some(at) = w.retry_at.take() {
+                    self.retries.remove(&(at, RetryKey::Durable(user.clone())));
+                }
+            }
+            self.dirty_durable.insert(user.clone());
         }
     }
 

@@ -120,6 +120,10 @@ impl MemoryRegistry {
                 state.record_end(last_seen);
                 StoreOutput::Done
             }
+            RegistryOp::RecordLastSeen { user, last_seen } => {
+                users.entry(user).or_default().record_end(last_seen);
+                StoreOutput::Done
+            }
             RegistryOp::RenewLease { .. } => StoreOutput::Lease(LeaseView {
                 token: EMBEDDED_LEASE,
                 live: vec![EMBEDDED_LEASE],

@@ -37,6 +37,7 @@
 //! | `Register`                | one pipeline `SADD sessions:{lease}`, `HSET ws_lease:{u}`, `HSET ws:{u}`, `PUBLISH presence:{u}` (cluster: the `SADD` first, on its own) |
 //! | `EndSession`              | script [`END_SESSION_LUA`]: `HDEL` both hashes + record the end, then `SREM sessions:{lease}` |
 //! | `SetLastSeen`             | script [`SET_LAST_SEEN_LUA`]                                      |
+//! | `RecordLastSeen`          | script [`RECORD_LAST_SEEN_LUA`]                                   |
 //! | `Read` (single node)      | one pipeline: `HVALS ws_lease:{u}` per user, then one `MGET` of every `last_seen:{u}` and `last_seen_pending:{u}` |
 //! | `Read` (cluster)          | one such pipeline per user (same slot), all in parallel           |
 //! | `RenewLease`              | script [`RENEW_LEASE_LUA`]                                        |
@@ -226,6 +227,12 @@ pub const END_SESSION_LUA: &str = concat!(
     "return record_end(KEYS[2], KEYS[4], ARGV[2])\n",
 );
 
+/// `RecordLastSeen`: `KEYS[1]` = `last_seen:{u}`, `KEYS[2]` = `last_seen_pending:{u}`, `ARGV[1]` =
+/// the fixed-width timestamp (a value not yet durable). `record_end` alone: the cache if present,
+/// else the pending key. Returns 1 if it wrote.
+pub const RECORD_LAST_SEEN_LUA: &str =
+    concat!(lua_helpers!(), "return record_end(KEYS[1], KEYS[2], ARGV[1])\n");
+
 /// `MarkReaped`, per session: `KEYS[1]` = `ws_lease:{u}`, `KEYS[2]` = `last_seen:{u}`,
 /// `KEYS[3]` = `last_seen_pending:{u}`; `ARGV[1]` = session, `ARGV[2]` = the dead lease's token,
 /// `ARGV[3]` = the fixed-width timestamp of its last renewal. If the session is still held under
@@ -309,6 +316,7 @@ pub const REAP_LUA: &str = concat!(
 /// The compiled scripts (`Script` precomputes the SHA-1 `EVALSHA` needs).
 struct Scripts {
     set_last_seen: Script,
+    record_last_seen: Script,
     end_session: Script,
     reap_mark: Script,
     renew: Script,
@@ -321,6 +329,7 @@ impl Scripts {
     fn new() -> Scripts {
         Scripts {
             set_last_seen: Script::new(SET_LAST_SEEN_LUA),
+            record_last_seen: Script::new(RECORD_LAST_SEEN_LUA),
             end_session: Script::new(END_SESSION_LUA),
             reap_mark: Script::new(REAP_MARK_LUA),
             renew: Script::new(RENEW_LEASE_LUA),
@@ -510,6 +519,16 @@ where
         RegistryOp::SetLastSeen { user, last_seen } => {
             scripts
                 .set_last_seen
+                .key(last_seen_key(&user))
+                .key(pending_key(&user))
+                .arg(last_seen.to_rfc3339())
+                .invoke_async::<i64>(&mut conn)
+                .await?;
+            Ok(StoreOutput::Done)
+        }
+        RegistryOp::RecordLastSeen { user, last_seen } => {
+            scripts
+                .record_last_seen
                 .key(last_seen_key(&user))
                 .key(pending_key(&user))
                 .arg(last_seen.to_rfc3339())
@@ -1500,6 +1519,7 @@ mod tests {
         assert!(END_SESSION_LUA
             .contains("redis.call('HDEL', KEYS[1], ARGV[1])\nredis.call('HDEL', KEYS[3], ARGV[1])\n"));
         assert!(END_SESSION_LUA.ends_with("return record_end(KEYS[2], KEYS[4], ARGV[2])\n"));
+        assert!(RECORD_LAST_SEEN_LUA.ends_with("end\nreturn record_end(KEYS[1], KEYS[2], ARGV[1])\n"));
         assert!(SET_LAST_SEEN_LUA.contains("local wrote = max_into(KEYS[1], ARGV[1])"));
         assert!(REAP_LUA.starts_with("if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end"));
     }
