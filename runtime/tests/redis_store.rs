@@ -189,6 +189,39 @@ async fn set_last_seen_is_a_max_register() {
 
 #[tokio::test]
 #[ignore = "needs redis: run via scripts/test"]
+async fn record_last_seen_goes_where_a_session_end_goes() {
+    let _serial = SERIAL.lock().await;
+    let reg = connected(config()).await;
+    let mut admin = admin().await;
+    let bob = fresh_user("record");
+    let record = |ms: i64| RegistryOp::RecordLastSeen { user: bob.clone(), last_seen: UnixMillis(ms) };
+    let get = |key: String| {
+        let mut admin = admin.clone();
+        async move { admin.get::<_, Option<String>>(key).await.unwrap() }
+    };
+
+    // No cache (Redis lost its data): into the pending key, a max-register; the cache stays absent.
+    ok(&reg, record(T0)).await;
+    ok(&reg, record(T0 - 1)).await;
+    assert_eq!(get(pending_key(&bob)).await.as_deref(), Some("2024-01-15T09:42:00.000Z"));
+    assert_eq!(get(last_seen_key(&bob)).await, None);
+    let want = RegistryEntry { leases: Vec::new(), last_seen: None, pending: Some(UnixMillis(T0)) };
+    assert_eq!(read1(&reg, &bob).await, vec![want]);
+
+    // A cache (a reader's backfill of an older durable value) is raised instead, and the pending
+    // value stays until a durable value covers it.
+    ok(&reg, set(&bob, T0 - 5_000)).await;
+    ok(&reg, record(T0 + 1)).await;
+    assert_eq!(get(last_seen_key(&bob)).await.as_deref(), Some("2024-01-15T09:42:00.001Z"));
+    assert_eq!(get(pending_key(&bob)).await.as_deref(), Some("2024-01-15T09:42:00.000Z"));
+    ok(&reg, record(T0 - 60_000)).await; // older: refused
+    assert_eq!(read1(&reg, &bob).await[0].last_seen, Some(UnixMillis(T0 + 1)));
+
+    let _: () = admin.del(&[last_seen_key(&bob), pending_key(&bob)]).await.unwrap();
+}
+
+#[tokio::test]
+#[ignore = "needs redis: run via scripts/test"]
 async fn batch_read_answers_in_request_order() {
     let _serial = SERIAL.lock().await;
     let reg = connected(config()).await;

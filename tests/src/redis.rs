@@ -242,6 +242,22 @@ impl RedisProbe {
         .await;
     }
 
+    /// `GET last_seen_pending:{user}`: a session end recorded while `last_seen:{user}` was absent.
+    pub async fn try_pending(&self, user: &str) -> Result<Option<String>, String> {
+        self.query(redis::cmd("GET").arg(format!("last_seen_pending:{{{user}}}")).clone()).await
+    }
+
+    /// Waits until `last_seen_pending:{user}` holds `want`.
+    pub async fn wait_pending(&self, user: &str, want: &Option<String>, limit: Duration) {
+        crate::time::eventually(&format!("last_seen_pending:{{{user}}} = {want:?}"), limit, || async move {
+            match self.try_pending(user).await? {
+                v if &v == want => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+    }
+
     /// Waits until `ws:{user}` holds exactly the sessions of these servers (one entry per server id
     /// listed; a server id may repeat) and returns the hash.
     pub async fn wait_sessions_on(

@@ -433,6 +433,19 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn memory_record_last_seen_goes_where_a_session_end_goes() {
+        let reg = MemoryRegistry::new("srv-1");
+        let record = |t: i64| RegistryOp::RecordLastSeen { user: user("bob"), last_seen: UnixMillis(t) };
+        reg.execute(record(2_000)).await.unwrap();
+        reg.execute(record(1_000)).await.unwrap();
+        assert_eq!(read(&reg, &["bob"]).await, vec![pending_entry(0, None, Some(2_000))]);
+        let set = RegistryOp::SetLastSeen { user: user("bob"), last_seen: UnixMillis(1_500) };
+        reg.execute(set).await.unwrap();
+        reg.execute(record(3_000)).await.unwrap();
+        assert_eq!(read(&reg, &["bob"]).await, vec![pending_entry(0, Some(3_000), Some(2_000))]);
+    }
+
+    #[tokio::test]
     async fn memory_last_seen_never_regresses_and_read_keeps_order() {
         let reg = MemoryRegistry::new("srv-1");
         let set = |u: &str, t: i64| RegistryOp::SetLastSeen { user: user(u), last_seen: UnixMillis(t) };
