@@ -22,7 +22,8 @@ async fn redis_restart_pending_write() {
     let dynamo = stack.dynamo_probe();
     // A's retries back off (100 ms doubling, up to 60 s here): once DynamoDB is back, its next
     // retry is seconds away, the window in which readers would fall back to DynamoDB's older value.
-    let (a, b) = tokio::join!(stack.server("ws-a").arg("--retry-max", "60s").start(), stack.server("ws-b").start());
+    let (a, b) =
+        tokio::join!(stack.server("ws-a").arg("--retry-max", "60s").start(), stack.server("ws-b").start());
     let mut alice = b.connect("alice").await;
 
     let x1 = a.connect("bob").await.close().await;
