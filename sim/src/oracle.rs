@@ -145,16 +145,18 @@ fn check_answers(m: &Model, v: &mut Verdict, crash: &Crashes, history: &BTreeMap
                     continue;
                 }
                 // The higher value was in no durable store when Redis lost its data (after the
-                // value existed: it is a wall-clock reading, at most MAX_SKEW ahead of true time),
-                // and still was not when this query was sent. Its server records it again once it
-                // sees the restart (finding 4), so this is excused only while a server's Redis
-                // path is still recovering, or when a server crashed meanwhile (if it held the
-                // value, the value died with it: documented, ARCHITECTURE.md, "Leases and the
-                // reaper").
+                // value existed: it is a wall-clock reading, at most MAX_SKEW ahead of true time).
+                // Then only its server knows it. That server records it again, or refreshes the
+                // cache after its durable write, once its Redis path works (finding 4); until
+                // then readers answer DynamoDB's older value, or a cache a reader backfilled with
+                // it before the write landed (seed 10650). Excused while some server's Redis path
+                // is still recovering; or, while it is still in no durable store, when a server
+                // crashed meanwhile (if that server held it, the value died with it: documented,
+                // ARCHITECTURE.md, "Leases and the reaper").
                 let high = best.unwrap_or(i64::MIN);
                 let born = (high - EPOCH_MS - bounds::MAX_SKEW_MS).max(0) as u64;
-                if crash.wiped(born, o.1) && durable_since(history, &m.users[u], high).is_none_or(|t| t > o.1)
-                {
+                let since = durable_since(history, &m.users[u], high);
+                if crash.wipes.iter().any(|&x| x >= born && x <= o.1 && since.is_none_or(|t| t > x)) {
                     let recovering = (0..crash.crashes.len()).any(|s| {
                         m.last_redis_disturbance(s, o.1)
                             .is_some_and(|d| d.saturating_add(bounds::REDIS_RECOVER_MS) > o.1)
@@ -165,7 +167,7 @@ fn check_answers(m: &Model, v: &mut Verdict, crash: &Crashes, history: &BTreeMap
                         );
                         continue;
                     }
-                    if crash.crashed_between(born, o.1) {
+                    if crash.crashed_between(born, o.1) && since.is_none_or(|t| t > o.1) {
                         v.count(
                             "I1 excused (higher value not durable at a Redis data loss, a server crashed)",
                         );
