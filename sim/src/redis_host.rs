@@ -5,10 +5,10 @@
 //! `HLEN`, `HDEL`, `GET`, `SET`, `DEL`, `SADD`, `SREM`, `SRANDMEMBER` (the first members in
 //! order, so runs replay), `PUBLISH`, `SUBSCRIBE`/`UNSUBSCRIBE` (RESP2 subscriber mode, with its
 //! `PING`), `SCRIPT LOAD|FLUSH`, `EVAL` and `EVALSHA`. Scripts are not interpreted: the ones the
-//! runtime uses ([`SET_LAST_SEEN_LUA`], [`RECORD_LAST_SEEN_LUA`], [`END_SESSION_LUA`], [`RENEW_LEASE_LUA`],
-//! [`CLAIM_REAP_LUA`], [`DROP_LEASE_LUA`], [`REAP_MARK_LUA`], [`REAP_LUA`]) are recognised by
-//! their SHA-1 and executed natively, with the Redis clock (`TIME`) = true virtual time; the
-//! script cache and the subscriptions are gone after a restart, as in Redis.
+//! runtime uses ([`SET_LAST_SEEN_LUA`], [`RECORD_LAST_SEEN_LUA`], [`END_SESSION_LUA`],
+//! [`RENEW_LEASE_LUA`], [`CLAIM_REAP_LUA`], [`DROP_LEASE_LUA`], [`REAP_MARK_LUA`], [`REAP_LUA`]) are
+//! recognised by their SHA-1 and executed natively, with the Redis clock (`TIME`) = true virtual
+//! time; the script cache and the subscriptions are gone after a restart, as in Redis.
 //!
 //! All data lives in [`RedisState`], reset every time the host software starts: a crash or
 //! bounce loses everything, like a Redis without persistence.
