@@ -8,6 +8,7 @@
 //! - [`machine`]: the state machine ([`Presence`]): `handle(now, input)`, drain `poll_effect`,
 //!   `poll_timeout`. Heartbeat, session ends, retries, coalescing, queries.
 //! - [`frame`] and [`codec`]: the public wire protocol (`docs/PROTOCOL.md`), JSON and binary.
+//! - [`privacy`]: who may see a user's online state and last seen (docs/PRIVACY.md), a pure function.
 //! - [`store`]: the operations the core asks of the registry (Redis) and the durable store (DynamoDB).
 //! - [`time`]: monotonic and wall-clock time as handed in; RFC 3339 formatting.
 //! - [`user`]: validated user and session ids.
@@ -20,6 +21,7 @@ pub mod codec;
 pub mod config;
 pub mod frame;
 pub mod machine;
+pub mod privacy;
 mod ratelimit;
 pub mod store;
 pub mod testkit;
