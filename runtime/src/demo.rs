@@ -1,8 +1,9 @@
 //! The demo page: a small browser client served by the server itself at `GET /`.
 //!
 //! Three static files (`demo/index.html`, `demo/app.js`, `demo/style.css`: plain HTML, CSS and
-//! JavaScript, no build step, nothing fetched from elsewhere) are built into the binary with
-//! `include_str!`. On the page you sign in as any user name (a dev-mode token from
+//! JavaScript, no build step, nothing fetched from elsewhere) and the client library's ES modules
+//! (`clients/js`, served under `/demo/client/`, which `app.js` imports) are built into the binary
+//! with `include_str!`. On the page you sign in as any user name (a dev-mode token from
 //! `POST /v1/dev/token`), add contacts, and watch their presence live over `/v1/ws`
 //! (`docs/DEMO.md`). The page is served in every mode; the server tells it whether dev tokens
 //! exist, and without them it asks for a pasted token instead of a name.
@@ -20,6 +21,16 @@ const INDEX_HTML: &str = include_str!("demo/index.html");
 const APP_JS: &str = include_str!("demo/app.js");
 const STYLE_CSS: &str = include_str!("demo/style.css");
 
+/// The client library's modules (`clients/js`), by their path under `/demo/client/`: the page uses
+/// the library every app uses, unchanged.
+const CLIENT_MODULES: [(&str, &str); 5] = [
+    ("/demo/client/index.js", include_str!("../../clients/js/index.js")),
+    ("/demo/client/src/client.js", include_str!("../../clients/js/src/client.js")),
+    ("/demo/client/src/errors.js", include_str!("../../clients/js/src/errors.js")),
+    ("/demo/client/src/lastseen.js", include_str!("../../clients/js/src/lastseen.js")),
+    ("/demo/client/src/token.js", include_str!("../../clients/js/src/token.js")),
+];
+
 /// Replaced in `index.html` by `true` or `false`: whether this server hands out dev tokens.
 const DEV_TOKENS_MARK: &str = "{{DEV_TOKENS}}";
 
@@ -30,7 +41,7 @@ const CSP: &str = "default-src 'self'; connect-src 'self' ws: wss:; img-src 'sel
                    base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 /// The response to `GET path` if `path` is one of the demo's files (`/`, `/demo/`, `/demo/app.js`,
-/// `/demo/style.css`), else `None`. `dev_tokens`: whether `POST /v1/dev/token` is served.
+/// `/demo/style.css`, the library's modules under `/demo/client/`), else `None`. `dev_tokens`: whether `POST /v1/dev/token` is served.
 pub fn response(path: &str, dev_tokens: bool) -> Option<Response<Full<Bytes>>> {
     let (body, content_type) = match path {
         "/" | "/demo" | "/demo/" | "/demo/index.html" => {
@@ -39,7 +50,10 @@ pub fn response(path: &str, dev_tokens: bool) -> Option<Response<Full<Bytes>>> {
         }
         "/demo/app.js" => (Bytes::from_static(APP_JS.as_bytes()), "text/javascript; charset=utf-8"),
         "/demo/style.css" => (Bytes::from_static(STYLE_CSS.as_bytes()), "text/css; charset=utf-8"),
-        _ => return None,
+        _ => {
+            let (_, module) = CLIENT_MODULES.iter().find(|(p, _)| *p == path)?;
+            (Bytes::from_static(module.as_bytes()), "text/javascript; charset=utf-8")
+        }
     };
     let html = content_type.starts_with("text/html");
     let mut r = Response::new(Full::new(body));
@@ -92,7 +106,17 @@ mod tests {
 
     #[test]
     fn unknown_paths_are_not_served() {
-        for path in ["/demo/x.js", "/demo/../Cargo.toml", "/index.html", "/demo/app.js/", "/v1/ws", ""] {
+        for path in [
+            "/demo/x.js",
+            "/demo/../Cargo.toml",
+            "/index.html",
+            "/demo/app.js/",
+            "/v1/ws",
+            "",
+            "/demo/client/",
+            "/demo/client/package.json",
+            "/demo/client/src/",
+        ] {
             assert!(response(path, true).is_none(), "{path}");
         }
     }
@@ -118,5 +142,40 @@ mod tests {
         for r in refs {
             assert!(response(r, true).is_some(), "{r}");
         }
+    }
+
+    /// Every relative `import ... from './x.js'` of the page's modules resolves to a served module,
+    /// so the page loads the whole library (a missing one would fail only in a browser).
+    #[test]
+    fn every_module_the_page_imports_is_served() {
+        let mut pending = vec![("/demo/app.js".to_owned(), APP_JS.to_owned())];
+        let mut seen = Vec::new();
+        while let Some((path, source)) = pending.pop() {
+            let dir = &path[..path.rfind('/').expect("absolute path") + 1];
+            for spec in source.split("from '").skip(1).map(|rest| rest.split('\'').next().unwrap_or("")) {
+                let mut parts: Vec<&str> = dir.trim_end_matches('/').split('/').collect();
+                for seg in spec.split('/') {
+                    match seg {
+                        "." => {}
+                        ".." => {
+                            parts.pop();
+                        }
+                        s => parts.push(s),
+                    }
+                }
+                let target = parts.join("/");
+                if seen.contains(&target) {
+                    continue;
+                }
+                let r = response(&target, true).unwrap_or_else(|| panic!("{path} imports {spec}: {target} is not served"));
+                assert_eq!(header(&r, header::CONTENT_TYPE), "text/javascript; charset=utf-8", "{target}");
+                seen.push(target.clone());
+                pending.push((target, body(r)));
+            }
+        }
+        seen.sort();
+        let mut all: Vec<String> = CLIENT_MODULES.iter().map(|(p, _)| (*p).to_owned()).collect();
+        all.sort();
+        assert_eq!(seen, all, "every served module is imported, and only those");
     }
 }

@@ -1,7 +1,8 @@
 // The one error type the library rejects with and emits, carrying the server's code.
 
 /**
- * A request the server refused, or a failure of the connection.
+ * A request the server refused, or a failure of the connection. `message` is the server's
+ * human-readable detail (its wording is not part of the contract); `code` is the contract.
  *
  * `code` is one of the protocol's error codes (`invalid_user`, `too_many_users`, `rate_limited`,
  * `unavailable`, `bad_frame`, `bad_token`, `token_expired`, docs/PROTOCOL.md) or, for the HTTP
@@ -15,7 +16,7 @@ export class PresenceError extends Error {
    * @param {{ status?: number, users?: string[] }} [detail]
    */
   constructor(code, message, detail = {}) {
-    super(message ? `${code}: ${message}` : code);
+    super(message || code);
     this.name = 'PresenceError';
     /** @type {string} */
     this.code = code;
