@@ -290,7 +290,11 @@ export class PresenceClient {
   }
 
   _retryDelay(req, frame) {
-    const hint = typeof frame.retry_after_ms === 'number' && frame.retry_after_ms >= 0 ? frame.retry_after_ms : null;
+    // The server's hint: a `retry_after_ms` member, or the "retry in N ms" of its message.
+    const said = typeof frame.message === 'string' ? /retry in (\d+) ms/.exec(frame.message) : null;
+    const hint = typeof frame.retry_after_ms === 'number' && frame.retry_after_ms >= 0
+      ? frame.retry_after_ms
+      : said ? Number(said[1]) : null;
     if (hint !== null) return hint + Math.round(this._random() * 100);
     const base = Math.min(this._opt.retryMaxMs, this._opt.retryFirstMs * 2 ** req.tries);
     return Math.round(base * (0.8 + 0.4 * this._random()));
