@@ -56,15 +56,15 @@ pub struct Config {
     /// Decoder bounds (frame size, users per frame).
     pub limits: Limits,
     /// Test only: a bug planted on purpose, so the deterministic simulation (`presence-sim
-    /// --plant ...`) can prove its oracles catch it. `None` (the default) everywhere else; no
-    /// flag or environment variable of the server sets it.
-    #[doc(hidden)]
+    /// --plant ...`) can prove its oracles catch it. Exists only with the `planted-bugs` feature,
+    /// which only `presence-sim` enables: the server binary is built without it.
+    #[cfg(feature = "planted-bugs")]
     pub planted_bug: Option<PlantedBug>,
 }
 
 /// Test only: the bugs [`Config::planted_bug`] can plant in the core (docs/SIMULATION.md,
-/// "Planted bugs").
-#[doc(hidden)]
+/// "Planted bugs"). Only with the `planted-bugs` feature.
+#[cfg(feature = "planted-bugs")]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PlantedBug {
     /// Live sessions are never registered again once the registry may have lost them (a registry
@@ -95,6 +95,7 @@ impl Default for Config {
             max_watched_users: 1_000,
             presence_grace: Duration::from_secs(5),
             limits: Limits::default(),
+            #[cfg(feature = "planted-bugs")]
             planted_bug: None,
         }
     }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use presence_core::frame::{Encoding, ErrorCode, PresenceEntry};
 use presence_core::store::{EffectId, StoreError, StoreOp, StoreOutput};
 use presence_core::user::{SessionId, UserId};
-use presence_core::{ConnId, Effect, Input, LookupId, OutMessage, Presence, Readiness, Stats};
+use presence_core::{ConnId, Effect, Input, LookupId, OutMessage, Presence};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument};
@@ -54,22 +54,8 @@ struct StoreDone {
     result: Result<StoreOutput, StoreError>,
 }
 
-/// A snapshot of the core for `/readyz` and `/metrics`.
-#[derive(Debug, Clone)]
-pub struct Status {
-    /// Counters.
-    pub stats: Stats,
-    /// Readiness.
-    pub readiness: Readiness,
-    /// Live connections the core knows.
-    pub connections: usize,
-    /// Live sessions not yet acknowledged by the registry.
-    pub registry_backlog: usize,
-    /// Store operations running now.
-    pub store_ops_in_flight: usize,
-    /// Users watched by at least one connection (one change-channel subscription each).
-    pub watched_users: usize,
-}
+// `Status` lives with its reader, `metrics`, so the two modules do not import each other.
+pub use crate::metrics::Status;
 
 /// Tunables of the driver itself (the core's are in `presence_core::Config`).
 #[derive(Debug, Clone)]

@@ -15,7 +15,6 @@
 //!
 //! Everything is generic over the listener, the stores and the wall clock, so the simulation
 //! (`presence-sim`) runs this very code over turmoil's network.
-#![warn(missing_docs, unreachable_pub)]
 
 pub mod auth;
 pub mod client;

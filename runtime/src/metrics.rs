@@ -10,9 +10,24 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use presence_core::EndReason;
+use presence_core::{EndReason, Readiness, Stats};
 
-use crate::driver::Status;
+/// A snapshot of the core for `/readyz` and `/metrics`.
+#[derive(Debug, Clone)]
+pub struct Status {
+    /// Counters.
+    pub stats: Stats,
+    /// Readiness.
+    pub readiness: Readiness,
+    /// Live connections the core knows.
+    pub connections: usize,
+    /// Live sessions not yet acknowledged by the registry.
+    pub registry_backlog: usize,
+    /// Store operations running now.
+    pub store_ops_in_flight: usize,
+    /// Users watched by at least one connection (one change-channel subscription each).
+    pub watched_users: usize,
+}
 
 /// A monotonically increasing counter.
 #[derive(Debug, Default)]

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use presence_core::time::UnixMillis;
 use presence_runtime::clock::WallClock;
 
-use crate::world::EPOCH_MS;
+use crate::params::EPOCH_MS;
 
 /// One server's clock. Survives the server's crashes (it is the machine's clock).
 #[derive(Debug)]

@@ -15,8 +15,9 @@ use presence_core::store::{DurableOp, StoreError, StoreOutput};
 use presence_core::time::UnixMillis;
 use presence_runtime::store::{DurableStore, StoreFuture};
 
+use crate::params::{bounds, Plant, EPOCH_MS};
 use crate::rng::mix3;
-use crate::world::{bounds, lock, Plant, World, EPOCH_MS};
+use crate::witness::{lock, Witness};
 
 /// What is wrong with the table during a fault window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,7 +41,7 @@ struct Inner {
     history: Mutex<BTreeMap<String, Vec<(u64, i64)>>>,
     fault: Mutex<Option<DynFault>>,
     ops: AtomicU64,
-    world: OnceLock<Weak<World>>,
+    world: OnceLock<Weak<dyn Witness>>,
 }
 
 /// The stand-in; cheap to clone.
@@ -60,8 +61,8 @@ impl SimDynamo {
         }))
     }
 
-    pub(crate) fn attach(&self, world: &Arc<World>) {
-        let _ = self.0.world.set(Arc::downgrade(world));
+    pub(crate) fn attach(&self, world: Weak<dyn Witness>) {
+        let _ = self.0.world.set(world);
     }
 
     /// Starts (`Some`) or ends (`None`) a fault window.
@@ -82,13 +83,13 @@ impl SimDynamo {
 }
 
 impl Inner {
-    fn world(&self) -> Option<Arc<World>> {
+    fn world(&self) -> Option<Arc<dyn Witness>> {
         self.world.get().and_then(Weak::upgrade)
     }
 
     fn trace(&self, line: String) {
         if let Some(w) = self.world() {
-            w.trace(line);
+            w.trace(&line);
         }
     }
 

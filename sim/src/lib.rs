@@ -1,4 +1,4 @@
-//! Deterministic simulation of the presence service (issue 5).
+//! Deterministic simulation of the presence service.
 //!
 //! The real runtime (`presence_runtime::server::serve`: hyper, tokio-tungstenite, the driver, the
 //! core, the real `redis` client) runs on turmoil hosts over a simulated network, against a Redis
@@ -10,9 +10,12 @@
 //!
 //! | module        | role                                                                   |
 //! |---------------|------------------------------------------------------------------------|
-//! | [`world`]     | shared state of one run, parameters, timing bounds                     |
+//! | [`world`]     | shared state of one run                                                |
+//! | [`params`]    | parameters, planted bugs, timing bounds, the epoch (depends on nothing) |
+//! | [`witness`]   | what the stand-ins see of the run: clock, trace, live violations       |
 //! | [`server_host`] | a WS server host: the real runtime over turmoil                      |
-//! | [`redis_host`]| the RESP Redis host (data dies with it)                                |
+//! | [`redis_host`]| the Redis host's state: commands, and the real Lua scripts (data dies with it) |
+//! | [`redis_server`] | the Redis host's software: RESP over turmoil TCP, pub/sub delivery  |
 //! | [`dynamo`]    | the DynamoDB stand-in (`DurableStore`) with fault windows              |
 //! | [`clock`]     | per-server skewed, stepping wall clocks from virtual time              |
 //! | [`device`]    | simulated users' devices (tokio-tungstenite clients) and the `/readyz` probe |
@@ -20,7 +23,6 @@
 //! | [`model`]     | the reference model: sessions as clients saw them, answers, faults     |
 //! | [`oracle`]    | the invariant checks                                                   |
 //! | [`run`]       | one seed end to end; traces and replay lines                           |
-#![warn(missing_docs, unreachable_pub)]
 
 pub mod clock;
 pub mod device;
@@ -28,11 +30,14 @@ pub mod dynamo;
 pub mod model;
 pub mod nemesis;
 pub mod oracle;
+pub mod params;
 pub mod redis_host;
+pub mod redis_server;
 pub mod rng;
 pub mod run;
 pub mod server_host;
 pub mod trace;
+pub mod witness;
 pub mod world;
 
 pub use run::{replay_line, run_seed, write_trace, Outcome};

@@ -148,9 +148,9 @@ fn check_answers(m: &Model, v: &mut Verdict, crash: &Crashes, history: &BTreeMap
                 // The higher value was in no durable store when Redis lost its data (after the
                 // value existed: it is a wall-clock reading, at most MAX_SKEW ahead of true time).
                 // Then only its server knows it. That server records it again, or refreshes the
-                // cache after its durable write, once its Redis path works (finding 4); until
-                // then readers answer DynamoDB's older value, or a cache a reader backfilled with
-                // it before the write landed (seed 10650). Excused while some server's Redis path
+                // cache after its durable write, once its Redis path works; until then readers
+                // answer DynamoDB's older value, or a cache a reader backfilled with it before the
+                // write landed. Excused while some server's Redis path
                 // is still recovering; or, while it is still in no durable store, when a server
                 // crashed meanwhile (if that server held it, the value died with it: documented,
                 // ARCHITECTURE.md, "Leases and the reaper").
@@ -420,7 +420,7 @@ fn check_durable_timely(
     }
 }
 
-/// Watchers (issue 7): after the quiet phase, a healthy connection that subscribed to every other
+/// Watchers: after the quiet phase, a healthy connection that subscribed to every other
 /// user shows each user whose final state is settled as the truth: online exactly as the user is
 /// (a healthy session, as in I6), and for an offline user the last_seen DynamoDB holds. Users whose
 /// state is not settled at the end are skipped (counted).

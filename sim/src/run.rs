@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::device::{device_main, probe_main};
 use crate::nemesis::{plan, Nemesis};
 use crate::oracle::{check, Verdict};
-use crate::redis_host::redis_main;
+use crate::redis_server::redis_main;
 use crate::server_host::server_main;
 use crate::world::{lock, Params, World};
 
@@ -82,7 +82,8 @@ pub fn run_seed(seed: u64, params: &Params, keep_trace: bool) -> Outcome {
     install_panic_hook();
     PANICS.with(|p| p.borrow_mut().clear());
     let w = World::new(seed, params.clone());
-    w.dynamo.attach(&w);
+    let witness: std::sync::Weak<dyn crate::witness::Witness> = Arc::downgrade(&w) as _;
+    w.dynamo.attach(witness);
     let schedule = plan(seed, params);
     let end = params.chaos_ms + params.quiet_ms;
     let mut sim = turmoil::Builder::new()

@@ -1,4 +1,4 @@
-//! Fidelity of the simulator's Redis host (`sim/src/redis_host.rs`): a differential test against a
+//! Fidelity of the simulator's Redis host (`sim/src/redis_host/`, which runs the registry's real Lua scripts): a differential test against a
 //! real redis-server (docs/SIMULATION.md, "Fidelity of the Redis host").
 //!
 //! `in_sim_redis_matches_real_redis` generates seeded random command sequences over a small key
@@ -20,8 +20,13 @@
 //! move the search; the default is a fixed, reproducible set. proptest shrinks a failing sequence
 //! and prints it with the transcript of the minimal one.
 //!
-//! The other tests are the divergences this test found, kept as fixed sequences run against the
-//! in-sim host alone (no server needed): they assert the replies real Redis 7.0 gave.
+//! `embedded_registry_matches_real_redis` (module `embedded`) checks the other native copy of the
+//! registry's meaning, the embedded registry, the same way, op by op against the production
+//! executor on the real server.
+//!
+//! The other tests are fixed sequences of the cases where the host once answered otherwise than
+//! Redis, run against the in-sim host alone (no server needed): they assert the replies real
+//! Redis 7.0 gave.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -29,14 +34,14 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use presence_runtime::store::redis::{
-    CLAIM_REAP_LUA, DROP_LEASE_LUA, END_SESSION_LUA, REAP_LUA, REAP_MARK_LUA, RECORD_LAST_SEEN_LUA,
-    RENEW_LEASE_LUA, SET_LAST_SEEN_LUA,
-};
-use presence_sim::redis_host::{sha1_hex, RedisState, Val};
+use presence_runtime::store::redis::RegistryScript as Script;
+use presence_sim::redis_host::{RedisState, Val};
 use presence_sim::world::{lock, World, EPOCH_MS};
 use presence_sim::Params;
 use proptest::prelude::*;
+
+#[path = "redis_differential/embedded.rs"]
+mod embedded;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner};
 use redis::{ConnectionLike, Value};
 
@@ -253,59 +258,35 @@ enum Op {
     Ping,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Script {
-    SetLastSeen,
-    RecordLastSeen,
-    EndSession,
-    ReapMark,
-    Renew,
-    Claim,
-    Drop,
-    Reap,
+/// The test's view of the runtime's scripts.
+trait ScriptExt: Sized {
+    fn body(self) -> &'static str;
+    fn sha(self) -> String;
+    fn timed(self) -> bool;
+    fn by_sha(sha: &[u8]) -> Option<Self>;
+    fn by_body(body: &[u8]) -> Option<Self>;
 }
 
-impl Script {
-    const ALL: [Script; 8] = [
-        Script::SetLastSeen,
-        Script::RecordLastSeen,
-        Script::EndSession,
-        Script::ReapMark,
-        Script::Renew,
-        Script::Claim,
-        Script::Drop,
-        Script::Reap,
-    ];
-
+impl ScriptExt for Script {
     fn body(self) -> &'static str {
-        match self {
-            Script::SetLastSeen => SET_LAST_SEEN_LUA,
-            Script::RecordLastSeen => RECORD_LAST_SEEN_LUA,
-            Script::EndSession => END_SESSION_LUA,
-            Script::ReapMark => REAP_MARK_LUA,
-            Script::Renew => RENEW_LEASE_LUA,
-            Script::Claim => CLAIM_REAP_LUA,
-            Script::Drop => DROP_LEASE_LUA,
-            Script::Reap => REAP_LUA,
-        }
+        self.source()
     }
 
     fn sha(self) -> String {
-        sha1_hex(self.body().as_bytes())
+        self.sha1().to_owned()
     }
 
     /// Reads the Redis clock (`TIME`).
     fn timed(self) -> bool {
-        matches!(self, Script::Renew | Script::Claim | Script::Drop)
+        self.reads_clock()
     }
 
     fn by_sha(sha: &[u8]) -> Option<Script> {
-        let sha = String::from_utf8_lossy(sha).to_ascii_lowercase();
-        Script::ALL.into_iter().find(|s| s.sha() == sha)
+        Script::by_sha1(&String::from_utf8_lossy(sha))
     }
 
     fn by_body(body: &[u8]) -> Option<Script> {
-        Script::ALL.into_iter().find(|s| s.body().as_bytes() == body)
+        Script::ALL.into_iter().find(|s| s.source().as_bytes() == body)
     }
 }
 
@@ -967,7 +948,7 @@ impl Case<'_> {
                     RENEW_TTLS[ttl as usize].to_string(),
                     WALLS[wall as usize].to_owned(),
                 ];
-                let reply = self.script(&n.server(srv), Script::Renew, how, keys, argv)?;
+                let reply = self.script(&n.server(srv), Script::RenewLease, how, keys, argv)?;
                 if let Value::Array(items) = reply {
                     if let Some(t) = items.first().and_then(bulk) {
                         let t = String::from_utf8_lossy(&t).into_owned();
@@ -987,7 +968,7 @@ impl Case<'_> {
                 let keys = vec![self.key(K::Leases), self.key(K::Renewed), self.key(K::Claims)];
                 let (lease, me) = (self.lease(srv, tok), n.server(claimer));
                 let argv = vec![lease.clone(), me.clone(), CLAIM_TTLS[ttl as usize].to_string()];
-                let renewed = self.script(&me, Script::Claim, how, keys, argv)?;
+                let renewed = self.script(&me, Script::ClaimReap, how, keys, argv)?;
                 if bulk(&renewed).is_none() {
                     return Ok(());
                 }
@@ -1000,7 +981,7 @@ impl Case<'_> {
                 };
                 if members.is_empty() {
                     let keys = vec![self.key(K::Leases), self.key(K::Renewed), self.key(K::Claims)];
-                    self.script(&me, Script::Drop, how, keys, vec![lease])?;
+                    self.script(&me, Script::DropLease, how, keys, vec![lease])?;
                     return Ok(());
                 }
                 let mut held: Vec<(u8, u8)> = (0..USERS)
@@ -1015,7 +996,7 @@ impl Case<'_> {
             Op::Drop { srv, tok, how } => {
                 let keys = vec![self.key(K::Leases), self.key(K::Renewed), self.key(K::Claims)];
                 let lease = self.lease(srv, tok);
-                self.script(&n.server(srv), Script::Drop, how, keys, vec![lease])?;
+                self.script(&n.server(srv), Script::DropLease, how, keys, vec![lease])?;
             }
             Op::MarkReaped { u, s, tok, ts, how } => {
                 let keys = vec![self.key(K::WsLease(u)), self.key(K::LastSeen(u)), self.key(K::Pending(u))];
@@ -1284,15 +1265,15 @@ fn keys(p: &str, u: u8) -> Keys {
 const TS0: &str = "2024-01-15T09:42:00.000Z";
 const TS1: &str = "2024-01-15T09:42:00.001Z";
 
-/// Divergence 1: a script whose `redis.call` meets a key of the wrong type. Redis 7 answers with
-/// the call's own code (`-WRONGTYPE ... script: <sha>, on @user_script:<line>.`); the host
-/// answered `-ERR Error running script: WRONGTYPE ...`. The writes made before the failing call
-/// stay (Redis does not roll a script back), which the host already did.
+/// A script whose `redis.call` meets a key of the wrong type. Redis 7 answers with the call's own
+/// code (`-WRONGTYPE ... script: <sha>, on @user_script:<line>.`), not `-ERR`. The writes made
+/// before the failing call stay (Redis does not roll a script back).
 const WRONGTYPE_IN_SCRIPT: Regression = Regression {
     cmds: |p| {
         let k = keys(p, 1);
-        let end =
-            |ts: &str| eval(END_SESSION_LUA, &[&k.ws, &k.last_seen, &k.ws_lease, &k.pending], &["sess0", ts]);
+        let end = |ts: &str| {
+            eval(Script::EndSession.source(), &[&k.ws, &k.last_seen, &k.ws_lease, &k.pending], &["sess0", ts])
+        };
         vec![
             // `ws:{u}` a set: the first HDEL fails.
             c(&["SADD", &k.ws, TS0]),
@@ -1307,28 +1288,28 @@ const WRONGTYPE_IN_SCRIPT: Regression = Regression {
             // The cache a hash: `record_end`'s GET fails.
             c(&["HSET", &k.last_seen, "f", TS0]),
             end(TS0),
-            eval(SET_LAST_SEEN_LUA, &[&k.last_seen, &k.pending], &[TS0]),
+            eval(Script::SetLastSeen.source(), &[&k.last_seen, &k.pending], &[TS0]),
             c(&["DEL", &k.last_seen]),
             // The pending key a set: SetLastSeen fails after writing the cache.
             c(&["SADD", &k.pending, TS0]),
-            eval(SET_LAST_SEEN_LUA, &[&k.last_seen, &k.pending], &[TS1]),
+            eval(Script::SetLastSeen.source(), &[&k.last_seen, &k.pending], &[TS1]),
             c(&["GET", &k.last_seen]),
             // A lease expired at once (the counter set far ahead, so the token is fixed), and
             // DropLease meeting `lease_renewed` of the wrong type after its ZREM.
             c(&["SET", &k.counter, "9999999999999"]),
             eval(
-                RENEW_LEASE_LUA,
+                Script::RenewLease.source(),
                 &[&k.leases, &k.renewed, &k.counter],
                 &[&k.server, "", "0", "1705300000123"],
             ),
             c(&["SET", &k.renewed, "x"]),
             eval(
-                DROP_LEASE_LUA,
+                Script::DropLease.source(),
                 &[&k.leases, &k.renewed, &k.claims],
                 &[&format!("{}#10000000000000", k.server)],
             ),
             eval(
-                CLAIM_REAP_LUA,
+                Script::ClaimReap.source(),
                 &[&k.leases, &k.renewed, &k.claims],
                 &[&format!("{}#10000000000000", k.server), &k.server, "0"],
             ),
@@ -1358,16 +1339,15 @@ const WRONGTYPE_IN_SCRIPT: Regression = Regression {
     ],
 };
 
-/// Divergence 2: the renewal's `INCR` of the token counter. Redis parses the counter strictly
-/// (no `+`, no leading zero, no spaces, no `-0`) and fails the script on anything else, or on
-/// overflow, before writing anything; the host read a garbage counter as 0 (and `+5`, `05` as 5)
-/// and issued a token.
+/// The renewal's `INCR` of the token counter. Redis parses the counter strictly (no `+`, no
+/// leading zero, no spaces, no `-0`) and fails the script on anything else, or on overflow,
+/// before writing anything: no token is issued from a garbage counter.
 const STRICT_TOKEN_COUNTER: Regression = Regression {
     cmds: |p| {
         let k = keys(p, 0);
         let renew = || {
             eval(
-                RENEW_LEASE_LUA,
+                Script::RenewLease.source(),
                 &[&k.leases, &k.renewed, &k.counter],
                 &[&k.server, "", "3600000", "1705300000123"],
             )
@@ -1407,10 +1387,9 @@ const STRICT_TOKEN_COUNTER: Regression = Regression {
     ],
 };
 
-/// Divergence 3: another reaper's claim as `CLAIM_REAP_LUA` reads it (`'^(.*) (%d+)$'`, then
-/// `tonumber`). `srv1 +99999999999999` is no claim for Lua (`%d+` takes no sign), but the host
-/// parsed `+99999999999999` as a live claim and refused; `srv1 99999999999999999999` is a live
-/// claim for Lua (a double), but the host could not parse it as an i64 and took the lease.
+/// Another reaper's claim as the `claim_reap` script reads it (`'^(.*) (%d+)$'`, then
+/// `tonumber`). `srv1 +99999999999999` is no claim for Lua (`%d+` takes no sign);
+/// `srv1 99999999999999999999` is a live claim for Lua (a double, beyond i64).
 const CLAIM_SHAPES: Regression = Regression {
     cmds: |p| {
         let k = keys(p, 0);
@@ -1419,7 +1398,7 @@ const CLAIM_SHAPES: Regression = Regression {
         let mut v = vec![
             c(&["SET", &k.counter, "9999999999999"]),
             eval(
-                RENEW_LEASE_LUA,
+                Script::RenewLease.source(),
                 &[&k.leases, &k.renewed, &k.counter],
                 &[&k.server, "", "0", "1705300000123"],
             ),
@@ -1438,7 +1417,7 @@ const CLAIM_SHAPES: Regression = Regression {
         for claim in &claims {
             v.push(c(&["HSET", &k.claims, &lease, claim]));
             v.push(eval(
-                CLAIM_REAP_LUA,
+                Script::ClaimReap.source(),
                 &[&k.leases, &k.renewed, &k.claims],
                 &[&lease, &k.server, "3600000"],
             ));

@@ -156,7 +156,7 @@ fn assert_caught_by(plant: Plant, seed: u64, violations: &[String], expected: &[
     );
 }
 
-/// Issue 6's crash seeds: servers are killed mid-run in these seeds (the nemesis's server crashes);
+/// The crash seeds: servers are killed mid-run in these seeds (the nemesis's server crashes);
 /// their sessions must be reaped at the lease bounds (I2 with the renewal slack, I4 with the lease
 /// bound, I7 live in the Redis host), and the check must actually have looked at reaped sessions.
 #[test]

@@ -1,4 +1,4 @@
-//! A Redis restart while a durable write is still retrying (docs/SIMULATION.md, finding 4).
+//! A Redis restart while a durable write is still retrying: Redis gets the value again (I1).
 //!
 //! Bob's last_seen `X1` is durable. DynamoDB goes down; Bob comes back and leaves again at `X2`,
 //! which only Redis and server A (retrying its durable write) know. Then Redis restarts empty.

@@ -29,8 +29,7 @@ use crate::store::{LeaseToken, LeaseView, ReapBatch, RegistryOp, StoreError, Sto
 use crate::time::MonoTime;
 use crate::user::{SessionId, UserId};
 
-use super::writes::InFlight;
-use super::Presence;
+use super::{InFlight, Presence};
 
 /// This server's lease and its view of everyone's.
 #[derive(Debug, Default)]

@@ -25,7 +25,7 @@ use rustc_hash::FxHashMap;
 
 use crate::clock::WallClock;
 use crate::config::Config;
-use crate::store::{EffectId, StoreOp};
+use crate::store::{EffectId, StoreError, StoreOp, StoreOutput};
 use crate::time::{MonoTime, Now, UnixMillis};
 use crate::user::UserId;
 
@@ -33,14 +33,16 @@ pub use io::{close_code, ConnId, Effect, EndReason, Input, LookupId, OutMessage,
 
 use conn::Conn;
 use lease::Lease;
+use query::QueryState;
 use watch::Watches;
-use writes::{DurableWrite, InFlight, RetryKey, Session, Sid};
+use writes::{DurableWrite, RetryKey, Session, Sid};
 
 /// The presence logic of one WS server. See the module docs for the calling contract.
 #[derive(Debug)]
 pub struct Presence {
     config: Config,
-    /// Jitter for retry backoff; seeded by the caller so runs replay exactly.
+    /// Retry jitter and the reaper's pick among expired leases; seeded by the caller so runs
+    /// replay exactly.
     rng: ChaCha8Rng,
     clock: WallClock,
     /// Time of the input being handled (monotonic, and the never-decreasing wall clock).
@@ -98,8 +100,32 @@ pub(super) struct UserState {
     pub(super) max_recorded: Option<UnixMillis>,
 }
 
+/// What a store operation in flight was for.
+#[derive(Debug)]
+enum InFlight {
+    /// Register (`end == false`) or end of a session, issued in this registry epoch.
+    Session { sid: Sid, epoch: u64, end: bool },
+    /// Durable write for this user.
+    Durable(UserId),
+    /// Registry backfill after a cache miss: best effort, the durable store still has the value.
+    Backfill,
+    /// A query waiting for the registry read.
+    QueryRegistry(Box<QueryState>),
+    /// A query waiting for the durable read of the users the registry had no last_seen for.
+    QueryDurable(Box<QueryState>, Vec<usize>),
+    /// Our lease renewal, sent at this time.
+    RenewLease { sent: MonoTime },
+    /// The reaper's claim of an expired lease (and its next batch).
+    ReapClaim,
+    /// The reaper's registry record of its batch's last_seen.
+    ReapMark,
+    /// The reaper's removal of its batch's entries.
+    ReapRemove,
+}
+
 impl Presence {
-    /// A new state machine. `seed` drives the retry jitter and nothing else.
+    /// A new state machine. `seed` drives its only randomness: the retry jitter, and which
+    /// expired lease the reaper claims next.
     pub fn new(config: Config, seed: u64) -> Self {
         Presence {
             config,
@@ -261,6 +287,44 @@ impl Presence {
             state.refs = state.refs.saturating_sub(1);
             if state.refs == 0 && state.live == 0 {
                 self.users.remove(user);
+            }
+        }
+    }
+
+    /// Routes a store result to the part of the machine that issued the op (the in-flight table
+    /// says which), then refreshes the readiness flags' time on a failure.
+    pub(super) fn on_store_done(&mut self, id: EffectId, result: Result<StoreOutput, StoreError>) {
+        let Some(what) = self.in_flight.remove(&id) else {
+            return;
+        };
+        let failed = result.is_err();
+        match what {
+            InFlight::Session { sid, epoch, end } => {
+                self.registry_failing = result.is_err();
+                self.session_done(sid, epoch, end, result.is_ok());
+            }
+            InFlight::Durable(user) => self.durable_done(user, result),
+            InFlight::Backfill => self.registry_failing = result.is_err(),
+            InFlight::QueryRegistry(q) => {
+                self.registry_failing = result.is_err();
+                self.query_registry_done(*q, result);
+            }
+            InFlight::QueryDurable(q, missing) => {
+                self.durable_failing = result.is_err();
+                self.query_durable_done(*q, missing, result);
+            }
+            InFlight::RenewLease { sent } => self.lease_renewed(sent, result),
+            InFlight::ReapClaim => self.reap_claimed(result),
+            InFlight::ReapMark => self.reap_marked(result),
+            InFlight::ReapRemove => self.reap_removed(result),
+        }
+        // The handlers set the failing flags; a failure refreshes their time (`readiness`).
+        if failed {
+            if self.registry_failing {
+                self.registry_failed_at = self.now;
+            }
+            if self.durable_failing {
+                self.durable_failed_at = self.now;
             }
         }
     }

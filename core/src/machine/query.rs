@@ -9,8 +9,8 @@ use crate::time::UnixMillis;
 use crate::user::UserId;
 
 use super::io::{ConnId, Effect, LookupId};
-use super::writes::{InFlight, Sid};
-use super::Presence;
+use super::writes::Sid;
+use super::{InFlight, Presence};
 
 /// A query between its request and its reply.
 #[derive(Debug)]

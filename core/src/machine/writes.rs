@@ -10,13 +10,13 @@ use std::time::Duration;
 
 use rand_chacha::rand_core::RngCore;
 
+#[cfg(feature = "planted-bugs")]
 use crate::config::PlantedBug;
 use crate::store::{DurableOp, EffectId, LeaseToken, RegistryOp, StoreError, StoreOp, StoreOutput};
 use crate::time::{MonoTime, UnixMillis};
 use crate::user::{SessionId, UserId};
 
-use super::query::QueryState;
-use super::Presence;
+use super::{InFlight, Presence};
 
 /// The core's own handle of a session (the `SessionId` is the registry's).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -85,8 +85,7 @@ pub(super) struct DurableWrite {
     read_back: bool,
     /// The registry lost its data while `value` was not yet durable: record it there again as a
     /// session end does (the cache if present, else the pending key) before anything else, or
-    /// readers would fall back to an older durable value until the write lands (I1;
-    /// docs/SIMULATION.md, finding 4).
+    /// readers would fall back to an older durable value until the write lands (I1).
     rerecord: bool,
     /// The operation in flight, if one is.
     in_flight: Option<(EffectId, DurablePhase)>,
@@ -106,29 +105,6 @@ pub(super) enum DurablePhase {
     /// The registry record of this not-yet-durable value, issued after this many registry
     /// restarts (`Stats::registry_restarts`).
     Record(UnixMillis, u64),
-}
-
-/// What a store operation in flight was for.
-#[derive(Debug)]
-pub(super) enum InFlight {
-    /// Register (`end == false`) or end of a session, issued in this registry epoch.
-    Session { sid: Sid, epoch: u64, end: bool },
-    /// Durable write for this user.
-    Durable(UserId),
-    /// Registry backfill after a cache miss: best effort, the durable store still has the value.
-    Backfill,
-    /// A query waiting for the registry read.
-    QueryRegistry(Box<QueryState>),
-    /// A query waiting for the durable read of the users the registry had no last_seen for.
-    QueryDurable(Box<QueryState>, Vec<usize>),
-    /// Our lease renewal, sent at this time.
-    RenewLease { sent: MonoTime },
-    /// The reaper's claim of an expired lease (and its next batch).
-    ReapClaim,
-    /// The reaper's registry record of its batch's last_seen.
-    ReapMark,
-    /// The reaper's removal of its batch's entries.
-    ReapRemove,
 }
 
 /// Which write a retry timer belongs to.
@@ -253,43 +229,7 @@ impl Presence {
         }
     }
 
-    pub(super) fn on_store_done(&mut self, id: EffectId, result: Result<StoreOutput, StoreError>) {
-        let Some(what) = self.in_flight.remove(&id) else {
-            return;
-        };
-        let failed = result.is_err();
-        match what {
-            InFlight::Session { sid, epoch, end } => {
-                self.registry_failing = result.is_err();
-                self.session_done(sid, epoch, end, result.is_ok());
-            }
-            InFlight::Durable(user) => self.durable_done(user, result),
-            InFlight::Backfill => self.registry_failing = result.is_err(),
-            InFlight::QueryRegistry(q) => {
-                self.registry_failing = result.is_err();
-                self.query_registry_done(*q, result);
-            }
-            InFlight::QueryDurable(q, missing) => {
-                self.durable_failing = result.is_err();
-                self.query_durable_done(*q, missing, result);
-            }
-            InFlight::RenewLease { sent } => self.lease_renewed(sent, result),
-            InFlight::ReapClaim => self.reap_claimed(result),
-            InFlight::ReapMark => self.reap_marked(result),
-            InFlight::ReapRemove => self.reap_removed(result),
-        }
-        // The handlers set the failing flags; a failure refreshes their time (`readiness`).
-        if failed {
-            if self.registry_failing {
-                self.registry_failed_at = self.now;
-            }
-            if self.durable_failing {
-                self.durable_failed_at = self.now;
-            }
-        }
-    }
-
-    fn session_done(&mut self, sid: Sid, epoch: u64, end: bool, ok: bool) {
+    pub(super) fn session_done(&mut self, sid: Sid, epoch: u64, end: bool, ok: bool) {
         let current = self.registry_epoch;
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
@@ -320,7 +260,7 @@ impl Presence {
         }
     }
 
-    fn durable_done(&mut self, user: UserId, result: Result<StoreOutput, StoreError>) {
+    pub(super) fn durable_done(&mut self, user: UserId, result: Result<StoreOutput, StoreError>) {
         let Some(w) = self.durable.get_mut(&user) else { return };
         let Some((_, phase)) = w.in_flight.take() else { return };
         let registry = matches!(phase, DurablePhase::Refresh(_) | DurablePhase::Record(..));
@@ -339,10 +279,11 @@ impl Presence {
                 // The registry failed: it may have lost its data meanwhile, and another server
                 // may have made a newer value durable since ours was. A refresh creates an absent
                 // cache, so retrying it with our value could put a superseded value in front of
-                // every reader (I1; docs/SIMULATION.md, finding 6). Read the durable value back
+                // every reader (I1). Read the durable value back
                 // first, and refresh with that.
                 w.read_back = true;
             }
+            #[cfg(feature = "planted-bugs")]
             if self.config.planted_bug == Some(PlantedBug::NoDurableRetry)
                 && matches!(phase, DurablePhase::Write(_))
             {
@@ -476,7 +417,10 @@ impl Presence {
     pub(super) fn register_all_again(&mut self) {
         // Planted bug (simulation only): what the registry acknowledged before is trusted to be
         // there still; only sessions never registered are sent (as on the first lease grant).
+        #[cfg(feature = "planted-bugs")]
         let planted = self.config.planted_bug == Some(PlantedBug::NoReregister);
+        #[cfg(not(feature = "planted-bugs"))]
+        let planted = false;
         if !planted {
             self.registry_epoch += 1;
         }

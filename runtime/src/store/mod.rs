@@ -6,10 +6,9 @@
 //!
 //! | module       | role                                                                     |
 //! |--------------|--------------------------------------------------------------------------|
-//! | [`redis`]    | the registry on Redis (single node over any byte stream, or Redis Cluster) |
+//! | [`redis`]    | the registry on Redis (single node over any byte stream, or Redis Cluster), and its change feed for subscriptions |
 //! | [`dynamo`]   | the durable store on DynamoDB (or a DynamoDB-compatible server)          |
 //! | [`embedded`] | the zero-install defaults: in-process registry, `redb` file for last_seen |
-//! | [`changes`]  | change notices for subscriptions over Redis pub/sub                       |
 //!
 //! Contract every executor honours (the core's retry logic depends on it):
 //!
@@ -35,7 +34,6 @@ use presence_core::store::{DurableOp, RegistryOp, StoreError, StoreOutput};
 use presence_core::user::UserId;
 use tokio::sync::mpsc;
 
-pub mod changes;
 pub mod dynamo;
 pub mod embedded;
 pub mod redis;
@@ -91,8 +89,10 @@ pub enum Notice {
     Resync,
 }
 
-/// The pub/sub channel of `user`'s changes: `presence:{<user>}` (the user's hash tag, so on a
-/// cluster it is a sharded channel in the user's slot).
+/// The pub/sub channel of `user`'s changes: `presence:{<user>}`. Plain `PUBLISH`, also on a
+/// cluster, where it is broadcast to every node (so one subscriber connection anywhere hears every
+/// channel); the hash tag would put the channel in the user's slot under sharded pub/sub
+/// (`SPUBLISH`), which is not used.
 pub fn change_channel(user: &UserId) -> String {
     format!("presence:{{{user}}}")
 }
@@ -112,8 +112,10 @@ pub trait DurableStore: Send + Sync + 'static {
     fn kind(&self) -> &'static str;
 }
 
-/// Runs `fut` with a deadline: the one place that turns "no answer in time" into
-/// [`StoreError::Timeout`], so every executor reports it the same way.
+/// Runs `fut` with a deadline, turning "no answer in time" into [`StoreError::Timeout`]: the
+/// bound of the DynamoDB and redb executors. The Redis executors time their ops themselves (an op
+/// that timed out also makes them probe or suspect the connection), and bound connects and health
+/// checks by their own timeouts; they report a late op as the same [`StoreError::Timeout`].
 pub(crate) async fn with_timeout<T>(
     limit: std::time::Duration,
     fut: impl Future<Output = Result<T, StoreError>>,

@@ -25,8 +25,9 @@ use redis::aio::PubSub;
 use redis::RedisConnectionInfo;
 use tokio::sync::mpsc;
 
-use super::redis::{AbortOnDrop, RedisConfig, RedisConnector};
-use super::{change_channel, channel_user, Notice};
+use super::config::RedisConfig;
+use super::connect::{AbortOnDrop, RedisConnector};
+use crate::store::{change_channel, channel_user, Notice};
 
 enum Cmd {
     Watch(UserId),

@@ -1,0 +1,223 @@
+//! The registry on a Redis Cluster ([`RedisClusterRegistry`]): the `redis` crate's cluster
+//! connection, which manages its own per-node connections, redirects and reconnects; restart
+//! detection by health checks (the policy and its limitation are in the module docs of [`super`]).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use presence_core::store::{RegistryOp, StoreError};
+use presence_core::user::UserId;
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::ConnectionInfo;
+use tokio::sync::{mpsc, watch, Notify};
+
+use super::changes::ChangeFeed;
+use super::config::{RedisConfig, RedisTarget, RedisUrlError};
+use super::connect::{AbortOnDrop, SeedRotation, TcpConnector};
+use super::ops::{run_op, Topology};
+use super::reply::{classify, read_run_ids};
+use super::single::wait_true;
+use crate::store::{Notice, RegistryStore, StoreFuture};
+
+/// The registry on a Redis Cluster (`redis+cluster://h1:p1,h2:p2`). See the module docs for how
+/// restarts are detected and the limitation that comes with the crate-managed connections.
+///
+/// Dropping it stops the background task and closes the connections.
+pub struct RedisClusterRegistry {
+    inner: Arc<Cluster>,
+    changes: ChangeFeed,
+    _supervisor: AbortOnDrop,
+}
+
+struct Cluster {
+    config: RedisConfig,
+    /// `None` until the first successful connection; the crate reconnects it by itself after.
+    conn: Mutex<Option<ClusterConnection>>,
+    /// An op failed in a way that may mean a node was lost (connection error, timeout).
+    suspect: AtomicBool,
+    /// Ops wake the supervisor for an early health check.
+    events: Notify,
+    restarts: watch::Sender<u64>,
+    /// The last health check (or first connect) succeeded.
+    connected: watch::Sender<bool>,
+}
+
+impl RedisClusterRegistry {
+    /// A registry on the cluster whose seed nodes are `nodes` (see [`RedisTarget::Cluster`]).
+    ///
+    /// Returns at once and connects in the background. Must be called inside a tokio runtime.
+    pub fn new(
+        nodes: Vec<ConnectionInfo>,
+        config: RedisConfig,
+    ) -> Result<RedisClusterRegistry, RedisUrlError> {
+        if nodes.is_empty() {
+            return Err(RedisUrlError::NoClusterNodes);
+        }
+        // Change notices use plain pub/sub, which a cluster broadcasts to every node: one
+        // subscriber connection to any seed node hears every user's channel.
+        let seeds = nodes.iter().map(|n| TcpConnector::for_addr(n.addr())).collect::<Result<Vec<_>, _>>()?;
+        let feed_info = nodes[0].redis_settings().clone();
+        let changes = ChangeFeed::single(Arc::new(SeedRotation::new(seeds)), feed_info, config.clone());
+        let client = ClusterClient::builder(nodes)
+            .connection_timeout(config.connect_timeout)
+            .response_timeout(config.op_timeout)
+            .build()
+            .map_err(|e| RedisUrlError::Invalid(e.to_string()))?;
+        let inner = Arc::new(Cluster {
+            config,
+            conn: Mutex::new(None),
+            suspect: AtomicBool::new(false),
+            events: Notify::new(),
+            restarts: watch::Sender::new(0),
+            connected: watch::Sender::new(false),
+        });
+        let task = tokio::spawn(supervise_cluster(Arc::clone(&inner), client));
+        Ok(RedisClusterRegistry { inner, changes, _supervisor: AbortOnDrop(task) })
+    }
+
+    /// A registry on the cluster of a `redis+cluster://` URL.
+    pub fn from_url(url: &str, config: RedisConfig) -> Result<RedisClusterRegistry, RedisUrlError> {
+        match RedisTarget::parse(url)? {
+            RedisTarget::Cluster(nodes) => RedisClusterRegistry::new(nodes, config),
+            RedisTarget::Single(_) => {
+                Err(RedisUrlError::WrongTopology("RedisClusterRegistry needs a redis+cluster:// url"))
+            }
+        }
+    }
+
+    /// Whether the cluster answered the last health check. For tests and diagnostics: `/readyz`
+    /// answers from the core's readiness (its view of the registry's recent results), not from this.
+    pub fn is_connected(&self) -> bool {
+        *self.inner.connected.borrow()
+    }
+
+    /// Waits up to `limit` for a working connection; `true` if connected.
+    pub async fn wait_connected(&self, limit: Duration) -> bool {
+        wait_true(self.inner.connected.subscribe(), limit).await
+    }
+}
+
+impl RegistryStore for RedisClusterRegistry {
+    fn execute(&self, op: RegistryOp) -> StoreFuture {
+        let inner = Arc::clone(&self.inner);
+        Box::pin(async move {
+            let conn = inner.conn.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let Some(conn) = conn else {
+                return Err(StoreError::Unavailable("redis cluster: not connected yet".into()));
+            };
+            let run = run_op(conn, &inner.config.server_id, op, Topology::Cluster);
+            match tokio::time::timeout(inner.config.op_timeout, run).await {
+                Ok(Ok(out)) => Ok(out),
+                Ok(Err(e)) => {
+                    let (err, broken) = classify(&e);
+                    if broken || e.is_cluster_error() {
+                        tracing::warn!(error = %e, "redis cluster op failed");
+                        inner.suspect.store(true, Ordering::Relaxed);
+                        inner.events.notify_one();
+                    }
+                    Err(err)
+                }
+                Err(_) => {
+                    inner.suspect.store(true, Ordering::Relaxed);
+                    inner.events.notify_one();
+                    Err(StoreError::Timeout)
+                }
+            }
+        })
+    }
+
+    fn restarts(&self) -> watch::Receiver<u64> {
+        self.inner.restarts.subscribe()
+    }
+
+    fn watch(&self, user: &UserId) {
+        self.changes.watch(user);
+    }
+
+    fn unwatch(&self, user: &UserId) {
+        self.changes.unwatch(user);
+    }
+
+    fn notices(&self) -> Option<mpsc::UnboundedReceiver<Notice>> {
+        self.changes.notices()
+    }
+
+    fn kind(&self) -> &'static str {
+        "redis-cluster"
+    }
+}
+
+/// Connects (with backoff) once, then health-checks forever; bumps the generation per the
+/// module docs.
+async fn supervise_cluster(inner: Arc<Cluster>, client: ClusterClient) {
+    let config = inner.config.clone();
+    let mut attempt: u32 = 0;
+    let mut conn = loop {
+        match tokio::time::timeout(config.connect_timeout, client.get_async_connection()).await {
+            Ok(Ok(c)) => break c,
+            Ok(Err(e)) => {
+                if attempt.is_multiple_of(20) {
+                    tracing::warn!(error = %e, attempt, "redis cluster connect failed; retrying");
+                }
+            }
+            Err(_) => {
+                if attempt.is_multiple_of(20) {
+                    tracing::warn!(attempt, "redis cluster connect timed out; retrying");
+                }
+            }
+        }
+        tokio::time::sleep(config.backoff(attempt)).await;
+        attempt = attempt.saturating_add(1);
+    };
+    let mut last_ids = match tokio::time::timeout(config.op_timeout, read_run_ids(&mut conn)).await {
+        Ok(Ok(ids)) => ids,
+        _ => {
+            inner.suspect.store(true, Ordering::Relaxed);
+            None
+        }
+    };
+    *inner.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
+    inner.connected.send_replace(true);
+    tracing::info!("redis cluster connected");
+
+    let mut tick = tokio::time::interval(config.health_check_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            biased;
+            _ = tick.tick() => {}
+            _ = inner.events.notified() => {}
+        }
+        match tokio::time::timeout(config.op_timeout, read_run_ids(&mut conn)).await {
+            Ok(Ok(ids)) => {
+                inner.connected.send_replace(true);
+                let changed = ids.is_some() && last_ids.is_some() && ids != last_ids;
+                let recovered = inner.suspect.swap(false, Ordering::Relaxed);
+                if changed || recovered {
+                    tracing::warn!(
+                        run_ids_changed = changed,
+                        recovered,
+                        "redis cluster may have lost data (restart generation bumped)"
+                    );
+                    inner.restarts.send_modify(|g| *g += 1);
+                }
+                if ids.is_some() {
+                    last_ids = ids;
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "redis cluster health check failed");
+                inner.suspect.store(true, Ordering::Relaxed);
+                inner.connected.send_replace(false);
+            }
+            Err(_) => {
+                tracing::warn!("redis cluster health check timed out");
+                inner.suspect.store(true, Ordering::Relaxed);
+                inner.connected.send_replace(false);
+            }
+        }
+    }
+}

@@ -1,0 +1,394 @@
+//! The registry operations on Redis, one function each, shared by both executors (the caller
+//! applies the op timeout). What each sends is listed in the module docs of [`super`].
+
+use std::collections::BTreeSet;
+
+use presence_core::store::{LeaseToken, ReapBatch, RegistryOp, StoreOutput};
+use presence_core::time::UnixMillis;
+use presence_core::user::{SessionId, UserId};
+use redis::aio::ConnectionLike;
+use redis::{ErrorKind, RedisError, RedisResult, Value};
+
+use super::reply::{parse_entry, parse_lease_view};
+use super::schema::{
+    index_member, last_seen_key, lease_index_key, lease_name, lease_token, parse_member, pending_key, ws_key,
+    ws_lease_key, LEASES_KEY, LEASE_CLAIMS_KEY, LEASE_RENEWED_KEY, LEASE_TOKEN_KEY,
+};
+use super::scripts::RegistryScript;
+use crate::store::change_channel;
+
+/// Single node: one pipeline for the whole batch. Cluster: one pipeline per user (a cluster
+/// pipeline may not span slots), run concurrently.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Topology {
+    Single,
+    Cluster,
+}
+
+/// The connection an op runs on: cloned for every command sent concurrently.
+pub(super) trait Conn: ConnectionLike + Clone + Send + 'static {}
+
+impl<C: ConnectionLike + Clone + Send + 'static> Conn for C {}
+
+/// Runs one op on `conn`, as server `server_id`.
+pub(super) async fn run_op<C: Conn>(
+    mut conn: C,
+    server_id: &str,
+    op: RegistryOp,
+    topology: Topology,
+) -> RedisResult<StoreOutput> {
+    let c = &mut conn;
+    match op {
+        RegistryOp::Register { user, session, token } => {
+            register(c, topology, server_id, &user, &session, token).await
+        }
+        RegistryOp::EndSession { user, session, last_seen, token } => {
+            end_session(c, topology, server_id, &user, &session, last_seen, token).await
+        }
+        RegistryOp::RenewLease { token, ttl, wall } => renew_lease(c, server_id, token, ttl, wall).await,
+        RegistryOp::ClaimReap { lease, ttl, batch, ceiling } => {
+            claim_reap(c, server_id, &lease, ttl, batch, ceiling).await
+        }
+        RegistryOp::MarkReaped { token, last_seen, sessions } => {
+            mark_reaped(c, token, last_seen, &sessions).await
+        }
+        RegistryOp::Reap { lease, token, sessions } => reap(c, topology, &lease, token, &sessions).await,
+        RegistryOp::SetLastSeen { user, last_seen } => {
+            last_seen_script(c, RegistryScript::SetLastSeen, &user, last_seen).await
+        }
+        RegistryOp::RecordLastSeen { user, last_seen } => {
+            last_seen_script(c, RegistryScript::RecordLastSeen, &user, last_seen).await
+        }
+        RegistryOp::Read { users } => read(c, topology, &users).await,
+    }
+}
+
+/// `Register`: the lease index, the lease hash, the server hash, then the change notice.
+async fn register<C: Conn>(
+    conn: &mut C,
+    topology: Topology,
+    server_id: &str,
+    user: &UserId,
+    session: &SessionId,
+    token: LeaseToken,
+) -> RedisResult<StoreOutput> {
+    // Index first: a server that dies between the two leaves an index entry with no
+    // registration (the reaper skips it), never a registration the reaper cannot find. A
+    // single node runs a pipeline in order, so it goes in the same round trip; on a
+    // cluster the index lives in another slot.
+    let mut sadd = redis::cmd("SADD");
+    sadd.arg(lease_index_key(&lease_name(server_id, token))).arg(index_member(user, session));
+    let mut pipe = redis::pipe();
+    match topology {
+        Topology::Single => {
+            pipe.add_command(sadd).ignore();
+        }
+        Topology::Cluster => sadd.query_async::<()>(conn).await?,
+    }
+    // The lease before the server id: readers look at `ws_lease` only.
+    pipe.cmd("HSET")
+        .arg(ws_lease_key(user))
+        .arg(session.as_str())
+        .arg(token.0)
+        .ignore()
+        .cmd("HSET")
+        .arg(ws_key(user))
+        .arg(session.as_str())
+        .arg(server_id)
+        .ignore()
+        .cmd("PUBLISH")
+        .arg(change_channel(user))
+        .arg("")
+        .ignore()
+        .query_async::<()>(conn)
+        .await?;
+    Ok(StoreOutput::Done)
+}
+
+/// `EndSession`: the script, then the lease index and the change notice.
+async fn end_session<C: Conn>(
+    conn: &mut C,
+    topology: Topology,
+    server_id: &str,
+    user: &UserId,
+    session: &SessionId,
+    last_seen: UnixMillis,
+    token: Option<LeaseToken>,
+) -> RedisResult<StoreOutput> {
+    RegistryScript::EndSession
+        .script()
+        .key(ws_key(user))
+        .key(last_seen_key(user))
+        .key(ws_lease_key(user))
+        .key(pending_key(user))
+        .arg(session.as_str())
+        .arg(last_seen.to_rfc3339())
+        .invoke_async::<i64>(conn)
+        .await?;
+    // Then the index, and the change notice (after the change, so a watcher that reads on
+    // it sees the change).
+    let srem = token.map(|token| {
+        let mut cmd = redis::cmd("SREM");
+        cmd.arg(lease_index_key(&lease_name(server_id, token))).arg(index_member(user, session));
+        cmd
+    });
+    then_publish(conn, topology, srem, std::slice::from_ref(user)).await?;
+    Ok(StoreOutput::Done)
+}
+
+/// `RenewLease`: the renewal script; its reply is this server's view of the leases.
+async fn renew_lease<C: Conn>(
+    conn: &mut C,
+    server_id: &str,
+    token: Option<LeaseToken>,
+    ttl: std::time::Duration,
+    wall: UnixMillis,
+) -> RedisResult<StoreOutput> {
+    let reply = RegistryScript::RenewLease
+        .script()
+        .key(LEASES_KEY)
+        .key(LEASE_RENEWED_KEY)
+        .key(LEASE_TOKEN_KEY)
+        .arg(server_id)
+        .arg(token.map(|t| t.0.to_string()).unwrap_or_default())
+        .arg(ttl.as_millis() as u64)
+        .arg(wall.0)
+        .invoke_async::<(String, Vec<String>, Vec<String>)>(conn)
+        .await?;
+    parse_lease_view(reply)
+}
+
+/// `ClaimReap`: claim the expired lease; if it is ours, a batch of its index and which of those
+/// sessions are still held under it (or forget the lease when its index is empty).
+async fn claim_reap<C: Conn>(
+    conn: &mut C,
+    server_id: &str,
+    lease: &str,
+    ttl: std::time::Duration,
+    batch: usize,
+    ceiling: UnixMillis,
+) -> RedisResult<StoreOutput> {
+    let renewed = RegistryScript::ClaimReap
+        .script()
+        .key(LEASES_KEY)
+        .key(LEASE_RENEWED_KEY)
+        .key(LEASE_CLAIMS_KEY)
+        .arg(lease)
+        .arg(server_id)
+        .arg(ttl.as_millis() as u64)
+        .invoke_async::<Option<i64>>(conn)
+        .await?;
+    let (Some(renewed), Some(token)) = (renewed, lease_token(lease)) else {
+        return Ok(StoreOutput::Reap(None));
+    };
+    // A dead server's clock may have been ahead of ours: never record past our now.
+    let last_seen = UnixMillis(renewed).min(ceiling);
+    let members = redis::cmd("SRANDMEMBER")
+        .arg(lease_index_key(lease))
+        .arg(batch.max(1))
+        .query_async::<Vec<String>>(conn)
+        .await?;
+    if members.is_empty() {
+        RegistryScript::DropLease
+            .script()
+            .key(LEASES_KEY)
+            .key(LEASE_RENEWED_KEY)
+            .key(LEASE_CLAIMS_KEY)
+            .arg(lease)
+            .invoke_async::<i64>(conn)
+            .await?;
+        return Ok(StoreOutput::Reap(None));
+    }
+    // Sorted, so the batch (and what is done with it) does not depend on the set's order.
+    let mut sessions: Vec<(UserId, SessionId)> = members.iter().filter_map(|m| parse_member(m)).collect();
+    sessions.sort();
+    let held = sessions.iter().map(|(user, session)| {
+        let mut conn = conn.clone();
+        let cmd = redis::cmd("HGET").arg(ws_lease_key(user)).arg(session.as_str()).clone();
+        async move { cmd.query_async::<Option<u64>>(&mut conn).await }
+    });
+    let held = futures_util::future::try_join_all(held).await?;
+    let sessions = sessions
+        .into_iter()
+        .zip(held)
+        .map(|((user, session), t)| (user, session, t == Some(token.0)))
+        .collect();
+    let stray = members.iter().filter(|m| parse_member(m).is_none()).count();
+    if stray > 0 {
+        tracing::warn!(%lease, stray, "unparseable members in a lease index: left alone");
+    }
+    Ok(StoreOutput::Reap(Some(ReapBatch { token, last_seen, sessions })))
+}
+
+/// `MarkReaped`: the mark script per session, in parallel.
+async fn mark_reaped<C: Conn>(
+    conn: &mut C,
+    token: LeaseToken,
+    last_seen: UnixMillis,
+    sessions: &[(UserId, SessionId)],
+) -> RedisResult<StoreOutput> {
+    let ts = last_seen.to_rfc3339();
+    let marks = sessions.iter().map(|(user, session)| {
+        let mut conn = conn.clone();
+        let mut call = RegistryScript::ReapMark.script().prepare_invoke();
+        call.key(ws_lease_key(user)).key(last_seen_key(user)).key(pending_key(user));
+        call.arg(session.as_str()).arg(token.0).arg(&ts);
+        async move { call.invoke_async::<i64>(&mut conn).await }
+    });
+    futures_util::future::try_join_all(marks).await?;
+    Ok(StoreOutput::Done)
+}
+
+/// `Reap`: compare-and-delete per held session, in parallel; then the index and the notices.
+async fn reap<C: Conn>(
+    conn: &mut C,
+    topology: Topology,
+    lease: &str,
+    token: LeaseToken,
+    sessions: &[(UserId, SessionId, bool)],
+) -> RedisResult<StoreOutput> {
+    let reaps = sessions.iter().filter(|s| s.2).map(|(user, session, _)| {
+        let mut conn = conn.clone();
+        let mut call = RegistryScript::Reap.script().prepare_invoke();
+        call.key(ws_key(user)).key(ws_lease_key(user));
+        call.arg(session.as_str()).arg(token.0);
+        async move { call.invoke_async::<i64>(&mut conn).await }
+    });
+    futures_util::future::try_join_all(reaps).await?;
+    if sessions.is_empty() {
+        return Ok(StoreOutput::Done);
+    }
+    let mut srem = redis::cmd("SREM");
+    srem.arg(lease_index_key(lease));
+    for (user, session, _) in sessions {
+        srem.arg(index_member(user, session));
+    }
+    let held: BTreeSet<UserId> = sessions.iter().filter(|s| s.2).map(|s| s.0.clone()).collect();
+    let held: Vec<UserId> = held.into_iter().collect();
+    then_publish(conn, topology, Some(srem), &held).await?;
+    Ok(StoreOutput::Done)
+}
+
+/// `SetLastSeen` or `RecordLastSeen`: the script on the user's two last_seen keys.
+async fn last_seen_script<C: Conn>(
+    conn: &mut C,
+    script: RegistryScript,
+    user: &UserId,
+    last_seen: UnixMillis,
+) -> RedisResult<StoreOutput> {
+    script
+        .script()
+        .key(last_seen_key(user))
+        .key(pending_key(user))
+        .arg(last_seen.to_rfc3339())
+        .invoke_async::<i64>(conn)
+        .await?;
+    Ok(StoreOutput::Done)
+}
+
+/// `Read`: per user the `HVALS ws_lease:{u}` and the two last_seen strings, as entries in the
+/// request's order.
+async fn read<C: Conn>(conn: &mut C, topology: Topology, users: &[UserId]) -> RedisResult<StoreOutput> {
+    if users.is_empty() {
+        return Ok(StoreOutput::Registry(Vec::new()));
+    }
+    let values = match topology {
+        Topology::Single => read_single(conn, users).await?,
+        Topology::Cluster => read_cluster(conn, users).await?,
+    };
+    if values.len() != users.len() * 3 {
+        return Err(RedisError::from((
+            ErrorKind::UnexpectedReturnType,
+            "registry read: wrong number of replies",
+            format!("expected {}, got {}", users.len() * 3, values.len()),
+        )));
+    }
+    let entries = users
+        .iter()
+        .zip(values.chunks_exact(3))
+        .map(|(user, r)| parse_entry(user, &r[0], &r[1], &r[2]))
+        .collect::<RedisResult<Vec<_>>>()?;
+    Ok(StoreOutput::Registry(entries))
+}
+
+/// One round trip and 101 commands for 100 users: each user's `HVALS`, then one `MGET` of every
+/// last_seen and pending key (a single node serves any keys). Fewer commands is what the read
+/// path's throughput is made of (BENCHMARKS.md). The replies, three per user.
+async fn read_single<C: Conn>(conn: &mut C, users: &[UserId]) -> RedisResult<Vec<Value>> {
+    let mut pipe = redis::pipe();
+    for user in users {
+        pipe.cmd("HVALS").arg(ws_lease_key(user));
+    }
+    let mut mget = redis::cmd("MGET");
+    for user in users {
+        mget.arg(last_seen_key(user)).arg(pending_key(user));
+    }
+    pipe.add_command(mget);
+    let mut replies = pipe.query_async::<Vec<Value>>(conn).await?;
+    let strings = match replies.pop() {
+        Some(Value::Array(v)) if v.len() == users.len() * 2 => v,
+        other => {
+            return Err(RedisError::from((
+                ErrorKind::UnexpectedReturnType,
+                "registry read: bad MGET reply",
+                format!("{other:?}"),
+            )))
+        }
+    };
+    let mut strings = strings.into_iter();
+    let mut values = Vec::with_capacity(users.len() * 3);
+    for tokens in replies {
+        values.push(tokens);
+        values.extend(strings.by_ref().take(2));
+    }
+    Ok(values)
+}
+
+/// A cluster spreads users over slots: one pipeline per user (its keys share a slot), all in
+/// parallel. The replies, three per user.
+async fn read_cluster<C: Conn>(conn: &mut C, users: &[UserId]) -> RedisResult<Vec<Value>> {
+    let reads = users.iter().map(|user| {
+        let mut conn = conn.clone();
+        let mut pipe = redis::pipe();
+        pipe.cmd("HVALS").arg(ws_lease_key(user));
+        pipe.cmd("GET").arg(last_seen_key(user));
+        pipe.cmd("GET").arg(pending_key(user));
+        async move { pipe.query_async::<Vec<Value>>(&mut conn).await }
+    });
+    Ok(futures_util::future::try_join_all(reads).await?.into_iter().flatten().collect())
+}
+
+/// Runs `first` (if any), then `PUBLISH presence:{u}` for each user: one pipeline on a single
+/// node; on a cluster, separate commands (a cluster pipeline must stay in one slot, and each
+/// channel is in its user's slot).
+async fn then_publish<C: Conn>(
+    conn: &mut C,
+    topology: Topology,
+    first: Option<redis::Cmd>,
+    users: &[UserId],
+) -> RedisResult<()> {
+    let publish = |user: &UserId| redis::cmd("PUBLISH").arg(change_channel(user)).arg("").clone();
+    match topology {
+        Topology::Single => {
+            let mut pipe = redis::pipe();
+            if let Some(cmd) = first {
+                pipe.add_command(cmd).ignore();
+            }
+            for user in users {
+                pipe.add_command(publish(user)).ignore();
+            }
+            pipe.query_async::<()>(conn).await
+        }
+        Topology::Cluster => {
+            if let Some(cmd) = first {
+                cmd.query_async::<()>(conn).await?;
+            }
+            let sends = users.iter().map(|user| {
+                let mut conn = conn.clone();
+                let cmd = publish(user);
+                async move { cmd.query_async::<()>(&mut conn).await }
+            });
+            futures_util::future::try_join_all(sends).await.map(|_| ())
+        }
+    }
+}

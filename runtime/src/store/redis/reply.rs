@@ -1,0 +1,158 @@
+//! Reading Redis's replies: registry entries, the lease renewal, `INFO server` run ids, and how an
+//! error maps to the core's [`StoreError`].
+
+use presence_core::store::{LeaseToken, LeaseView, RegistryEntry, StoreError, StoreOutput};
+use presence_core::time::UnixMillis;
+use presence_core::user::UserId;
+use redis::aio::ConnectionLike;
+use redis::{ErrorKind, RedisError, RedisResult, Value};
+
+use super::schema::{last_seen_key, lease_token, pending_key, ws_lease_key};
+
+/// The renewal script's reply: `{token, live names, expired names}`.
+pub(super) fn parse_lease_view(
+    (token, live, expired): (String, Vec<String>, Vec<String>),
+) -> RedisResult<StoreOutput> {
+    let bad = |what: &str, v: &str| {
+        RedisError::from((
+            ErrorKind::UnexpectedReturnType,
+            "lease renewal: bad reply",
+            format!("{what}: {v:?}"),
+        ))
+    };
+    let token = LeaseToken(token.parse().map_err(|_| bad("token", &token))?);
+    let live =
+        live.iter().map(|n| lease_token(n).ok_or_else(|| bad("lease name", n))).collect::<Result<_, _>>()?;
+    Ok(StoreOutput::Lease(LeaseView { token, live, expired }))
+}
+
+/// Turns the `HVALS ws_lease` and two `GET` replies of one user into an entry.
+///
+/// A wrong `HVALS` reply, or a token that is not a number, is an error (something else owns the
+/// key: do not guess "offline"); a `last_seen` that is not a fixed-width timestamp is logged and
+/// reported as absent, so the core falls back to the durable store and the backfill overwrites it.
+pub(super) fn parse_entry(
+    user: &UserId,
+    tokens: &Value,
+    last_seen: &Value,
+    pending: &Value,
+) -> RedisResult<RegistryEntry> {
+    let wrong = |what: String| {
+        RedisError::from((ErrorKind::UnexpectedReturnType, "registry read: bad ws_lease reply", what))
+    };
+    let leases = match tokens {
+        Value::Array(items) | Value::Set(items) => items
+            .iter()
+            .map(|v| match redis::from_redis_value_ref::<u64>(v) {
+                Ok(t) => Ok(LeaseToken(t)),
+                Err(_) => Err(wrong(format!("{}: {v:?}", ws_lease_key(user)))),
+            })
+            .collect::<RedisResult<Vec<_>>>()?,
+        other => return Err(wrong(format!("{}: {other:?}", ws_lease_key(user)))),
+    };
+    let last_seen = parse_timestamp(|| last_seen_key(user), last_seen);
+    let pending = parse_timestamp(|| pending_key(user), pending);
+    Ok(RegistryEntry { leases, last_seen, pending })
+}
+
+/// A `GET` of a timestamp key: `None` if absent, or (logged) if not a fixed-width timestamp.
+/// `key` names it only in that log line (no key is formatted on the read path's hot loop).
+fn parse_timestamp(key: impl FnOnce() -> String, v: &Value) -> Option<UnixMillis> {
+    let parsed = match v {
+        Value::Nil => return None,
+        Value::BulkString(bytes) => std::str::from_utf8(bytes).ok().and_then(UnixMillis::parse_rfc3339),
+        Value::SimpleString(s) | Value::VerbatimString { text: s, .. } => UnixMillis::parse_rfc3339(s),
+        _ => None,
+    };
+    if parsed.is_none() {
+        tracing::warn!(key = %key(), value = ?v, "unparseable timestamp in redis: treated as absent");
+    }
+    parsed
+}
+
+/// How a failed command maps to the core's error, and whether the connection is now suspect.
+pub(super) fn classify(e: &RedisError) -> (StoreError, bool) {
+    // I/O errors, dropped connections and protocol desyncs (`Parse`) all mean the byte stream can
+    // no longer be trusted; server errors (`OOM`, `BUSY`, `WRONGTYPE`, ...) leave it usable.
+    let broken = e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error();
+    let err =
+        if e.is_timeout() { StoreError::Timeout } else { StoreError::Unavailable(format!("redis: {e}")) };
+    (err, broken)
+}
+
+/// Extracts every `run_id:` line of an `INFO server` reply (one per node on a cluster), sorted.
+pub(super) fn run_ids(reply: &Value) -> Vec<String> {
+    fn walk(v: &Value, out: &mut Vec<String>) {
+        let text = match v {
+            Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+            Value::SimpleString(s) => s.clone(),
+            Value::VerbatimString { text, .. } => text.clone(),
+            Value::Array(items) | Value::Set(items) => {
+                items.iter().for_each(|i| walk(i, out));
+                return;
+            }
+            Value::Map(pairs) => {
+                pairs.iter().for_each(|(_, v)| walk(v, out));
+                return;
+            }
+            _ => return,
+        };
+        out.extend(text.lines().filter_map(|l| l.strip_prefix("run_id:")).map(|id| id.trim().to_owned()));
+    }
+    let mut out = Vec::new();
+    walk(reply, &mut out);
+    out.sort();
+    out
+}
+
+/// Reads the run ids. `Ok(None)` when the server does not support `INFO` (a test double): the
+/// connection works, only the restart check is unavailable.
+pub(super) async fn read_run_ids<C: ConnectionLike + Send>(conn: &mut C) -> RedisResult<Option<Vec<String>>> {
+    match redis::cmd("INFO").arg("server").query_async::<Value>(conn).await {
+        Ok(v) => {
+            let ids = run_ids(&v);
+            Ok((!ids.is_empty()).then_some(ids))
+        }
+        Err(e) if matches!(e.kind(), ErrorKind::Server(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_entries() {
+        let bob = UserId::new("bob").unwrap();
+        let ts = Value::BulkString(b"2024-01-15T09:42:00.000Z".to_vec());
+        assert_eq!(
+            parse_entry(&bob, &Value::Array(vec![Value::BulkString(b"17".to_vec())]), &ts, &Value::Nil)
+                .unwrap(),
+            RegistryEntry {
+                leases: vec![LeaseToken(17)],
+                last_seen: Some(UnixMillis(1_705_311_720_000)),
+                pending: None
+            }
+        );
+        let garbage = Value::BulkString(b"yesterday".to_vec());
+        assert_eq!(
+            parse_entry(&bob, &Value::Array(vec![]), &garbage, &ts).unwrap(),
+            RegistryEntry { leases: vec![], last_seen: None, pending: Some(UnixMillis(1_705_311_720_000)) }
+        );
+        assert!(parse_entry(&bob, &Value::Nil, &Value::Nil, &Value::Nil).is_err());
+        let not_a_token = Value::Array(vec![Value::BulkString(b"ws-1".to_vec())]);
+        assert!(parse_entry(&bob, &not_a_token, &Value::Nil, &Value::Nil).is_err());
+    }
+
+    #[test]
+    fn extracts_run_ids() {
+        let single = Value::BulkString(b"# Server\r\nredis_version:7.0\r\nrun_id:abc\r\n".to_vec());
+        assert_eq!(run_ids(&single), vec!["abc".to_owned()]);
+        let cluster = Value::Map(vec![
+            (Value::BulkString(b"n2".to_vec()), Value::BulkString(b"run_id:zz\r\n".to_vec())),
+            (Value::BulkString(b"n1".to_vec()), Value::BulkString(b"run_id:aa\r\n".to_vec())),
+        ]);
+        assert_eq!(run_ids(&cluster), vec!["aa".to_owned(), "zz".to_owned()]);
+    }
+}

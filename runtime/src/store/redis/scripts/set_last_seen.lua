@@ -1,0 +1,4 @@
+local wrote = max_into(KEYS[1], ARGV[1])
+local p = redis.call('GET', KEYS[2])
+if p and ((not wf(p)) or p <= redis.call('GET', KEYS[1])) then redis.call('DEL', KEYS[2]) end
+return wrote
