@@ -2,6 +2,12 @@
 //!
 //! The only way a connection gets a user is a token verified here; no frame can name its sender.
 //! Tokens are never logged: errors carry only the reason.
+//!
+//! Checked by jsonwebtoken's [`Validation`]: the HS256 signature, `exp` (required), `nbf` (when
+//! present), `sub` (required), and `iss` / `aud` when the deployment names them ([`ClaimRules`];
+//! both then required). All times allow [`LEEWAY_SECS`] of clock difference with the issuer. A
+//! token that carries an `aud` is refused by a server that names no audience (RFC 7519, 4.1.3:
+//! a recipient that does not identify itself with the audience must reject it).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -9,11 +15,38 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use presence_core::user::UserId;
 use serde::{Deserialize, Serialize};
 
-/// The claims the server reads and the `token` subcommand writes.
-#[derive(Debug, Serialize, Deserialize)]
-struct Claims {
-    sub: String,
+/// Shortest HS256 secret accepted, in bytes: RFC 7518, section 3.2 requires a key at least as
+/// long as the hash output (256 bits). Shorter ones can be guessed offline from one token.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// Clock difference tolerated between the token issuer and this server, for `exp` and `nbf`.
+pub const LEEWAY_SECS: u64 = 30;
+
+/// The claims the `token` subcommand (and the CLI client) writes.
+#[derive(Debug, Serialize)]
+struct IssuedClaims<'a> {
+    sub: &'a str,
     exp: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    iss: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    aud: Option<&'a str>,
+}
+
+/// The one claim the server reads itself; the others are checked by [`Validation`].
+#[derive(Debug, Deserialize)]
+struct Subject {
+    sub: String,
+}
+
+/// The optional claims a deployment requires (`--jwt-issuer`, `--jwt-audience`). When one is
+/// set, tokens must carry that claim with exactly this value; tokens issued here carry it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClaimRules {
+    /// The required `iss`.
+    pub issuer: Option<String>,
+    /// The required `aud` (one of the token's audiences).
+    pub audience: Option<String>,
 }
 
 /// Why a request was not authenticated (HTTP 401).
@@ -22,7 +55,8 @@ pub enum AuthError {
     /// No `Authorization: Bearer` header and no `access_token` parameter.
     #[error("missing bearer token")]
     Missing,
-    /// Expired, forged, malformed, wrong algorithm (including `alg: none`) or without `exp`.
+    /// Expired, not yet valid, forged, malformed, wrong algorithm (including `alg: none`), without
+    /// `exp`, or with the wrong (or no) `iss` or `aud`.
     #[error("invalid token: {0}")]
     Invalid(String),
     /// Signature fine but `sub` is not a valid user id.
@@ -36,39 +70,62 @@ pub struct Auth {
     decoding: DecodingKey,
     encoding: EncodingKey,
     validation: Validation,
+    rules: ClaimRules,
 }
 
 impl std::fmt::Debug for Auth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Auth { secret: <redacted> }")
+        write!(f, "Auth {{ secret: <redacted>, rules: {:?} }}", self.rules)
     }
 }
 
 impl Auth {
-    /// An authenticator for HS256 tokens signed with `secret`.
+    /// An authenticator for HS256 tokens signed with `secret`, requiring no `iss` or `aud`.
+    /// The length of `secret` is checked where it is configured ([`MIN_SECRET_BYTES`]).
     pub fn new(secret: &[u8]) -> Auth {
+        Auth::with_rules(secret, ClaimRules::default())
+    }
+
+    /// An authenticator for HS256 tokens signed with `secret` that requires `rules`.
+    pub fn with_rules(secret: &[u8], rules: ClaimRules) -> Auth {
         let mut validation = Validation::new(Algorithm::HS256);
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        let mut required = vec!["exp", "sub"];
+        validation.validate_nbf = true;
+        if let Some(iss) = &rules.issuer {
+            validation.set_issuer(&[iss]);
+            required.push("iss");
+        }
+        if let Some(aud) = &rules.audience {
+            validation.set_audience(&[aud]);
+            required.push("aud");
+        }
+        validation.set_required_spec_claims(&required);
         // Tolerate small clock differences between the token issuer and this server.
-        validation.leeway = 30;
+        validation.leeway = LEEWAY_SECS;
         Auth {
             decoding: DecodingKey::from_secret(secret),
             encoding: EncodingKey::from_secret(secret),
             validation,
+            rules,
         }
     }
 
     /// Verifies `token` and returns its user.
     pub fn verify(&self, token: &str) -> Result<UserId, AuthError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+        let data = jsonwebtoken::decode::<Subject>(token, &self.decoding, &self.validation)
             .map_err(|e| AuthError::Invalid(e.kind_description()))?;
         UserId::new(&data.claims.sub).map_err(|_| AuthError::BadSubject)
     }
 
-    /// Issues a token for `user`, valid for `ttl` from now.
+    /// Issues a token for `user`, valid for `ttl` from now, with this deployment's `iss` and `aud`.
     pub fn issue(&self, user: &UserId, ttl: Duration) -> String {
         let exp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default() + ttl;
-        let claims = Claims { sub: user.as_str().to_owned(), exp: exp.as_secs() };
+        let claims = IssuedClaims {
+            sub: user.as_str(),
+            exp: exp.as_secs(),
+            iss: self.rules.issuer.as_deref(),
+            aud: self.rules.audience.as_deref(),
+        };
         // HS256 signing with an in-memory key cannot fail.
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).unwrap_or_default()
     }
@@ -94,6 +151,9 @@ impl KindDescription for jsonwebtoken::errors::Error {
         use jsonwebtoken::errors::ErrorKind;
         match self.kind() {
             ErrorKind::ExpiredSignature => "expired".into(),
+            ErrorKind::ImmatureSignature => "not yet valid (nbf)".into(),
+            ErrorKind::InvalidIssuer => "wrong issuer".into(),
+            ErrorKind::InvalidAudience => "wrong audience".into(),
             ErrorKind::InvalidSignature => "bad signature".into(),
             ErrorKind::InvalidAlgorithm => "algorithm not allowed".into(),
             ErrorKind::MissingRequiredClaim(c) => format!("missing claim {c}"),
@@ -118,13 +178,23 @@ mod tests {
     use super::*;
     use base64::Engine;
 
+    const SECRET: &[u8] = b"unit-test-secret-of-32-bytes-min";
+
     fn b64(s: &str) -> String {
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
     }
 
+    fn sign(key: &[u8], claims: serde_json::Value) -> String {
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(key)).unwrap()
+    }
+
+    fn now() -> u64 {
+        SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    }
+
     #[test]
     fn issues_and_verifies() {
-        let auth = Auth::new(b"secret");
+        let auth = Auth::new(SECRET);
         let bob = UserId::new("bob").unwrap();
         let t = auth.issue(&bob, Duration::from_secs(60));
         assert_eq!(auth.verify(&t), Ok(bob));
@@ -132,18 +202,14 @@ mod tests {
 
     #[test]
     fn refuses_forged_expired_none_and_bad_subject() {
-        let auth = Auth::new(b"secret");
+        let auth = Auth::new(SECRET);
         let bob = UserId::new("bob").unwrap();
-        let forged = Auth::new(b"other").issue(&bob, Duration::from_secs(60));
+        let forged = Auth::new(b"another-secret-of-at-least-32-bytes").issue(&bob, Duration::from_secs(60));
         assert_eq!(auth.verify(&forged), Err(AuthError::Invalid("bad signature".into())));
+        let empty_key = sign(b"", serde_json::json!({ "sub": "bob", "exp": now() + 60 }));
+        assert_eq!(auth.verify(&empty_key), Err(AuthError::Invalid("bad signature".into())));
 
-        let claims = Claims { sub: "bob".into(), exp: 1_000 };
-        let expired = jsonwebtoken::encode(
-            &Header::new(Algorithm::HS256),
-            &claims,
-            &EncodingKey::from_secret(b"secret"),
-        )
-        .unwrap();
+        let expired = sign(SECRET, serde_json::json!({ "sub": "bob", "exp": 1_000 }));
         assert_eq!(auth.verify(&expired), Err(AuthError::Invalid("expired".into())));
 
         let none = format!(
@@ -153,15 +219,59 @@ mod tests {
         );
         assert!(matches!(auth.verify(&none), Err(AuthError::Invalid(_))));
 
-        let claims = Claims { sub: "bob smith".into(), exp: 99_999_999_999 };
-        let bad = jsonwebtoken::encode(
-            &Header::new(Algorithm::HS256),
-            &claims,
-            &EncodingKey::from_secret(b"secret"),
-        )
-        .unwrap();
+        let bad = sign(SECRET, serde_json::json!({ "sub": "bob smith", "exp": 99_999_999_999u64 }));
         assert_eq!(auth.verify(&bad), Err(AuthError::BadSubject));
         assert!(matches!(auth.verify("garbage"), Err(AuthError::Invalid(_))));
+    }
+
+    #[test]
+    fn honours_nbf_with_the_leeway() {
+        let auth = Auth::new(SECRET);
+        let later = sign(SECRET, serde_json::json!({ "sub": "bob", "exp": now() + 600, "nbf": now() + 120 }));
+        assert_eq!(auth.verify(&later), Err(AuthError::Invalid("not yet valid (nbf)".into())));
+        let within = sign(SECRET, serde_json::json!({ "sub": "bob", "exp": now() + 600, "nbf": now() + 10 }));
+        assert_eq!(auth.verify(&within).map(|u| u.as_str().to_owned()), Ok("bob".to_owned()));
+    }
+
+    #[test]
+    fn requires_the_configured_issuer_and_audience() {
+        let rules =
+            ClaimRules { issuer: Some("https://id.example".into()), audience: Some("presence".into()) };
+        let auth = Auth::with_rules(SECRET, rules);
+        let exp = now() + 600;
+        let claims = |iss: Option<&str>, aud: Option<serde_json::Value>| {
+            let mut c = serde_json::json!({ "sub": "bob", "exp": exp });
+            if let Some(iss) = iss {
+                c["iss"] = iss.into();
+            }
+            if let Some(aud) = aud {
+                c["aud"] = aud;
+            }
+            sign(SECRET, c)
+        };
+        let ok = claims(Some("https://id.example"), Some("presence".into()));
+        assert!(auth.verify(&ok).is_ok());
+        let several = claims(Some("https://id.example"), Some(serde_json::json!(["other", "presence"])));
+        assert!(auth.verify(&several).is_ok());
+        let cases = [
+            (claims(Some("https://evil.example"), Some("presence".into())), "wrong issuer"),
+            (claims(Some("https://id.example"), Some("other".into())), "wrong audience"),
+            (claims(None, Some("presence".into())), "missing claim iss"),
+            (claims(Some("https://id.example"), None), "missing claim aud"),
+        ];
+        for (token, why) in cases {
+            assert_eq!(auth.verify(&token), Err(AuthError::Invalid(why.into())), "{why}");
+        }
+        // Issued tokens carry both.
+        let bob = UserId::new("bob").unwrap();
+        assert_eq!(auth.verify(&auth.issue(&bob, Duration::from_secs(60))), Ok(bob.clone()));
+        // A server naming no audience refuses tokens meant for one (RFC 7519, 4.1.3).
+        let plain = Auth::new(SECRET);
+        assert_eq!(plain.verify(&ok), Err(AuthError::Invalid("wrong audience".into())));
+        assert!(
+            plain.verify(&claims(Some("anyone"), None)).is_ok(),
+            "iss is not checked when not configured"
+        );
     }
 
     #[test]

@@ -131,10 +131,10 @@ impl ClientError {
 pub enum TokenSource {
     /// A token given as is.
     Given(String),
-    /// Sign one for this user with the deployment's HS256 secret.
+    /// Sign one for this user with the deployment's HS256 secret (and its `iss` and `aud`).
     Sign {
-        /// The secret.
-        secret: String,
+        /// The signer (boxed: it holds both keys and the validation rules).
+        auth: Box<Auth>,
         /// The identity to sign for.
         user: UserId,
     },
@@ -312,9 +312,7 @@ impl Client {
     async fn token(&self) -> Result<String, ClientError> {
         match &self.token {
             TokenSource::Given(t) => Ok(t.clone()),
-            TokenSource::Sign { secret, user } => {
-                Ok(Auth::new(secret.as_bytes()).issue(user, SELF_SIGNED_TTL))
-            }
+            TokenSource::Sign { auth, user } => Ok(auth.issue(user, SELF_SIGNED_TTL)),
             TokenSource::Dev(user) => {
                 let body = serde_json::json!({ "user": user.as_str() }).to_string();
                 let (status, body) =

@@ -38,9 +38,9 @@ pub struct TokenArgs {
     /// The user id (the token's `sub`).
     #[arg(long)]
     pub user: String,
-    /// HS256 secret shared with the servers.
-    #[arg(long, env = "PRESENCE_JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: String,
+    /// The secret and the claims to sign with (`iss`, `aud` as the servers require).
+    #[command(flatten)]
+    pub jwt: JwtArgs,
     /// How long the token is valid.
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     pub ttl: Duration,
@@ -55,13 +55,14 @@ pub struct ClientArgs {
     /// The server: `ws://host:port` or `http://host:port` (the path may be `/v1/ws` or empty).
     #[arg(long, env = "PRESENCE_URL", default_value = "ws://127.0.0.1:8080")]
     pub url: String,
-    /// A token to use as is.
-    #[arg(long, env = "PRESENCE_TOKEN", hide_env_values = true, conflicts_with = "jwt_secret")]
+    /// A token to use as is. Without it, the client signs a one-hour token for `--as` with the
+    /// deployment's secret (`--jwt-secret` or `--jwt-secret-file`), or else asks a dev-mode server
+    /// for one.
+    #[arg(long, env = "PRESENCE_TOKEN", hide_env_values = true, conflicts_with_all = ["jwt_secret", "jwt_secret_file"])]
     pub token: Option<String>,
-    /// The deployment's HS256 secret: sign a one-hour token for `--as`. Without this or
-    /// `--token`, the client asks a dev-mode server for a token.
-    #[arg(long, env = "PRESENCE_JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: Option<String>,
+    /// The deployment's secret and claims, to sign the client's own token.
+    #[command(flatten)]
+    pub jwt: JwtArgs,
     /// The identity to sign or fetch a token for (`watch` holds a session as this user).
     #[arg(long = "as", env = "PRESENCE_CLI_USER", default_value = "presence-cli")]
     pub as_user: String,
@@ -107,9 +108,14 @@ pub enum LogFormat {
 /// Flags of the server.
 #[derive(Debug, Args, Clone)]
 pub struct ServeArgs {
-    /// Address of the one listener (WebSocket, HTTP API, health, metrics).
+    /// Address of the public listener (WebSocket, HTTP API, demo page; also `/readyz` and
+    /// `/metrics` unless --admin-listen is given).
     #[arg(long, env = "PRESENCE_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// A second listener for `/readyz`, `/metrics` and `/healthz` only (e.g. `127.0.0.1:9090`);
+    /// when set, the public listener answers 404 for `/readyz` and `/metrics`.
+    #[arg(long, env = "PRESENCE_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
     /// This server's id in the registry. Default: unique per process.
     #[arg(long, env = "PRESENCE_SERVER_ID")]
     pub server_id: Option<String>,
@@ -129,9 +135,9 @@ pub struct ServeArgs {
     /// Directory of the embedded durable store (used when no DynamoDB table is configured).
     #[arg(long, env = "PRESENCE_DATA_DIR", default_value = "presence-data")]
     pub data_dir: PathBuf,
-    /// HS256 secret for tokens. Without it the server runs in dev mode, on loopback only.
-    #[arg(long, env = "PRESENCE_JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: Option<String>,
+    /// Token verification: the secret (without one, dev mode on loopback only) and the claims.
+    #[command(flatten)]
+    pub jwt: JwtArgs,
     /// Comma-separated allowed Origin values for browser connections (`*` = any). Default: same
     /// origin only. Requests without an Origin header (non-browser clients) are always allowed.
     #[arg(long, env = "PRESENCE_ALLOWED_ORIGINS", value_delimiter = ',')]
@@ -145,6 +151,9 @@ pub struct ServeArgs {
     /// Time for a socket to complete its HTTP request or WebSocket handshake.
     #[arg(long, env = "PRESENCE_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub handshake_timeout: Duration,
+    /// Limits at the edge: sockets in the HTTP phase, sessions per user, connections per IP.
+    #[command(flatten)]
+    pub edge: EdgeArgs,
     /// Largest WebSocket message, in bytes; larger closes with 1009.
     #[arg(long, env = "PRESENCE_MAX_MESSAGE_SIZE", default_value_t = 65536)]
     pub max_message_size: usize,
@@ -196,15 +205,124 @@ pub struct ServeArgs {
     pub log_format: LogFormat,
 }
 
+/// The HS256 secret and the claims tokens must carry, shared by the server and the subcommands.
+#[derive(Debug, Args, Clone, Default)]
+pub struct JwtArgs {
+    /// HS256 secret of the tokens, at least 32 bytes (RFC 7518, 3.2). With neither this nor
+    /// --jwt-secret-file the server runs in dev mode (loopback only); an empty value is refused.
+    #[arg(long, env = "PRESENCE_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// A file holding the HS256 secret (one trailing newline is stripped), so that it appears
+    /// neither in `ps` nor in the environment. Same 32-byte minimum; not together with --jwt-secret.
+    #[arg(long, env = "PRESENCE_JWT_SECRET_FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
+    /// When set, tokens must carry this `iss`; tokens issued here carry it.
+    #[arg(long, env = "PRESENCE_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// When set, tokens must carry this `aud`; tokens issued here carry it. Without it, tokens
+    /// that carry an `aud` are refused.
+    #[arg(long, env = "PRESENCE_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+}
+
+impl JwtArgs {
+    /// The secret from --jwt-secret or --jwt-secret-file, checked; `None` if neither is set (an
+    /// empty `PRESENCE_JWT_SECRET` counts as set, and is refused as too short).
+    pub fn secret(&self) -> Result<Option<Vec<u8>>, ConfigError> {
+        let (secret, flag) = match (&self.jwt_secret, &self.jwt_secret_file) {
+            (None, None) => return Ok(None),
+            (Some(_), Some(_)) => return Err(ConfigError::SecretTwice),
+            (Some(s), None) => (s.clone().into_bytes(), "--jwt-secret (PRESENCE_JWT_SECRET)"),
+            (None, Some(path)) => {
+                let mut bytes = std::fs::read(path)
+                    .map_err(|e| ConfigError::SecretFile { path: path.clone(), reason: e.to_string() })?;
+                // Editors and `echo` end files with a newline; it is not part of the secret.
+                if bytes.last() == Some(&b'\n') {
+                    bytes.pop();
+                    if bytes.last() == Some(&b'\r') {
+                        bytes.pop();
+                    }
+                }
+                (bytes, "--jwt-secret-file (PRESENCE_JWT_SECRET_FILE)")
+            }
+        };
+        if secret.len() < crate::auth::MIN_SECRET_BYTES {
+            return Err(ConfigError::SecretTooShort { flag, len: secret.len() });
+        }
+        Ok(Some(secret))
+    }
+
+    /// The `iss` and `aud` rules; empty values are refused.
+    pub fn claim_rules(&self) -> Result<crate::auth::ClaimRules, ConfigError> {
+        for (flag, v) in [("--jwt-issuer", &self.jwt_issuer), ("--jwt-audience", &self.jwt_audience)] {
+            if v.as_deref() == Some("") {
+                return Err(ConfigError::Empty(flag));
+            }
+        }
+        Ok(crate::auth::ClaimRules { issuer: self.jwt_issuer.clone(), audience: self.jwt_audience.clone() })
+    }
+
+    /// The verifier and issuer for these flags, or `None` in dev mode (no secret given).
+    pub fn auth(&self) -> Result<Option<crate::auth::Auth>, ConfigError> {
+        let rules = self.claim_rules()?;
+        Ok(self.secret()?.map(|s| crate::auth::Auth::with_rules(&s, rules)))
+    }
+}
+
+/// Limits at the edge of the server, applied before a WebSocket opens.
+#[derive(Debug, Args, Clone)]
+pub struct EdgeArgs {
+    /// Most sockets at once still in the HTTP phase (request or upgrade not finished); sockets
+    /// accepted beyond it are closed at once, so slow clients cannot use up the file descriptors.
+    #[arg(long, env = "PRESENCE_MAX_HANDSHAKES", default_value_t = 1_024)]
+    pub max_handshakes: usize,
+    /// Most WebSocket sessions of one user on this server (devices on other servers are not
+    /// counted); the next upgrade is refused with HTTP 429.
+    #[arg(long, env = "PRESENCE_MAX_SESSIONS_PER_USER", default_value_t = 16)]
+    pub max_sessions_per_user: usize,
+    /// Most WebSocket connections from one client IP address; more are refused with HTTP 429.
+    /// 0 = no limit (behind a load balancer every client has the balancer's address).
+    #[arg(long, env = "PRESENCE_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
+    pub max_connections_per_ip: usize,
+}
+
 /// A configuration the server refuses to start with.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
     /// No secret, and not bound to loopback: dev tokens there would let anyone be anyone.
     #[error(
-        "no --jwt-secret (PRESENCE_JWT_SECRET) given and --listen {0} is not a loopback address; \
-         dev mode (generated secret, /v1/dev/token) is only allowed on loopback"
+        "no --jwt-secret (PRESENCE_JWT_SECRET) or --jwt-secret-file given and --listen {0} is not a \
+         loopback address; dev mode (generated secret, /v1/dev/token) is only allowed on loopback"
     )]
     SecretRequired(SocketAddr),
+    /// A secret shorter than [`crate::auth::MIN_SECRET_BYTES`] (an empty one included).
+    #[error(
+        "{flag} is {len} bytes; an HS256 secret must be at least 32 bytes (256 bits, RFC 7518 \
+         section 3.2). Generate one with: openssl rand -hex 32"
+    )]
+    SecretTooShort {
+        /// The flag (and variable) the secret came from.
+        flag: &'static str,
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// Both --jwt-secret and --jwt-secret-file are set: which one is meant is not clear.
+    #[error(
+        "both --jwt-secret (PRESENCE_JWT_SECRET) and --jwt-secret-file (PRESENCE_JWT_SECRET_FILE) \
+         are set; give one"
+    )]
+    SecretTwice,
+    /// The secret file cannot be read.
+    #[error("--jwt-secret-file {}: cannot read it: {reason}", .path.display())]
+    SecretFile {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's reason.
+        reason: String,
+    },
+    /// A setting that is empty where a value is needed.
+    #[error("{0} must not be empty")]
+    Empty(&'static str),
     /// A timing combination that cannot work.
     #[error("--heartbeat-timeout ({timeout:?}) must be longer than --ping-interval ({ping:?})")]
     Heartbeat {
@@ -229,7 +347,7 @@ pub enum ConfigError {
 impl ServeArgs {
     /// Checks the combination of flags.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.jwt_secret.is_none() && !self.listen.ip().is_loopback() {
+        if self.jwt.auth()?.is_none() && !self.listen.ip().is_loopback() {
             return Err(ConfigError::SecretRequired(self.listen));
         }
         if self.heartbeat_timeout <= self.ping_interval {
@@ -251,6 +369,8 @@ impl ServeArgs {
             ("--max-watched-users", self.max_watched_users),
             ("--frame-rate", self.frame_rate as usize),
             ("--frame-burst", self.frame_burst as usize),
+            ("--max-handshakes", self.edge.max_handshakes),
+            ("--max-sessions-per-user", self.edge.max_sessions_per_user),
         ] {
             if v == 0 {
                 return Err(ConfigError::Zero(name));
@@ -340,10 +460,86 @@ mod tests {
     fn refuses_public_bind_without_secret_and_bad_heartbeat() {
         let cli = parse(&["--listen", "0.0.0.0:8080"]).unwrap();
         assert!(matches!(cli.serve.validate(), Err(ConfigError::SecretRequired(_))));
-        let cli = parse(&["--listen", "0.0.0.0:8080", "--jwt-secret", "s"]).unwrap();
+        let cli = parse(&["--listen", "0.0.0.0:8080", "--jwt-secret", SECRET]).unwrap();
         assert_eq!(cli.serve.validate(), Ok(()));
         let cli = parse(&["--ping-interval", "30s", "--heartbeat-timeout", "30s"]).unwrap();
         assert!(matches!(cli.serve.validate(), Err(ConfigError::Heartbeat { .. })));
+    }
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn refuses_short_and_empty_secrets() {
+        let flag = "--jwt-secret (PRESENCE_JWT_SECRET)";
+        for (secret, len) in [("", 0), ("s", 1), (&SECRET[..31], 31)] {
+            let cli = parse(&["--jwt-secret", secret]).unwrap();
+            assert_eq!(cli.serve.validate(), Err(ConfigError::SecretTooShort { flag, len }));
+        }
+        let cli = parse(&["--jwt-secret", SECRET]).unwrap();
+        assert_eq!(cli.serve.jwt.secret(), Ok(Some(SECRET.as_bytes().to_vec())));
+        let msg = ConfigError::SecretTooShort { flag, len: 0 }.to_string();
+        assert!(
+            msg.starts_with(
+                "--jwt-secret (PRESENCE_JWT_SECRET) is 0 bytes; an HS256 secret must be at least 32 bytes"
+            ),
+            "{msg}"
+        );
+        assert!(msg.contains("RFC 7518"), "{msg}");
+        // Dev mode only without either flag.
+        assert_eq!(parse(&[]).unwrap().serve.jwt.secret(), Ok(None));
+    }
+
+    #[test]
+    fn reads_the_secret_file() {
+        let dir = std::env::temp_dir().join(format!("presence-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = |name: &str, body: &str| {
+            let p = dir.join(name);
+            std::fs::write(&p, body).unwrap();
+            p.to_str().unwrap().to_owned()
+        };
+        let secret_of = |path: &str| parse(&["--jwt-secret-file", path]).unwrap().serve.jwt.secret();
+        let want = Ok(Some(SECRET.as_bytes().to_vec()));
+        assert_eq!(secret_of(&file("lf", &format!("{SECRET}\n"))), want);
+        assert_eq!(secret_of(&file("crlf", &format!("{SECRET}\r\n"))), want);
+        assert_eq!(secret_of(&file("bare", SECRET)), want);
+        let flag = "--jwt-secret-file (PRESENCE_JWT_SECRET_FILE)";
+        assert_eq!(secret_of(&file("short", "short\n")), Err(ConfigError::SecretTooShort { flag, len: 5 }));
+        assert_eq!(secret_of(&file("empty", "\n")), Err(ConfigError::SecretTooShort { flag, len: 0 }));
+        let missing = dir.join("missing");
+        assert!(matches!(
+            secret_of(missing.to_str().unwrap()),
+            Err(ConfigError::SecretFile { path, .. }) if path == missing
+        ));
+        let both = parse(&["--jwt-secret", SECRET, "--jwt-secret-file", &file("both", SECRET)]).unwrap();
+        assert_eq!(both.serve.validate(), Err(ConfigError::SecretTwice));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn claims_and_edge_limits() {
+        let cli =
+            parse(&["--jwt-secret", SECRET, "--jwt-issuer", "https://id", "--jwt-audience", "presence"])
+                .unwrap();
+        let rules = cli.serve.jwt.claim_rules().unwrap();
+        assert_eq!(
+            (rules.issuer.as_deref(), rules.audience.as_deref()),
+            (Some("https://id"), Some("presence"))
+        );
+        let cli = parse(&["--jwt-secret", SECRET, "--jwt-issuer", ""]).unwrap();
+        assert_eq!(cli.serve.validate(), Err(ConfigError::Empty("--jwt-issuer")));
+        let s = parse(&[]).unwrap().serve;
+        assert_eq!(
+            (s.edge.max_handshakes, s.edge.max_sessions_per_user, s.edge.max_connections_per_ip),
+            (1_024, 16, 0)
+        );
+        assert_eq!(s.admin_listen, None);
+        let cli = parse(&["--max-sessions-per-user", "0"]).unwrap();
+        assert_eq!(cli.serve.validate(), Err(ConfigError::Zero("--max-sessions-per-user")));
+        let cli = parse(&["--max-handshakes", "0"]).unwrap();
+        assert_eq!(cli.serve.validate(), Err(ConfigError::Zero("--max-handshakes")));
+        let cli = parse(&["--admin-listen", "127.0.0.1:9090"]).unwrap();
+        assert_eq!(cli.serve.admin_listen, Some("127.0.0.1:9090".parse().unwrap()));
     }
 
     #[test]
@@ -375,7 +571,7 @@ mod tests {
         match cli.command {
             Some(Command::Watch(w)) => {
                 assert_eq!((w.users.as_slice(), w.client.as_user.as_str()), (&["bob".to_owned()][..], "ops"));
-                assert_eq!(w.client.jwt_secret.as_deref(), Some("s"));
+                assert_eq!(w.client.jwt.jwt_secret.as_deref(), Some("s"));
             }
             other => panic!("expected watch, got {other:?}"),
         }

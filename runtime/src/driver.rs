@@ -250,6 +250,7 @@ impl Driver {
                 self.feed(Input::Lookup { lookup, users });
             }
             ToDriver::Status(reply) => {
+                self.metrics.status_snapshots.inc();
                 let _ = reply.send(self.status());
             }
             ToDriver::Shutdown => self.start_shutdown(),

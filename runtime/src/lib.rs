@@ -3,6 +3,8 @@
 //! | module      | role                                                                          |
 //! |-------------|-------------------------------------------------------------------------------|
 //! | [`server`]  | the listener: HTTP routes, auth, Origin check, WebSocket upgrade              |
+//! | [`edge`]    | limits before a session: handshakes, sessions per user and IP, dev-mode Host  |
+//! | `status`    | the core's snapshot behind `/readyz` and `/metrics`, refreshed at most 1/s    |
 //! | [`ws`]      | one WebSocket connection: socket on one side, the driver on the other         |
 //! | [`driver`]  | the one task that owns the core: feeds it inputs, executes its effects        |
 //! | [`store`]   | executors for Redis, Redis Cluster, DynamoDB and the embedded defaults        |
@@ -22,7 +24,9 @@ pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod driver;
+pub mod edge;
 pub mod metrics;
 pub mod server;
+pub(crate) mod status;
 pub mod store;
 pub mod ws;

@@ -15,7 +15,8 @@ use presence_runtime::client::{self, Client, ClientError, TokenSource, WatchEven
 use presence_runtime::clock::{SystemClock, WallClock};
 use presence_runtime::config::{Cli, ClientArgs, Command, LogFormat, ServeArgs, TokenArgs};
 use presence_runtime::driver::{DriverConfig, Stores};
-use presence_runtime::server::{serve, ServerConfig};
+use presence_runtime::edge::EdgeLimits;
+use presence_runtime::server::{serve_with_admin, ServerConfig};
 use presence_runtime::store::{
     open_redis, DurableStore, DynamoConfig, DynamoDurable, MemoryRegistry, RedbDurable, RedisConfig,
     RegistryStore,
@@ -73,7 +74,18 @@ fn token(t: &TokenArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let token = Auth::new(t.jwt_secret.as_bytes()).issue(&user, t.ttl);
+    let auth = match t.jwt.auth() {
+        Ok(Some(auth)) => auth,
+        Ok(None) => {
+            eprintln!("presence-server: token needs --jwt-secret or --jwt-secret-file");
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("presence-server: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let token = auth.issue(&user, t.ttl);
     if t.json {
         let expires = SystemClock.wall().saturating_add(t.ttl);
         let v =
@@ -92,14 +104,27 @@ where
     F: FnOnce(Client, Vec<UserId>, bool) -> Fut,
     Fut: std::future::Future<Output = Result<(), ClientError>>,
 {
+    // A secret the servers cannot have (too short, unreadable) is a usage error, like on the server.
+    let signer = if args.token.is_some() { Ok(None) } else { args.jwt.auth() };
+    let signer = match signer {
+        Ok(signer) => signer,
+        Err(e) => {
+            if args.json {
+                eprintln!("{}", serde_json::json!({ "error": e.to_string(), "exit_code": 2 }));
+            } else {
+                eprintln!("presence-server: {e}");
+            }
+            return ExitCode::from(2);
+        }
+    };
     let result = (|| {
         let users = client::user_ids(names)?;
-        let source = match (&args.token, &args.jwt_secret) {
+        let source = match (&args.token, signer) {
             (Some(t), _) => TokenSource::Given(t.clone()),
-            (None, secret) => {
+            (None, signer) => {
                 let user = client::user_ids(std::slice::from_ref(&args.as_user))?.remove(0);
-                match secret {
-                    Some(s) => TokenSource::Sign { secret: s.clone(), user },
+                match signer {
+                    Some(auth) => TokenSource::Sign { auth: Box::new(auth), user },
                     None => TokenSource::Dev(user),
                 }
             }
@@ -181,14 +206,21 @@ fn init_logging(format: LogFormat) {
 
 async fn run(args: ServeArgs) -> Result<bool, String> {
     let server_id = args.server_id.clone().unwrap_or_else(|| format!("ws-{:08x}", rand::random::<u32>()));
-    let (secret, dev) = match &args.jwt_secret {
-        Some(s) => (s.clone(), false),
-        None => (auth::generate_secret(), true),
+    // Checked by `validate` already; read again here because the file may be gone by now.
+    let configured = args.jwt.auth().map_err(|e| e.to_string())?;
+    let dev = configured.is_none();
+    let auth = match configured {
+        Some(auth) => auth,
+        None => Auth::with_rules(
+            auth::generate_secret().as_bytes(),
+            args.jwt.claim_rules().map_err(|e| e.to_string())?,
+        ),
     };
     if dev {
         warn!(
             "DEV MODE: no --jwt-secret given; generated a random secret and enabled POST /v1/dev/token. \
-             Anyone who can reach {} can act as any user. Never run like this in production.",
+             Anyone who can reach {} can act as any user (only with Host localhost, 127.0.0.1 or \
+             [::1]). Never run like this in production.",
             args.listen
         );
     }
@@ -199,7 +231,16 @@ async fn run(args: ServeArgs) -> Result<bool, String> {
         %addr, server_id, registry = stores.registry.kind(), durable = stores.durable.kind(),
         "presence-server listening"
     );
+    let admin = match args.admin_listen {
+        Some(a) => Some(bind(a).map_err(|e| format!("cannot listen on --admin-listen {a}: {e}"))?),
+        None => None,
+    };
     println!("presence-server listening on http://{addr}  (WebSocket: ws://{addr}/v1/ws)");
+    if let Some(admin) = &admin {
+        let admin_addr = admin.local_addr().map_err(|e| e.to_string())?;
+        info!(%admin_addr, "admin listener: /readyz and /metrics are served there only");
+        println!("presence-server admin listening on http://{admin_addr}  (/readyz, /metrics, /healthz)");
+    }
     if dev {
         println!("demo page: http://{addr}/  (open it in two tabs, sign in as two users)");
     }
@@ -212,14 +253,21 @@ async fn run(args: ServeArgs) -> Result<bool, String> {
             shutdown_timeout: args.shutdown_timeout,
             seed: rand::random(),
         },
-        auth: Auth::new(secret.as_bytes()),
+        auth,
         dev_tokens: dev,
         allowed_origins: args.allowed_origins.clone(),
         handshake_timeout: args.handshake_timeout,
         max_connections: args.max_connections,
         ws: WsLimits { max_message_size: args.max_message_size, ..WsLimits::default() },
+        edge: EdgeLimits {
+            max_handshakes: args.edge.max_handshakes,
+            max_sessions_per_user: args.edge.max_sessions_per_user,
+            max_connections_per_ip: args.edge.max_connections_per_ip,
+        },
+        status_refresh: Duration::from_secs(1),
     };
-    let flushed = serve(listener, config, stores, Arc::new(SystemClock), shutdown_signal()).await;
+    let flushed =
+        serve_with_admin(listener, admin, config, stores, Arc::new(SystemClock), shutdown_signal()).await;
     Ok(flushed)
 }
 

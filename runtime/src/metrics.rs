@@ -56,6 +56,17 @@ struct Histogram {
     errors: u64,
 }
 
+/// What the listener knows now, rendered beside the snapshot of the core.
+#[derive(Debug, Clone, Default)]
+pub struct Live {
+    /// Open WebSocket connections.
+    pub connections: usize,
+    /// Sockets in the HTTP phase (holding a handshake permit).
+    pub handshakes: usize,
+    /// Age of the core's snapshot.
+    pub snapshot_age: Duration,
+}
+
 /// Everything the runtime counts.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -73,6 +84,17 @@ pub struct Metrics {
     pub slow_consumers: Counter,
     /// Connections closed for a message over the size limit (1009).
     pub oversized_messages: Counter,
+    /// Sockets closed as soon as they were accepted: `--max-handshakes` sockets were in the HTTP phase.
+    pub handshakes_refused: Counter,
+    /// WebSocket upgrades refused with 429 at `--max-sessions-per-user`.
+    pub refused_sessions_per_user: Counter,
+    /// WebSocket upgrades refused with 429 at `--max-connections-per-ip`.
+    pub refused_connections_per_ip: Counter,
+    /// Requests refused with 403 in dev mode for a Host other than the loopback names.
+    pub refused_host: Counter,
+    /// Snapshots of the core the driver took for `/readyz` and `/metrics` (at most one per
+    /// refresh interval, whatever the request rate).
+    pub status_snapshots: Counter,
     in_flight: AtomicU64,
     /// (store, op) -> latency histogram.
     stores: Mutex<BTreeMap<(&'static str, &'static str), Histogram>>,
@@ -104,15 +126,20 @@ impl Metrics {
         self.in_flight.load(Ordering::Relaxed) as usize
     }
 
-    /// Renders every metric, with the core's from `status`.
-    pub fn render(&self, status: &Status, active_connections: usize) -> String {
+    /// Renders every metric, with the core's from `status` and the listener's from `live`.
+    pub fn render(&self, status: &Status, live: &Live) -> String {
         let mut out = String::with_capacity(4096);
         let s = &status.stats;
         let r = &status.readiness;
         let mut gauge = |name: &str, help: &str, v: u64| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         };
-        gauge("presence_connections", "Open WebSocket connections.", active_connections as u64);
+        gauge("presence_connections", "Open WebSocket connections.", live.connections as u64);
+        gauge(
+            "presence_handshakes",
+            "Sockets in the HTTP phase (request or upgrade not finished).",
+            live.handshakes as u64,
+        );
         gauge("presence_sessions_live", "Sessions the core holds as live.", status.connections as u64);
         gauge(
             "presence_pending_writes",
@@ -182,6 +209,34 @@ impl Metrics {
             "Messages over the size limit.",
             self.oversized_messages.get(),
         );
+        counter(
+            "presence_handshakes_refused_total",
+            "Sockets closed at once at --max-handshakes.",
+            self.handshakes_refused.get(),
+        );
+        counter(
+            "presence_refused_sessions_per_user_total",
+            "Upgrades refused with 429 at --max-sessions-per-user.",
+            self.refused_sessions_per_user.get(),
+        );
+        counter(
+            "presence_refused_connections_per_ip_total",
+            "Upgrades refused with 429 at --max-connections-per-ip.",
+            self.refused_connections_per_ip.get(),
+        );
+        counter(
+            "presence_refused_host_total",
+            "Requests refused with 403 for their Host (dev mode).",
+            self.refused_host.get(),
+        );
+        counter(
+            "presence_status_snapshots_total",
+            "Snapshots of the core taken for /readyz and /metrics.",
+            self.status_snapshots.get(),
+        );
+        let name = "presence_status_snapshot_age_seconds";
+        let _ = writeln!(out, "# HELP {name} Age of the snapshot these core metrics come from.");
+        let _ = writeln!(out, "# TYPE {name} gauge\n{name} {:.3}", live.snapshot_age.as_secs_f64());
         let _ = writeln!(out, "# HELP presence_sessions_ended_total Sessions ended, by reason.");
         let _ = writeln!(out, "# TYPE presence_sessions_ended_total counter");
         for reason in EndReason::ALL {

@@ -10,6 +10,7 @@ use std::time::Duration;
 use presence_runtime::auth::Auth;
 use presence_runtime::clock::WallClock;
 use presence_runtime::driver::{DriverConfig, Stores};
+use presence_runtime::edge::EdgeLimits;
 use presence_runtime::server::{serve, Listener, ServerConfig};
 use presence_runtime::store::{AsyncStream, ConnectFuture, RedisConfig, RedisConnector, RedisRegistry};
 use presence_runtime::ws::WsLimits;
@@ -99,6 +100,9 @@ pub async fn server_main(w: Arc<World>, i: usize) -> turmoil::Result {
         handshake_timeout: Duration::from_secs(3),
         max_connections: 1_000,
         ws: WsLimits::default(),
+        edge: EdgeLimits::default(),
+        // Every probe sees the core as it is now (the oracles compare /readyz with the stores).
+        status_refresh: Duration::ZERO,
     };
     let clock: Arc<dyn WallClock> = w.clocks[i].clone();
     let flushed = serve(SimListener(listener), config, stores, clock, std::future::pending()).await;

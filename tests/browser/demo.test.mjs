@@ -288,7 +288,7 @@ async function main() {
     await server.kill('SIGTERM');
 
     // 4. Without dev mode: the page asks for a token.
-    const secret = 'browser-test-secret';
+    const secret = 'browser-test-secret-of-32-bytes-min';
     const prod = new Server('prod', await freePort(), ['--jwt-secret', secret]);
     await prod.start();
     const carol = await context.newPage();

@@ -37,7 +37,14 @@ fn command(args: &[&str]) -> Command {
 
 /// Runs `presence-server <args>` and waits (at most 20 s) for it to exit.
 pub async fn run(args: &[&str]) -> Output {
-    let child = command(args).output();
+    run_with_env(args, &[]).await
+}
+
+/// [`run`] with these `PRESENCE_*` (or other) variables set.
+pub async fn run_with_env(args: &[&str], vars: &[(&str, &str)]) -> Output {
+    let mut cmd = command(args);
+    cmd.envs(vars.iter().copied());
+    let child = cmd.output();
     let out = tokio::time::timeout(Duration::from_secs(20), child)
         .await
         .unwrap_or_else(|_| panic!("presence-server {args:?} did not exit within 20 s"))

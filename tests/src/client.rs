@@ -41,6 +41,8 @@ pub struct ConnectOptions {
     pub token_in_query: bool,
     /// An `Origin` header (browsers send one).
     pub origin: Option<String>,
+    /// Connect from this loopback address (e.g. 127.0.0.2) instead of the kernel's choice.
+    pub source: Option<std::net::IpAddr>,
 }
 
 /// Why a connection was not opened.
@@ -145,7 +147,24 @@ impl WsClient {
             let v = HeaderValue::from_str(o).map_err(|e| ConnectError::Other(e.to_string()))?;
             req.headers_mut().insert("origin", v);
         }
-        let connecting = tokio_tungstenite::connect_async_with_config(req, None, true);
+        let connecting = async {
+            match options.source {
+                None => tokio_tungstenite::connect_async_with_config(req, None, true).await,
+                Some(ip) => {
+                    let socket = if ip.is_ipv4() {
+                        tokio::net::TcpSocket::new_v4()
+                    } else {
+                        tokio::net::TcpSocket::new_v6()
+                    }
+                    .map_err(WsError::Io)?;
+                    socket.bind(SocketAddr::new(ip, 0)).map_err(WsError::Io)?;
+                    let stream = socket.connect(addr).await.map_err(WsError::Io)?;
+                    let _ = stream.set_nodelay(true);
+                    tokio_tungstenite::client_async_with_config(req, MaybeTlsStream::Plain(stream), None)
+                        .await
+                }
+            }
+        };
         let ws = match tokio::time::timeout(Duration::from_secs(5), connecting).await {
             Err(_) => return Err(ConnectError::Other("no handshake answer within 5 s".into())),
             Ok(Err(WsError::Http(resp))) => {

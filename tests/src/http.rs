@@ -18,26 +18,47 @@ pub struct Response {
 }
 
 impl Response {
+    /// The value of header `name` (lower case), if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
     /// The body parsed as JSON; panics with the body if it is not.
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
     }
 }
 
-/// Sends `method path` with `headers` to `addr`; `Err` on any I/O problem or after 5 s.
+/// Sends `method path` with `headers` to `addr`; `Err` on any I/O problem or after 5 s. The
+/// `Host` header is `addr` unless `headers` has one.
 pub async fn request(
     addr: SocketAddr,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
 ) -> Result<Response, String> {
+    request_with_body(addr, method, path, headers, "").await
+}
+
+/// [`request`] with a body (give its `Content-Length` in `headers`).
+pub async fn request_with_body(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<Response, String> {
     let fut = async {
         let mut s = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
-        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+        let mut req = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+            req.push_str(&format!("Host: {addr}\r\n"));
+        }
         for (k, v) in headers {
             req.push_str(&format!("{k}: {v}\r\n"));
         }
         req.push_str("\r\n");
+        req.push_str(body);
         s.write_all(req.as_bytes()).await.map_err(|e| format!("write: {e}"))?;
         let mut raw = Vec::new();
         s.read_to_end(&mut raw).await.map_err(|e| format!("read: {e}"))?;

@@ -3,7 +3,12 @@
 //! [`ServerSpec`] is the command line: the harness defaults (short timeouts, a fixed JWT secret,
 //! a data directory inside the test's directory) plus the stores of the test's [`crate::Stack`];
 //! tests override single flags with [`ServerSpec::arg`]. [`ServerSpec::start`] runs the binary with
-//! `--listen 127.0.0.1:0`, reads the address it prints, and waits for `/healthz` and `/readyz`.
+//! `--listen 127.0.0.1:0`, reads the address it prints (and the admin listener's, with
+//! `--admin-listen`), and waits for `/healthz` and `/readyz`.
+//!
+//! `/readyz` and `/metrics` answer from a snapshot of the core up to a second old;
+//! [`PresenceServer::readyz`] and [`PresenceServer::metric`] wait for one taken after they asked,
+//! so a test reads the state its last action left.
 //!
 //! The child gets a clean environment for its own settings: every inherited `PRESENCE_*` and
 //! `AWS_*` variable is removed, so only the flags below configure it.
@@ -68,6 +73,16 @@ impl ServerSpec {
         self
     }
 
+    /// Removes `flag` (e.g. the harness's `--jwt-secret`, to pass `--jwt-secret-file` instead).
+    pub fn without(mut self, flag: &str) -> ServerSpec {
+        self.args.retain(|(f, _)| f != flag);
+        self
+    }
+
+    fn value(&self, flag: &str) -> Option<&str> {
+        self.args.iter().find(|(f, _)| f == flag).and_then(|(_, v)| v.as_deref())
+    }
+
     /// Adds a flag without value (e.g. `--create-table`).
     pub fn flag(mut self, flag: &str) -> ServerSpec {
         self.args.retain(|(f, _)| f != flag);
@@ -100,7 +115,7 @@ impl ServerSpec {
 
     /// Starts the server and waits until it is healthy and ready.
     pub async fn start(self) -> PresenceServer {
-        let mut server = PresenceServer { spec: self, addr: None, proc: None };
+        let mut server = PresenceServer { spec: self, addr: None, admin: None, proc: None };
         server.spawn().await;
         server
     }
@@ -110,6 +125,8 @@ impl ServerSpec {
 pub struct PresenceServer {
     spec: ServerSpec,
     addr: Option<SocketAddr>,
+    /// The admin listener's address (with `--admin-listen`).
+    admin: Option<SocketAddr>,
     proc: Option<Proc>,
 }
 
@@ -120,30 +137,39 @@ impl PresenceServer {
             // A restart keeps the address, so clients and tests can reconnect to the same place.
             spec = spec.arg("--listen", &addr.to_string());
         }
+        if let Some(admin) = self.admin {
+            spec = spec.arg("--admin-listen", &admin.to_string());
+        }
+        let with_admin = spec.value("--admin-listen").is_some();
         let log = self.spec.dir.join(format!("{}.log", self.spec.id));
         let offset = std::fs::metadata(&log).map_or(0, |m| m.len() as usize);
         let mut proc = Proc::spawn(&format!("presence-server {}", self.spec.id), spec.command(), &log);
         let addr =
             eventually(&format!("{} to print its address", self.spec.id), Duration::from_secs(30), || {
-                let found = listening_addr(&log, offset);
+                let found = listening_addr(&log, offset, PUBLIC_LINE);
+                let admin =
+                    if with_admin { listening_addr(&log, offset, ADMIN_LINE).map(Some) } else { Some(None) };
                 let exited = proc.try_exit();
                 async move {
                     if let Some(status) = exited {
                         return Err(format!("exited with {status:?}"));
                     }
-                    found.ok_or_else(|| "not listening yet".to_owned())
+                    found.zip(admin).ok_or_else(|| "not listening yet".to_owned())
                 }
             })
             .await;
+        let (addr, admin) = addr;
         proc.assert_running();
         self.addr = Some(addr);
+        self.admin = admin;
         self.proc = Some(proc);
+        let health = self.health_addr();
         eventually(
             &format!("{} /healthz and /readyz", self.spec.id),
             Duration::from_secs(20),
             || async move {
                 let h = http::get(addr, "/healthz").await?;
-                let r = http::get(addr, "/readyz").await?;
+                let r = http::get(health, "/readyz").await?;
                 if h.status == 200 && r.status == 200 {
                     Ok(())
                 } else {
@@ -162,6 +188,16 @@ impl PresenceServer {
     /// The listening address.
     pub fn addr(&self) -> SocketAddr {
         self.addr.expect("server started")
+    }
+
+    /// The admin listener's address, if the server has one (`--admin-listen`).
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+    }
+
+    /// Where `/readyz` and `/metrics` are served: the admin listener if any, else the public one.
+    pub fn health_addr(&self) -> SocketAddr {
+        self.admin.unwrap_or_else(|| self.addr())
     }
 
     /// A valid token for `user`, signed with this server's secret.
@@ -187,12 +223,38 @@ impl PresenceServer {
         http::get(self.addr(), path).await.unwrap_or_else(|e| panic!("{} GET {path}: {e}", self.id()))
     }
 
-    /// A counter or gauge from `GET /metrics` (the unlabelled sample named `name`).
+    /// A counter or gauge from `GET /metrics` (the unlabelled sample named `name`), from a
+    /// snapshot of the core taken after this call began.
     pub async fn metric(&self, name: &str) -> u64 {
-        let body = self.get("/metrics").await.body;
-        body.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("{}: no metric {name} in /metrics", self.id()))
+        let body = self.fresh("/metrics").await.body;
+        sample(&body, name).unwrap_or_else(|| panic!("{}: no metric {name} in /metrics", self.id())) as u64
+    }
+
+    /// `GET path` (`/readyz` or `/metrics`) on [`Self::health_addr`], again until the answer's
+    /// snapshot of the core was taken after the first request was sent.
+    pub async fn fresh(&self, path: &str) -> http::Response {
+        let asked = std::time::Instant::now();
+        let addr = self.health_addr();
+        eventually(
+            &format!("{} {path} from a fresh snapshot", self.id()),
+            Duration::from_secs(5),
+            || async move {
+                let r = http::get(addr, path).await?;
+                let age_ms = if path == "/readyz" {
+                    r.json()["snapshot_age_ms"].as_f64()
+                } else {
+                    sample(&r.body, "presence_status_snapshot_age_seconds").map(|s| s * 1000.0)
+                };
+                match age_ms {
+                    Some(age) if age <= asked.elapsed().as_secs_f64() * 1000.0 => Ok(r),
+                    Some(age) => Err(format!("snapshot {age} ms old")),
+                    // No driver (shutting down): the answer is as fresh as it gets.
+                    None if r.status == 503 => Ok(r),
+                    None => Err(format!("no snapshot age in {}", r.body)),
+                }
+            },
+        )
+        .await
     }
 
     /// `GET /healthz` status.
@@ -200,9 +262,9 @@ impl PresenceServer {
         self.get("/healthz").await.status
     }
 
-    /// `GET /readyz`: status and JSON body.
+    /// `GET /readyz`: status and JSON body, from a snapshot taken after this call began.
     pub async fn readyz(&self) -> (u16, serde_json::Value) {
-        let r = self.get("/readyz").await;
+        let r = self.fresh("/readyz").await;
         (r.status, r.json())
     }
 
@@ -245,17 +307,30 @@ impl PresenceServer {
         self.spawn().await;
     }
 
+    /// The process id of the running server.
+    pub fn pid(&self) -> u32 {
+        self.proc.as_ref().expect("server running").pid()
+    }
+
     /// The server's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.spec.dir.join(format!("{}.log", self.spec.id))).unwrap_or_default()
     }
 }
 
-/// The address in the `presence-server listening on http://ADDR` line written after `offset`.
-fn listening_addr(log: &Path, offset: usize) -> Option<SocketAddr> {
+const PUBLIC_LINE: &str = "presence-server listening on http://";
+const ADMIN_LINE: &str = "presence-server admin listening on http://";
+
+/// The address in the first line starting with `prefix` (`PREFIX` + ADDR) written after `offset`.
+fn listening_addr(log: &Path, offset: usize, prefix: &str) -> Option<SocketAddr> {
     let text = std::fs::read(log).ok()?;
     let text = String::from_utf8_lossy(text.get(offset..)?);
-    let line = text.lines().find(|l| l.starts_with("presence-server listening on http://"))?;
-    let rest = line.strip_prefix("presence-server listening on http://")?;
+    let line = text.lines().find(|l| l.starts_with(prefix))?;
+    let rest = line.strip_prefix(prefix)?;
     rest.split_whitespace().next()?.parse().ok()
+}
+
+/// The value of the unlabelled sample `name` in a Prometheus text answer.
+pub fn sample(body: &str, name: &str) -> Option<f64> {
+    body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }

@@ -5,16 +5,17 @@ use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 
 fn sign(secret: &str, user: &str, exp: i64) -> String {
-    let claims = serde_json::json!({ "sub": user, "exp": exp });
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .expect("HS256 signing")
+    signed(secret, &serde_json::json!({ "sub": user, "exp": exp }))
 }
 
-fn now_secs() -> i64 {
+/// A token with exactly these claims (e.g. `nbf`, `iss`, `aud`), signed with `secret`.
+pub fn signed(secret: &str, claims: &serde_json::Value) -> String {
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(secret.as_bytes()))
+        .expect("HS256 signing")
+}
+
+/// Now, in seconds since the epoch (the unit of `exp` and `nbf`).
+pub fn now_secs() -> i64 {
     crate::time::now_ms() / 1000
 }
 
@@ -31,6 +32,12 @@ pub fn expired(secret: &str, user: &str) -> String {
 /// A well-formed token signed with another secret.
 pub fn forged(user: &str) -> String {
     sign("not-the-servers-secret", user, now_secs() + 3600)
+}
+
+/// A well-formed token signed with the empty key (what a server started with
+/// `PRESENCE_JWT_SECRET=` would have accepted).
+pub fn empty_key(user: &str) -> String {
+    sign("", user, now_secs() + 3600)
 }
 
 /// An unsigned token (`"alg":"none"`, empty signature).

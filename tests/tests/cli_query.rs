@@ -61,7 +61,8 @@ async fn cli_query() {
     assert_eq!((cli_user[0].online, cli_user[0].last_seen), (false, None), "{cli_user:?}");
 
     // Failures: message and exit code.
-    let out = cli::run(&["query", "--url", &url, "--jwt-secret", "not-the-secret", "bob"]).await;
+    let out =
+        cli::run(&["query", "--url", &url, "--jwt-secret", "not-the-secret-of-this-deployment", "bob"]).await;
     assert_eq!(
         (out.code, out.stderr.as_str()),
         (Some(3), "presence-server: the server refused the token: invalid token: bad signature\n")
