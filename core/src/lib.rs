@@ -12,6 +12,7 @@
 //! - [`time`]: monotonic and wall-clock time as handed in; RFC 3339 formatting.
 //! - [`user`]: validated user and session ids.
 //! - [`config`]: tunables and their defaults.
+//! - [`ratelimit`]: token buckets (the core's budgets, and the runtime's per-connection frame rate).
 //! - [`testkit`]: in-memory stores with Redis and DynamoDB semantics, for tests, fuzzers, simulations.
 #![warn(missing_docs, unreachable_pub)]
 
@@ -20,7 +21,7 @@ pub mod codec;
 pub mod config;
 pub mod frame;
 pub mod machine;
-mod ratelimit;
+pub mod ratelimit;
 pub mod store;
 pub mod testkit;
 pub mod time;
@@ -28,5 +29,6 @@ pub mod user;
 
 pub use config::Config;
 pub use machine::{
-    close_code, ConnId, Effect, EndReason, Input, LookupId, OutMessage, Presence, Readiness, Stats,
+    close_code, ConnId, Effect, EndReason, Input, LookupError, LookupId, OutMessage, Presence, Readiness,
+    Stats, TokenGrant,
 };

@@ -6,7 +6,9 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use presence_core::time::UnixMillis;
 use presence_core::user::UserId;
+use presence_core::TokenGrant;
 use serde::{Deserialize, Serialize};
 
 /// The claims the server reads and the `token` subcommand writes.
@@ -44,13 +46,17 @@ impl std::fmt::Debug for Auth {
     }
 }
 
+/// The default tolerance for clock differences between the token issuer and this server
+/// (`--jwt-leeway`).
+pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
+
 impl Auth {
-    /// An authenticator for HS256 tokens signed with `secret`.
+    /// An authenticator for HS256 tokens signed with `secret`, with [`DEFAULT_LEEWAY`].
     pub fn new(secret: &[u8]) -> Auth {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_required_spec_claims(&["exp", "sub"]);
         // Tolerate small clock differences between the token issuer and this server.
-        validation.leeway = 30;
+        validation.leeway = DEFAULT_LEEWAY.as_secs();
         Auth {
             decoding: DecodingKey::from_secret(secret),
             encoding: EncodingKey::from_secret(secret),
@@ -58,11 +64,28 @@ impl Auth {
         }
     }
 
+    /// The same authenticator accepting tokens up to `leeway` (whole seconds) past their `exp`.
+    pub fn with_leeway(mut self, leeway: Duration) -> Auth {
+        self.validation.leeway = leeway.as_secs();
+        self
+    }
+
     /// Verifies `token` and returns its user.
     pub fn verify(&self, token: &str) -> Result<UserId, AuthError> {
+        self.verify_grant(token).map(|g| g.user)
+    }
+
+    /// Verifies `token` and returns its user and the first wall-clock instant at which this
+    /// verifier would refuse it: `exp` is checked as `exp >= now - leeway` in whole seconds
+    /// (`now` rounded down), so a token is accepted until `exp + leeway + 1` s. A live
+    /// connection is closed (4001) at that instant.
+    pub fn verify_grant(&self, token: &str) -> Result<TokenGrant, AuthError> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| AuthError::Invalid(e.kind_description()))?;
-        UserId::new(&data.claims.sub).map_err(|_| AuthError::BadSubject)
+        let user = UserId::new(&data.claims.sub).map_err(|_| AuthError::BadSubject)?;
+        let end_secs = data.claims.exp.saturating_add(self.validation.leeway).saturating_add(1);
+        let expires = i64::try_from(end_secs).ok().and_then(|s| s.checked_mul(1_000)).map(UnixMillis);
+        Ok(TokenGrant { user, expires })
     }
 
     /// Issues a token for `user`, valid for `ttl` from now.
@@ -162,6 +185,27 @@ mod tests {
         .unwrap();
         assert_eq!(auth.verify(&bad), Err(AuthError::BadSubject));
         assert!(matches!(auth.verify("garbage"), Err(AuthError::Invalid(_))));
+    }
+
+    #[test]
+    fn grant_expires_when_the_verifier_would_refuse_the_token() {
+        let claims = Claims { sub: "bob".into(), exp: 4_000_000_000 };
+        let key = EncodingKey::from_secret(b"secret");
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap();
+        let grant = Auth::new(b"secret").verify_grant(&token).unwrap();
+        assert_eq!(grant.user, UserId::new("bob").unwrap());
+        assert_eq!(grant.expires, Some(UnixMillis((4_000_000_000 + 30 + 1) * 1_000)));
+        let grant = Auth::new(b"secret").with_leeway(Duration::ZERO).verify_grant(&token).unwrap();
+        assert_eq!(grant.expires, Some(UnixMillis((4_000_000_000 + 1) * 1_000)));
+        // Leeway zero: a token whose exp passed is refused at once.
+        let claims = Claims {
+            sub: "bob".into(),
+            exp: SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() - 2,
+        };
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap();
+        let strict = Auth::new(b"secret").with_leeway(Duration::ZERO);
+        assert_eq!(strict.verify(&token), Err(AuthError::Invalid("expired".into())));
+        assert!(Auth::new(b"secret").verify(&token).is_ok());
     }
 
     #[test]

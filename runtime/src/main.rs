@@ -212,12 +212,17 @@ async fn run(args: ServeArgs) -> Result<bool, String> {
             shutdown_timeout: args.shutdown_timeout,
             seed: rand::random(),
         },
-        auth: Auth::new(secret.as_bytes()),
+        auth: Auth::new(secret.as_bytes()).with_leeway(args.jwt_leeway),
         dev_tokens: dev,
         allowed_origins: args.allowed_origins.clone(),
         handshake_timeout: args.handshake_timeout,
         max_connections: args.max_connections,
-        ws: WsLimits { max_message_size: args.max_message_size, ..WsLimits::default() },
+        ws: WsLimits {
+            max_message_size: args.max_message_size,
+            frame_rate: args.frame_rate,
+            frame_burst: args.frame_burst,
+            ..WsLimits::default()
+        },
     };
     let flushed = serve(listener, config, stores, Arc::new(SystemClock), shutdown_signal()).await;
     Ok(flushed)

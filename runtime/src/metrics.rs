@@ -24,6 +24,11 @@ impl Counter {
         self.0.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Adds `n`.
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
     /// The current value.
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
@@ -58,6 +63,10 @@ pub struct Metrics {
     pub slow_consumers: Counter,
     /// Connections closed for a message over the size limit (1009).
     pub oversized_messages: Counter,
+    /// Connections closed by their own task for exceeding the frame rate (1008).
+    pub frame_rate_closes: Counter,
+    /// Users named in registry reads (each distinct user of a request once).
+    pub registry_users_read: Counter,
     in_flight: AtomicU64,
     /// (store, op) -> latency histogram.
     stores: Mutex<BTreeMap<(&'static str, &'static str), Histogram>>,
@@ -117,6 +126,11 @@ impl Metrics {
             status.watched_users as u64,
         );
         gauge("presence_ready", "1 when /readyz answers 200.", u64::from(r.is_ready()));
+        gauge(
+            "presence_lookup_budgets",
+            "Users holding a lookup-budget entry (requests in flight or a bucket not yet full).",
+            status.lookup_budgets as u64,
+        );
         let mut counter = |name: &str, help: &str, v: u64| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
         };
@@ -166,6 +180,21 @@ impl Metrics {
             "presence_oversized_messages_total",
             "Messages over the size limit.",
             self.oversized_messages.get(),
+        );
+        counter(
+            "presence_frame_rate_closes_total",
+            "Connections closed by their own task for exceeding the frame rate (1008).",
+            self.frame_rate_closes.get(),
+        );
+        counter(
+            "presence_registry_users_read_total",
+            "Users named in registry reads (a user repeated in one request counts once).",
+            self.registry_users_read.get(),
+        );
+        counter(
+            "presence_lookups_refused_total",
+            "Requests refused for the asking user's lookup budget or queries in flight (rate_limited, 429).",
+            s.lookups_refused,
         );
         let _ = writeln!(out, "# HELP presence_sessions_ended_total Sessions ended, by reason.");
         let _ = writeln!(out, "# TYPE presence_sessions_ended_total counter");

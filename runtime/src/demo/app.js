@@ -11,6 +11,10 @@
   const PING_EVERY_MS = 20000;
   const PONG_TIMEOUT_MS = 10000;
   const RETRY_SUBSCRIBE_MS = 2000;
+  // A connection's token is replaced this long before its `exp` (the server closes with 4001 once
+  // it expires); never sooner than REFRESH_MIN_MS from now, so a short-lived token cannot spin.
+  const REFRESH_BEFORE_EXP_MS = 60000;
+  const REFRESH_MIN_MS = 5000;
 
   const devTokens = document.querySelector('meta[name="presence-dev-tokens"]')?.content === 'true';
   const $ = (id) => document.getElementById(id);
@@ -25,6 +29,7 @@
     reconnectTimer: null,
     pingTimer: null,
     pongDeadline: null,
+    refreshTimer: null,
     nextId: 1,
     pending: new Map(), // request id -> { kind: 'add' | 'sync', users }
     contacts: new Map(), // user -> { online, lastSeen (ms or null), status: 'pending'|'known'|'unknown'|'refused' }
@@ -260,6 +265,7 @@
       state.attempt = 0;
       setConn('open');
       startPings(ws);
+      scheduleRefresh(ws);
       const users = [...state.contacts.keys()];
       if (users.length > 0) subscribe(users, 'sync');
     };
@@ -269,8 +275,36 @@
     ws.onclose = (ev) => {
       if (state.ws !== ws) return;
       dropSocket();
+      if (ev.code === 4001 && !state.tokenFromDev) {
+        // The pasted token expired: only a new one helps.
+        signOut();
+        showError('Signed out: your token expired. Paste a fresh one to sign in again.');
+        return;
+      }
       scheduleReconnect(gen, closeReason(ev));
     };
+  }
+
+  // Replaces the connection's token before it expires: a dev token is fetched again and sent in
+  // an `auth` frame; a pasted token cannot be renewed by the page, so the user is asked for a new
+  // one when the server closes the connection at expiry (4001, see ws.onclose).
+  function scheduleRefresh(ws) {
+    clearTimeout(state.refreshTimer);
+    const exp = tokenExp(state.token);
+    if (exp === null || !state.tokenFromDev) return;
+    const delay = Math.max(REFRESH_MIN_MS, exp * 1000 - Date.now() - REFRESH_BEFORE_EXP_MS);
+    state.refreshTimer = setTimeout(async () => {
+      if (state.ws !== ws) return;
+      try {
+        const token = await fetchDevToken(state.me);
+        if (state.ws !== ws) return;
+        state.token = token;
+        send({ type: 'auth', token });
+        scheduleRefresh(ws);
+      } catch (e) {
+        showError(`Could not renew the session's token: ${e.message}`);
+      }
+    }, delay);
   }
 
   function closeReason(ev) {
@@ -284,6 +318,7 @@
     state.pending.clear();
     clearInterval(state.pingTimer);
     clearTimeout(state.pongDeadline);
+    clearTimeout(state.refreshTimer);
     if (ws) {
       ws.onopen = ws.onmessage = ws.onclose = null;
       if (ws.readyState === WebSocket.CONNECTING || ws.readyState === WebSocket.OPEN) ws.close(1000);
@@ -451,6 +486,17 @@
       const part = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
       const claims = JSON.parse(atob(part.padEnd(part.length + ((4 - (part.length % 4)) % 4), '=')));
       return typeof claims.sub === 'string' && USER_RE.test(claims.sub) ? claims.sub : null;
+    } catch {
+      return null;
+    }
+  }
+
+  // The token's `exp` claim (Unix seconds), or null: only to schedule its renewal.
+  function tokenExp(token) {
+    try {
+      const part = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+      const claims = JSON.parse(atob(part.padEnd(part.length + ((4 - (part.length % 4)) % 4), '=')));
+      return typeof claims.exp === 'number' ? claims.exp : null;
     } catch {
       return null;
     }
