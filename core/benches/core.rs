@@ -35,7 +35,7 @@ fn with_sessions(n: u64) -> Presence {
     let users: Vec<UserId> = (0..n).map(|i| UserId::new(&format!("user{i}")).unwrap()).collect();
     for (i, user) in users.into_iter().enumerate() {
         let session = SessionId::new(format!("s-{i}"));
-        p.handle(at(1), Input::Open { conn: ConnId(i as u64), user, session });
+        p.handle(at(1), Input::Open { conn: ConnId(i as u64), user, session, expires: None });
     }
     ack_all(&mut p, at(1));
     p
@@ -85,7 +85,10 @@ fn churn(c: &mut Criterion) {
             t += 1_000;
             let conn = ConnId(next);
             let user = users[(next % 1_000) as usize].clone();
-            p.handle(at(t), Input::Open { conn, user, session: SessionId::new(format!("c-{next}")) });
+            p.handle(
+                at(t),
+                Input::Open { conn, user, session: SessionId::new(format!("c-{next}")), expires: None },
+            );
             ack_all(&mut p, at(t));
             p.handle(at(t), Input::Closed { conn, graceful: true });
             ack_all(&mut p, at(t));

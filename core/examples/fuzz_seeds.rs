@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use presence_core::codec;
-use presence_core::frame::{ErrorCode, Frame, PresenceEntry};
+use presence_core::frame::{ErrorCode, Frame, PresenceEntry, Token};
 use presence_core::time::UnixMillis;
 use presence_core::user::UserId;
 
@@ -22,6 +22,8 @@ fn main() -> std::io::Result<()> {
         Frame::Subscribe { id: Some(8), users: vec![u("bob")] },
         Frame::Unsubscribe { id: None, users: vec![u("bob")] },
         Frame::Bye,
+        Frame::Auth { token: Token("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJib2IifQ.c2ln".into()) },
+        Frame::Auth { token: Token(String::new()) },
         Frame::Presence {
             id: Some(7),
             users: vec![
@@ -36,6 +38,7 @@ fn main() -> std::io::Result<()> {
         Frame::Presence { id: None, users: vec![] },
         Frame::Error { id: Some(7), code: ErrorCode::TooManyUsers, message: "too \"many\" users\n".into() },
         Frame::Error { id: None, code: ErrorCode::Unavailable, message: String::new() },
+        Frame::Error { id: None, code: ErrorCode::TokenExpired, message: "expired".into() },
     ];
     for t in ["decode_json", "decode_binary", "round_trip", "core_sequence"] {
         std::fs::create_dir_all(dir.join(t))?;

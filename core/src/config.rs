@@ -27,17 +27,21 @@ pub struct Config {
     pub retry_base: Duration,
     /// Longest retry delay (before jitter). Default 10 s.
     pub retry_max: Duration,
-    /// Sustained inbound frames per second per connection; past the burst the connection is closed
-    /// with 1008. Default 20/s.
+    /// Sustained inbound data frames per second per connection; past the burst the connection is
+    /// closed with 1008. Default 20/s. The runtime enforces its own limit (pings and pongs
+    /// included) in each connection's task, before a frame reaches the core; it sets this check
+    /// looser (twice the burst), as a backstop that frames queued on their way cannot trip.
     pub frame_rate: u32,
     /// Burst of inbound frames per connection. Default 100.
     pub frame_burst: u32,
-    /// Sustained user lookups (users named in queries) per second per connection; past the burst the
-    /// request gets `rate_limited`. Default 100/s.
+    /// Sustained user lookups (distinct users named in queries, subscribe snapshots and HTTP
+    /// lookups) per second per user, shared by all of the user's connections on this server and
+    /// the HTTP API; past the burst the request gets `rate_limited`. Default 100/s.
     pub lookup_rate: u32,
-    /// Burst of user lookups per connection. Default 1,000.
+    /// Burst of user lookups per user. Default 1,000.
     pub lookup_burst: u32,
-    /// Most queries of one connection waiting for the stores at once; more get `rate_limited`. Default 8.
+    /// Most requests of one user (over all its connections and the HTTP API) waiting for the
+    /// stores at once; more get `rate_limited`. Default 8.
     pub max_queries_in_flight: u32,
     /// Lifetime of this server's lease in the registry (by the registry's clock). A server that
     /// could not renew it for this long is presumed dead: its sessions read as offline and are
@@ -50,6 +54,10 @@ pub struct Config {
     pub reap_batch: usize,
     /// Most users one connection may watch (`subscribe`); past it, `too_many_users`. Default 1,000.
     pub max_watched_users: usize,
+    /// Most distinct users this server watches for all its connections together (one
+    /// change-channel subscription each); a `subscribe` that would pass it gets `too_many_users`.
+    /// Default 1,000,000.
+    pub max_watched_users_total: usize,
     /// A watched user whose last session ends is shown offline only if not back within this; a
     /// quick reconnect shows watchers nothing. Default 5 s (zero: no grace).
     pub presence_grace: Duration,
@@ -93,6 +101,7 @@ impl Default for Config {
             lease_renew_interval: Duration::from_secs(3),
             reap_batch: 256,
             max_watched_users: 1_000,
+            max_watched_users_total: 1_000_000,
             presence_grace: Duration::from_secs(5),
             limits: Limits::default(),
             #[cfg(feature = "planted-bugs")]

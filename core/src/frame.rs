@@ -13,6 +13,9 @@ pub const MAX_USERS_PER_FRAME: usize = 256;
 pub const MAX_FRAME_BYTES: usize = 64 * 1024;
 /// Longest `message` of an `error` frame, in bytes.
 pub const MAX_ERROR_MESSAGE_BYTES: usize = 1024;
+/// Longest `token` of an `auth` frame, in bytes (an HS256 JWT with the claims the server reads is
+/// a few hundred bytes).
+pub const MAX_TOKEN_BYTES: usize = 4096;
 
 /// A protocol frame.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,6 +53,13 @@ pub enum Frame {
     },
     /// Client to server: graceful end of the session; the server records last_seen and closes (1000).
     Bye,
+    /// Client to server: replace the connection's token (before it expires). The new token must
+    /// verify and name the same user; otherwise an `error` with `bad_token` and the old token
+    /// stays in force. A success is not answered.
+    Auth {
+        /// The new token (at most [`MAX_TOKEN_BYTES`]).
+        token: Token,
+    },
     /// Server to client: presence of some users (a query answer, a snapshot, or a live change).
     Presence {
         /// The request id this answers; `None` for unsolicited updates.
@@ -66,6 +76,17 @@ pub enum Frame {
         /// Human-readable detail (at most [`MAX_ERROR_MESSAGE_BYTES`]).
         message: String,
     },
+}
+
+/// A bearer token as it travels in an `auth` frame. Its `Debug` form never shows the token, so
+/// frames and effects can be logged safely.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(pub String);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Token(<{} bytes redacted>)", self.0.len())
+    }
 }
 
 /// One user's presence as the protocol reports it.
@@ -88,20 +109,27 @@ pub enum ErrorCode {
     InvalidUser,
     /// More users than the per-frame or per-connection limit.
     TooManyUsers,
-    /// The connection is over its lookup budget; retry later.
+    /// The user is over its lookup budget (shared by all of its connections on this server and
+    /// the HTTP API), or has too many queries in flight; retry later.
     RateLimited,
     /// A store needed for the answer is unavailable; the answer is unknown, not "offline".
     Unavailable,
+    /// An `auth` frame's token did not verify or names another user; the old token stays.
+    BadToken,
+    /// The connection's token expired; the server closes the connection with 4001 right after.
+    TokenExpired,
 }
 
 impl ErrorCode {
     /// Every code, in wire order.
-    pub const ALL: [ErrorCode; 5] = [
+    pub const ALL: [ErrorCode; 7] = [
         ErrorCode::BadFrame,
         ErrorCode::InvalidUser,
         ErrorCode::TooManyUsers,
         ErrorCode::RateLimited,
         ErrorCode::Unavailable,
+        ErrorCode::BadToken,
+        ErrorCode::TokenExpired,
     ];
 
     /// The JSON spelling.
@@ -112,6 +140,8 @@ impl ErrorCode {
             ErrorCode::TooManyUsers => "too_many_users",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::BadToken => "bad_token",
+            ErrorCode::TokenExpired => "token_expired",
         }
     }
 

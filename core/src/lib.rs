@@ -13,6 +13,7 @@
 //! - [`time`]: monotonic and wall-clock time as handed in; RFC 3339 formatting.
 //! - [`user`]: validated user and session ids.
 //! - [`config`]: tunables and their defaults.
+//! - [`ratelimit`]: token buckets (the core's budgets, and the runtime's per-connection frame rate).
 //! - `testkit` (feature `testkit`, enabled only by this crate's own tests): in-memory stores with
 //!   the registry's and DynamoDB's semantics, the test model of `tests/model.rs`.
 //!
@@ -26,7 +27,7 @@ pub mod config;
 pub mod frame;
 pub mod machine;
 pub mod privacy;
-mod ratelimit;
+pub mod ratelimit;
 pub mod store;
 #[cfg(feature = "testkit")]
 pub mod testkit;
@@ -35,5 +36,6 @@ pub mod user;
 
 pub use config::Config;
 pub use machine::{
-    close_code, ConnId, Effect, EndReason, Input, LookupId, OutMessage, Presence, Readiness, Stats,
+    close_code, ConnId, Effect, EndReason, Input, LookupError, LookupId, OutMessage, Presence, Readiness,
+    Stats, TokenGrant,
 };

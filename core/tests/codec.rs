@@ -4,8 +4,8 @@
 
 use presence_core::codec::{decode, encode_binary, encode_json};
 use presence_core::frame::{
-    DecodeError, DecodeErrorKind, Encoding, ErrorCode, Frame, Limits, PresenceEntry, MAX_ERROR_MESSAGE_BYTES,
-    MAX_FRAME_BYTES, MAX_USERS_PER_FRAME,
+    DecodeError, DecodeErrorKind, Encoding, ErrorCode, Frame, Limits, PresenceEntry, Token,
+    MAX_ERROR_MESSAGE_BYTES, MAX_FRAME_BYTES, MAX_TOKEN_BYTES, MAX_USERS_PER_FRAME,
 };
 use presence_core::time::{UnixMillis, MAX_WIRE_MILLIS};
 use presence_core::user::{InvalidUserId, UserId};
@@ -95,6 +95,12 @@ fn examples() -> Vec<(Frame, &'static str, Vec<u8>)> {
         ),
         (Frame::Bye, r#"{"type":"bye"}"#, hex("06")),
         (
+            Frame::Auth { token: Token("a.b".into()) },
+            r#"{"type":"auth","token":"a.b"}"#,
+            hex("09 00 03 61 2e 62"),
+        ),
+        (Frame::Auth { token: Token(String::new()) }, r#"{"type":"auth","token":""}"#, hex("09 00 00")),
+        (
             Frame::Presence {
                 id: Some(7),
                 users: vec![
@@ -180,7 +186,15 @@ fn every_documented_binary_decodes_to_its_frame() {
 
 #[test]
 fn error_codes_have_their_wire_spelling_and_byte() {
-    let expected = ["bad_frame", "invalid_user", "too_many_users", "rate_limited", "unavailable"];
+    let expected = [
+        "bad_frame",
+        "invalid_user",
+        "too_many_users",
+        "rate_limited",
+        "unavailable",
+        "bad_token",
+        "token_expired",
+    ];
     for (byte, (code, name)) in ErrorCode::ALL.into_iter().zip(expected).enumerate() {
         let frame = Frame::Error { id: None, code, message: "m".into() };
         assert_eq!(encode_json(&frame), format!(r#"{{"type":"error","code":"{name}","message":"m"}}"#));
@@ -553,7 +567,7 @@ fn binary_every_strict_prefix_of_a_frame_is_truncated() {
 
 #[test]
 fn binary_unknown_tag() {
-    for tag in [0x00, 0x09, 0x7f, 0x80, 0xff] {
+    for tag in [0x00, 0x0a, 0x7f, 0x80, 0xff] {
         assert_eq!(dec_bin(&[tag]), err(DecodeErrorKind::UnknownType, None));
         assert_eq!(dec_bin(&[tag, 1, 2, 3]), err(DecodeErrorKind::UnknownType, None));
     }
@@ -583,9 +597,42 @@ fn binary_bad_presence_entries_are_malformed_with_id() {
 }
 
 #[test]
+fn auth_frames_bound_and_check_their_token() {
+    let long = "t".repeat(MAX_TOKEN_BYTES);
+    let frame = Frame::Auth { token: Token(long.clone()) };
+    assert_eq!(dec_json(&encode_json(&frame)), Ok(frame.clone()));
+    assert_eq!(dec_bin(&encode_binary(&frame)), Ok(frame));
+    let over = format!(r#"{{"type":"auth","token":"{long}t"}}"#);
+    assert_eq!(dec_json(&over), err(DecodeErrorKind::Malformed("token too long"), None));
+    let mut bin = vec![0x09, 0x10, 0x01];
+    bin.extend(std::iter::repeat_n(b't', MAX_TOKEN_BYTES + 1));
+    assert_eq!(dec_bin(&bin), err(DecodeErrorKind::Malformed("token too long"), None));
+    for bad in [r#"{"type":"auth"}"#, r#"{"type":"auth","token":7}"#, r#"{"type":"auth","token":null}"#] {
+        assert_eq!(
+            dec_json(bad),
+            err(DecodeErrorKind::Malformed("missing or non-string token"), None),
+            "{bad}"
+        );
+    }
+    assert_eq!(dec_bin(&hex("09 00 02 c3 28")), err(DecodeErrorKind::Malformed("token is not UTF-8"), None));
+    assert_eq!(dec_bin(&hex("09 00 05 61")), err(DecodeErrorKind::Malformed("truncated"), None));
+    assert_eq!(dec_bin(&hex("09 00")), err(DecodeErrorKind::Malformed("truncated"), None));
+    // An id on an auth frame is an unknown member: ignored.
+    assert_eq!(
+        dec_json(r#"{"type":"auth","id":3,"token":"x"}"#),
+        Ok(Frame::Auth { token: Token("x".into()) })
+    );
+    // The token never shows in a frame's Debug.
+    assert_eq!(
+        format!("{:?}", Frame::Auth { token: Token("secret".into()) }),
+        "Auth { token: Token(<6 bytes redacted>) }"
+    );
+}
+
+#[test]
 fn binary_bad_error_frames_are_malformed_with_id() {
     let id7 = "08 01 00 00 00 00 00 00 00 07";
-    assert_malformed(dec_bin(&hex(&format!("{id7} 05 00 00"))), Some(7)); // unknown code
+    assert_malformed(dec_bin(&hex(&format!("{id7} 07 00 00"))), Some(7)); // unknown code
     assert_malformed(dec_bin(&hex(&format!("{id7} ff 00 00"))), Some(7));
     assert_malformed(dec_bin(&hex(&format!("{id7} 00 00 02 c3 28"))), Some(7)); // not UTF-8
     assert_malformed(dec_bin(&hex(&format!("{id7} 00 00 01 80"))), Some(7));
@@ -646,7 +693,7 @@ fn binary_trailing_bytes_are_detected_with_id() {
             | Frame::Unsubscribe { id, .. }
             | Frame::Presence { id, .. }
             | Frame::Error { id, .. } => id,
-            Frame::Ping { .. } | Frame::Pong { .. } | Frame::Bye => None,
+            Frame::Ping { .. } | Frame::Pong { .. } | Frame::Bye | Frame::Auth { .. } => None,
         };
         assert_eq!(dec_bin(&bin), err(DecodeErrorKind::TrailingBytes, id), "{frame:?}");
     }
@@ -699,8 +746,8 @@ fn arb_code() -> impl Strategy<Value = ErrorCode> {
 
 /// Frames whose every value the wire can carry, so both encodings must round-trip them exactly.
 fn arb_frame() -> impl Strategy<Value = Frame> {
-    // `Bye` weighs as one variant among eight, as if it were listed with the others.
-    prop_oneof![7 => arb_frame_with_body(), 1 => Just(Frame::Bye)]
+    // `Bye` weighs as one variant among nine, as if it were listed with the others.
+    prop_oneof![8 => arb_frame_with_body(), 1 => Just(Frame::Bye)]
 }
 
 /// Every frame but `Bye`, the one whose binary form is a single byte (its tag): each of these
@@ -718,6 +765,7 @@ fn arb_frame_with_body() -> impl Strategy<Value = Frame> {
         (id(), arb_users()).prop_map(|(id, users)| Frame::Query { id, users }),
         (id(), arb_users()).prop_map(|(id, users)| Frame::Subscribe { id, users }),
         (id(), arb_users()).prop_map(|(id, users)| Frame::Unsubscribe { id, users }),
+        ".{0,64}".prop_map(|t| Frame::Auth { token: Token(t) }),
         (id(), prop::collection::vec(entry, 0..8)).prop_map(|(id, users)| Frame::Presence { id, users }),
         (id(), arb_code(), message).prop_map(|(id, code, message)| Frame::Error { id, code, message }),
     ]

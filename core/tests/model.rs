@@ -222,7 +222,7 @@ impl Harness {
                 prop_assert!(self.live.contains_key(&conn), "effect for closed connection {:?}", conn);
                 self.record_shown(conn, &message);
             }
-            Effect::Ping { conn } => {
+            Effect::Ping { conn } | Effect::VerifyToken { conn, .. } => {
                 prop_assert!(self.live.contains_key(&conn), "effect for closed connection {:?}", conn);
             }
             Effect::Close { conn, reason, .. } => match self.live.get(&conn) {
@@ -353,7 +353,11 @@ impl Harness {
         prop_assert_eq!(self.p.watched_users(), self.watched.len());
         let users: Vec<UserId> = USERS.iter().map(|u| UserId::new(u).unwrap()).collect();
         self.lookups.clear();
-        self.feed(Input::Lookup { lookup: presence_core::LookupId(77), users })?;
+        self.feed(Input::Lookup {
+            lookup: presence_core::LookupId(77),
+            user: UserId::new("viewer").unwrap(),
+            users,
+        })?;
         self.complete_all()?;
         prop_assert_eq!(self.lookups.len(), 1, "the lookup was not answered");
         let truth: BTreeMap<String, (bool, Option<String>)> =
@@ -431,7 +435,7 @@ impl Harness {
                     self.live.insert(conn, c);
                 }
                 self.all_conns.push(conn);
-                self.feed(Input::Open { conn, user, session })
+                self.feed(Input::Open { conn, user, session, expires: None })
             }
             Step::Ping(c) => self.message(c, Encoding::Json, br#"{"type":"ping","seq":1}"#),
             Step::Query(c, users) => {

@@ -1,7 +1,9 @@
 //! The core under arbitrary sequences of inputs: opens, raw frames, proofs of life, closes, time
 //! jumps (both clocks, both directions for the wall clock), store results in any order (ok, failed,
 //! applied-but-timed-out), registry restarts, lease expiries (and so the reaper), change
-//! notices and resyncs (subscriptions arrive as raw frames), lookups, shutdown. Asserts: no
+//! notices and resyncs (subscriptions arrive as raw frames), lookups, shutdown, token expiries
+//! and `auth` verdicts (valid, for another user, refused), closes by the connection's task for a
+//! policy breach. Asserts: no
 //! panic; the last_seen values asked for a user never regress; no effect for a connection that is
 //! not open; pending writes stay under cap + 2 x live sessions; after
 //! healing, nothing is pending, every expired lease is reaped, the registry holds exactly the
@@ -18,11 +20,12 @@ use presence_core::store::{DurableOp, EffectId, RegistryOp, StoreError, StoreOp,
 use presence_core::testkit::MemoryStores;
 use presence_core::time::{MonoTime, Now, UnixMillis};
 use presence_core::user::{SessionId, UserId};
-use presence_core::{Config, ConnId, Effect, Input, LookupId, Presence};
+use presence_core::{Config, ConnId, Effect, Input, LookupId, Presence, TokenGrant};
 
 #[derive(Arbitrary, Debug)]
 enum Op {
-    Open(u8),
+    /// A user, and the token's lifetime in seconds (`None`: never expires).
+    Open(u8, Option<u8>),
     Frame(u8, bool, Vec<u8>),
     Alive(u8),
     Close(u8, bool),
@@ -32,8 +35,11 @@ enum Op {
     LeaseExpires,
     Changed(u8),
     Resync,
-    Lookup(Vec<u8>),
+    Lookup(u8, Vec<u8>),
     Shutdown,
+    /// The runtime's verdict on an `auth` frame: conn, user, lifetime in seconds, or refused.
+    TokenChecked(u8, u8, Option<u8>, bool),
+    PolicyClosed(u8),
 }
 
 const USERS: [&str; 3] = ["bob", "alice", "carol"];
@@ -57,7 +63,8 @@ struct Run {
 
 impl Run {
     fn feed(&mut self, input: Input<'_>) {
-        let now = Now { mono: MonoTime::from_nanos(self.mono_ms * 1_000_000), wall: UnixMillis(self.wall_ms) };
+        let now =
+            Now { mono: MonoTime::from_nanos(self.mono_ms * 1_000_000), wall: UnixMillis(self.wall_ms) };
         self.p.handle(now, input);
         while let Some(e) = self.p.poll_effect() {
             match e {
@@ -66,11 +73,16 @@ impl Run {
                     self.open.remove(&conn);
                 }
                 Effect::LookupDone { .. } => {}
+                Effect::VerifyToken { conn, .. } => assert!(self.open.contains_key(&conn)),
                 Effect::Watch { user } => assert!(self.watched.insert(user), "second Watch"),
-                Effect::Unwatch { user } => assert!(self.watched.remove(&user), "Unwatch of an unwatched user"),
+                Effect::Unwatch { user } => {
+                    assert!(self.watched.remove(&user), "Unwatch of an unwatched user")
+                }
                 Effect::Store { id, op } => {
                     let asked = match &op {
-                        StoreOp::Registry(RegistryOp::EndSession { user, last_seen, .. }) => Some((user, last_seen)),
+                        StoreOp::Registry(RegistryOp::EndSession { user, last_seen, .. }) => {
+                            Some((user, last_seen))
+                        }
                         // The reaper's writes carry a dead lease's last renewal, not our values.
                         StoreOp::Durable(DurableOp::Write { user, last_seen })
                             if !self.reaped.contains(&(user.clone(), *last_seen)) =>
@@ -140,7 +152,8 @@ fuzz_target!(|ops: Vec<Op>| {
     for op in ops.into_iter().take(500) {
         let pick = |r: &Run, c: u8| ConnId(u64::from(c) % (r.next_conn + 1));
         match op {
-            Op::Open(u) => {
+            Op::Open(u, ttl) => {
+                let expires = ttl.map(|s| UnixMillis(r.wall_ms + 1_000 * i64::from(s)));
                 r.next_conn += 1;
                 let conn = ConnId(r.next_conn);
                 let user = UserId::new(USERS[usize::from(u) % USERS.len()]).unwrap();
@@ -148,7 +161,7 @@ fuzz_target!(|ops: Vec<Op>| {
                 if r.p.readiness().accepting {
                     r.open.insert(conn, (user.clone(), session.clone()));
                 }
-                r.feed(Input::Open { conn, user, session });
+                r.feed(Input::Open { conn, user, session, expires });
             }
             Op::Frame(c, binary, bytes) => {
                 let conn = pick(&r, c);
@@ -184,9 +197,25 @@ fuzz_target!(|ops: Vec<Op>| {
                     r.stores.expire_lease(token);
                 }
             }
-            Op::Lookup(names) => {
-                let users = names.iter().map(|&n| UserId::new(USERS[usize::from(n) % USERS.len()]).unwrap()).collect();
-                r.feed(Input::Lookup { lookup: LookupId(1), users });
+            Op::Lookup(asker, names) => {
+                let users = names
+                    .iter()
+                    .map(|&n| UserId::new(USERS[usize::from(n) % USERS.len()]).unwrap())
+                    .collect();
+                let user = UserId::new(USERS[usize::from(asker) % USERS.len()]).unwrap();
+                r.feed(Input::Lookup { lookup: LookupId(1), user, users });
+            }
+            Op::TokenChecked(c, u, ttl, ok) => {
+                let conn = pick(&r, c);
+                let user = UserId::new(USERS[usize::from(u) % USERS.len()]).unwrap();
+                let expires = ttl.map(|s| UnixMillis(r.wall_ms + 1_000 * i64::from(s)));
+                let result = if ok { Ok(TokenGrant { user, expires }) } else { Err("fuzz".to_owned()) };
+                r.feed(Input::TokenChecked { conn, result });
+            }
+            Op::PolicyClosed(c) => {
+                let conn = pick(&r, c);
+                r.open.remove(&conn);
+                r.feed(Input::PolicyClosed { conn });
             }
             Op::Shutdown => {
                 shut = true;

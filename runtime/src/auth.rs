@@ -5,22 +5,21 @@
 //!
 //! Checked by jsonwebtoken's [`Validation`]: the HS256 signature, `exp` (required), `nbf` (when
 //! present), `sub` (required), and `iss` / `aud` when the deployment names them ([`ClaimRules`];
-//! both then required). All times allow [`LEEWAY_SECS`] of clock difference with the issuer. A
+//! both then required). All times allow a leeway for clock differences with the issuer ([`DEFAULT_LEEWAY`], `--jwt-leeway`). A
 //! token that carries an `aud` is refused by a server that names no audience (RFC 7519, 4.1.3:
 //! a recipient that does not identify itself with the audience must reject it).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use presence_core::time::UnixMillis;
 use presence_core::user::UserId;
+use presence_core::TokenGrant;
 use serde::{Deserialize, Serialize};
 
 /// Shortest HS256 secret accepted, in bytes: RFC 7518, section 3.2 requires a key at least as
 /// long as the hash output (256 bits). Shorter ones can be guessed offline from one token.
 pub const MIN_SECRET_BYTES: usize = 32;
-
-/// Clock difference tolerated between the token issuer and this server, for `exp` and `nbf`.
-pub const LEEWAY_SECS: u64 = 30;
 
 /// The claims the `token` subcommand (and the CLI client) writes.
 #[derive(Debug, Serialize)]
@@ -33,10 +32,12 @@ struct IssuedClaims<'a> {
     aud: Option<&'a str>,
 }
 
-/// The one claim the server reads itself; the others are checked by [`Validation`].
-#[derive(Debug, Deserialize)]
-struct Subject {
+/// The claims the server reads itself (the user, and `exp` for the connection's deadline); the
+/// others are checked by [`Validation`].
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
     sub: String,
+    exp: u64,
 }
 
 /// The optional claims a deployment requires (`--jwt-issuer`, `--jwt-audience`). When one is
@@ -79,9 +80,14 @@ impl std::fmt::Debug for Auth {
     }
 }
 
+/// The default tolerance for clock differences between the token issuer and this server
+/// (`--jwt-leeway`).
+pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
+
 impl Auth {
-    /// An authenticator for HS256 tokens signed with `secret`, requiring no `iss` or `aud`.
-    /// The length of `secret` is checked where it is configured ([`MIN_SECRET_BYTES`]).
+    /// An authenticator for HS256 tokens signed with `secret`, requiring no `iss` or `aud`, with
+    /// [`DEFAULT_LEEWAY`]. The length of `secret` is checked where it is configured
+    /// ([`MIN_SECRET_BYTES`]).
     pub fn new(secret: &[u8]) -> Auth {
         Auth::with_rules(secret, ClaimRules::default())
     }
@@ -101,7 +107,7 @@ impl Auth {
         }
         validation.set_required_spec_claims(&required);
         // Tolerate small clock differences between the token issuer and this server.
-        validation.leeway = LEEWAY_SECS;
+        validation.leeway = DEFAULT_LEEWAY.as_secs();
         Auth {
             decoding: DecodingKey::from_secret(secret),
             encoding: EncodingKey::from_secret(secret),
@@ -110,11 +116,28 @@ impl Auth {
         }
     }
 
+    /// The same authenticator accepting tokens up to `leeway` (whole seconds) past their `exp`.
+    pub fn with_leeway(mut self, leeway: Duration) -> Auth {
+        self.validation.leeway = leeway.as_secs();
+        self
+    }
+
     /// Verifies `token` and returns its user.
     pub fn verify(&self, token: &str) -> Result<UserId, AuthError> {
-        let data = jsonwebtoken::decode::<Subject>(token, &self.decoding, &self.validation)
+        self.verify_grant(token).map(|g| g.user)
+    }
+
+    /// Verifies `token` and returns its user and the first wall-clock instant at which this
+    /// verifier would refuse it: `exp` is checked as `exp >= now - leeway` in whole seconds
+    /// (`now` rounded down), so a token is accepted until `exp + leeway + 1` s. A live
+    /// connection is closed (4001) at that instant.
+    pub fn verify_grant(&self, token: &str) -> Result<TokenGrant, AuthError> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| AuthError::Invalid(e.kind_description()))?;
-        UserId::new(&data.claims.sub).map_err(|_| AuthError::BadSubject)
+        let user = UserId::new(&data.claims.sub).map_err(|_| AuthError::BadSubject)?;
+        let end_secs = data.claims.exp.saturating_add(self.validation.leeway).saturating_add(1);
+        let expires = i64::try_from(end_secs).ok().and_then(|s| s.checked_mul(1_000)).map(UnixMillis);
+        Ok(TokenGrant { user, expires })
     }
 
     /// Issues a token for `user`, valid for `ttl` from now, with this deployment's `iss` and `aud`.
@@ -272,6 +295,27 @@ mod tests {
             plain.verify(&claims(Some("anyone"), None)).is_ok(),
             "iss is not checked when not configured"
         );
+    }
+
+    #[test]
+    fn grant_expires_when_the_verifier_would_refuse_the_token() {
+        let claims = Claims { sub: "bob".into(), exp: 4_000_000_000 };
+        let key = EncodingKey::from_secret(b"secret");
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap();
+        let grant = Auth::new(b"secret").verify_grant(&token).unwrap();
+        assert_eq!(grant.user, UserId::new("bob").unwrap());
+        assert_eq!(grant.expires, Some(UnixMillis((4_000_000_000 + 30 + 1) * 1_000)));
+        let grant = Auth::new(b"secret").with_leeway(Duration::ZERO).verify_grant(&token).unwrap();
+        assert_eq!(grant.expires, Some(UnixMillis((4_000_000_000 + 1) * 1_000)));
+        // Leeway zero: a token whose exp passed is refused at once.
+        let claims = Claims {
+            sub: "bob".into(),
+            exp: SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() - 2,
+        };
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap();
+        let strict = Auth::new(b"secret").with_leeway(Duration::ZERO);
+        assert_eq!(strict.verify(&token), Err(AuthError::Invalid("expired".into())));
+        assert!(Auth::new(b"secret").verify(&token).is_ok());
     }
 
     #[test]

@@ -8,7 +8,11 @@
 //!   last_seen for it.
 //! - `watch` opens a WebSocket session on `/v1/ws`, sends one `subscribe` and reports the snapshot
 //!   and every pushed change until the server closes the connection or the caller stops it. The
-//!   session is a real one: the identity it runs as shows as online while it watches.
+//!   session is a real one: the identity it runs as shows as online while it watches. The server
+//!   closes a connection whose token expired (4001), so `watch` replaces its token in band (an
+//!   `auth` frame) well before that: a token it signs itself (1 h) every 30 minutes, a dev token
+//!   (24 h) every hour. A token given with `--token` cannot be renewed: that `watch` ends with the
+//!   server's 4001 close once the token (plus the server's leeway) expires.
 //!
 //! Where the token comes from, first match wins ([`TokenSource`]): a token given as is; a token
 //! the client signs for its identity with the deployment's secret; or, from a dev-mode server, one
@@ -40,6 +44,10 @@ use crate::auth::Auth;
 const MAX_HTTP_BODY: usize = 1024 * 1024;
 /// Lifetime of a token the client signs itself: long enough for one command, short if it leaks.
 const SELF_SIGNED_TTL: Duration = Duration::from_secs(3600);
+/// How often `watch` replaces a token it signs itself: at half its lifetime.
+const SELF_SIGNED_REFRESH: Duration = Duration::from_secs(1800);
+/// How often `watch` fetches a fresh dev token (a dev-mode server issues them for 24 h).
+const DEV_TOKEN_REFRESH: Duration = Duration::from_secs(3600);
 
 /// Why a client command failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -251,6 +259,7 @@ impl Client {
         let mut snapshot_seen = false;
         let mut answer_due = Some(Instant::now() + self.timeout);
         let mut next_probe = Instant::now() + self.timeout;
+        let mut refresh_at = self.refresh_interval().map(|d| Instant::now() + d);
         tokio::pin!(stop);
         loop {
             let next = tokio::select! {
@@ -263,6 +272,15 @@ impl Client {
                     return Ok(());
                 }
                 () = sleep_until_opt(answer_due) => return Err(ClientError::Timeout(self.timeout)),
+                () = sleep_until_opt(refresh_at) => {
+                    // A success is not answered; a refusal comes back as a `bad_token` error.
+                    let auth = Frame::Auth { token: presence_core::frame::Token(self.token().await?) };
+                    if let Err(e) = ws.send(Message::text(codec::encode_json(&auth))).await {
+                        return Err(ClientError::Closed { code: 1006, reason: e.to_string() });
+                    }
+                    refresh_at = self.refresh_interval().map(|d| Instant::now() + d);
+                    continue;
+                }
                 () = tokio::time::sleep_until(next_probe), if answer_due.is_none() => {
                     let ping = Message::text(codec::encode_json(&Frame::Ping { seq: None }));
                     if let Err(e) = ws.send(ping).await {
@@ -305,6 +323,15 @@ impl Client {
                 Frame::Error { code, message, .. } => return Err(ClientError::Refused { code, message }),
                 other => return Err(ClientError::Protocol(format!("unexpected frame {other:?}"))),
             }
+        }
+    }
+
+    /// How often `watch` replaces its token in band; `None` for a token given as is (it cannot).
+    fn refresh_interval(&self) -> Option<Duration> {
+        match self.token {
+            TokenSource::Given(_) => None,
+            TokenSource::Sign { .. } => Some(SELF_SIGNED_REFRESH),
+            TokenSource::Dev(_) => Some(DEV_TOKEN_REFRESH),
         }
     }
 

@@ -166,6 +166,17 @@ pub struct ServeArgs {
     /// Inbound frame burst per connection.
     #[arg(long, env = "PRESENCE_FRAME_BURST", default_value_t = 100)]
     pub frame_burst: u32,
+    /// User lookups per second per user (sustained), shared by all of the user's connections on
+    /// this server and `GET /v1/presence`; past the burst: `rate_limited` / HTTP 429.
+    #[arg(long, env = "PRESENCE_LOOKUP_RATE", default_value_t = 100)]
+    pub lookup_rate: u32,
+    /// User lookup burst per user.
+    #[arg(long, env = "PRESENCE_LOOKUP_BURST", default_value_t = 1_000)]
+    pub lookup_burst: u32,
+    /// Tolerance (whole seconds) for tokens past their `exp`, at the handshake and on live
+    /// connections (which are closed with 4001 once it has passed too).
+    #[arg(long, env = "PRESENCE_JWT_LEEWAY", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub jwt_leeway: Duration,
     /// Cap on pending last_seen writes; at the cap new sessions are refused (1013).
     #[arg(long, env = "PRESENCE_MAX_PENDING_WRITES", default_value_t = 100_000)]
     pub max_pending_writes: usize,
@@ -193,6 +204,10 @@ pub struct ServeArgs {
     /// `too_many_users`.
     #[arg(long, env = "PRESENCE_MAX_WATCHED_USERS", default_value_t = 1_000)]
     pub max_watched_users: usize,
+    /// Most distinct users this server watches for all its connections together; a `subscribe`
+    /// that would pass it gets `too_many_users`.
+    #[arg(long, env = "PRESENCE_MAX_WATCHED_USERS_TOTAL", default_value_t = 1_000_000)]
+    pub max_watched_users_total: usize,
     /// A watched user whose last session ends is pushed as offline only if not back within this
     /// (no offline/online flapping on a quick reconnect); `0s` pushes at once.
     #[arg(long, env = "PRESENCE_OFFLINE_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
@@ -367,10 +382,13 @@ impl ServeArgs {
             ("--max-pending-writes", self.max_pending_writes),
             ("--max-message-size", self.max_message_size),
             ("--max-watched-users", self.max_watched_users),
+            ("--max-watched-users-total", self.max_watched_users_total),
             ("--frame-rate", self.frame_rate as usize),
             ("--frame-burst", self.frame_burst as usize),
             ("--max-handshakes", self.edge.max_handshakes),
             ("--max-sessions-per-user", self.edge.max_sessions_per_user),
+            ("--lookup-rate", self.lookup_rate as usize),
+            ("--lookup-burst", self.lookup_burst as usize),
         ] {
             if v == 0 {
                 return Err(ConfigError::Zero(name));
@@ -390,10 +408,15 @@ impl ServeArgs {
             max_clock_skew: self.max_clock_skew,
             retry_max: self.retry_max,
             frame_rate: self.frame_rate,
-            frame_burst: self.frame_burst,
+            // Each connection's task enforces the flags' limit (`crate::ws`); the core's own check
+            // is a backstop that frames bunched up on their way to the driver cannot trip.
+            frame_burst: self.frame_burst.saturating_mul(2),
+            lookup_rate: self.lookup_rate,
+            lookup_burst: self.lookup_burst,
             lease_ttl: self.lease_ttl,
             lease_renew_interval: self.lease_renew_interval,
             max_watched_users: self.max_watched_users,
+            max_watched_users_total: self.max_watched_users_total,
             presence_grace: self.offline_grace,
             limits,
             ..presence_core::Config::default()
@@ -421,8 +444,13 @@ mod tests {
         assert_eq!(s.lease_ttl, Duration::from_secs(10));
         assert_eq!(s.lease_renew_interval, Duration::from_secs(3));
         assert_eq!((s.max_watched_users, s.offline_grace), (1_000, Duration::from_secs(5)));
+        assert_eq!((s.lookup_rate, s.lookup_burst, s.max_watched_users_total), (100, 1_000, 1_000_000));
+        assert_eq!(s.jwt_leeway, Duration::from_secs(30));
         assert_eq!(s.validate(), Ok(()));
         let core = s.core_config();
+        assert_eq!((core.lookup_rate, core.lookup_burst, core.max_queries_in_flight), (100, 1_000, 8));
+        assert_eq!((core.frame_rate, core.frame_burst), (20, 200));
+        assert_eq!(core.max_watched_users_total, 1_000_000);
         assert_eq!((core.lease_ttl, core.lease_renew_interval), (s.lease_ttl, s.lease_renew_interval));
     }
 

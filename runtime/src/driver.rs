@@ -11,13 +11,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use presence_core::frame::{Encoding, ErrorCode, PresenceEntry};
-use presence_core::store::{EffectId, StoreError, StoreOp, StoreOutput};
+use presence_core::store::{EffectId, RegistryOp, StoreError, StoreOp, StoreOutput};
+use presence_core::time::UnixMillis;
 use presence_core::user::{SessionId, UserId};
-use presence_core::{ConnId, Effect, Input, LookupId, OutMessage, Presence};
+use presence_core::{ConnId, Effect, Input, LookupError, LookupId, OutMessage, Presence};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument};
 
+use crate::auth::Auth;
 use crate::clock::{MonoOrigin, WallClock};
 use crate::metrics::Metrics;
 use crate::store::{DurableStore, Notice, RegistryStore};
@@ -36,17 +38,40 @@ pub enum Outbound {
 /// Messages to the driver.
 #[derive(Debug)]
 pub(crate) enum ToDriver {
-    Open { conn: ConnId, user: UserId, session: SessionId, outbox: futures_channel::mpsc::Sender<Outbound> },
-    Message { conn: ConnId, encoding: Encoding, payload: Vec<u8> },
-    Alive { conn: ConnId },
-    Closed { conn: ConnId, graceful: bool },
-    Lookup { users: Vec<UserId>, reply: oneshot::Sender<LookupResult> },
+    Open {
+        conn: ConnId,
+        user: UserId,
+        session: SessionId,
+        expires: Option<UnixMillis>,
+        outbox: futures_channel::mpsc::Sender<Outbound>,
+    },
+    Message {
+        conn: ConnId,
+        encoding: Encoding,
+        payload: Vec<u8>,
+    },
+    Alive {
+        conn: ConnId,
+    },
+    Closed {
+        conn: ConnId,
+        graceful: bool,
+    },
+    /// The connection's task closed it for breaking its frame rate or message size.
+    PolicyClosed {
+        conn: ConnId,
+    },
+    Lookup {
+        user: UserId,
+        users: Vec<UserId>,
+        reply: oneshot::Sender<LookupResult>,
+    },
     Status(oneshot::Sender<Status>),
     Shutdown,
 }
 
-/// The answer to a lookup: presence entries, or an error code and message.
-pub(crate) type LookupResult = Result<Vec<PresenceEntry>, (ErrorCode, String)>;
+/// The answer to a lookup: presence entries, or why there are none.
+pub(crate) type LookupResult = Result<Vec<PresenceEntry>, LookupError>;
 
 /// A store result on its way back to the driver.
 struct StoreDone {
@@ -98,11 +123,15 @@ impl DriverHandle {
         rx.await.ok()
     }
 
-    /// Presence of `users` from outside any connection.
-    pub(crate) async fn lookup(&self, users: Vec<UserId>) -> LookupResult {
+    /// Presence of `users` from outside any connection, asked by `user` (whose budget pays).
+    pub(crate) async fn lookup(&self, user: UserId, users: Vec<UserId>) -> LookupResult {
         let (reply, rx) = oneshot::channel();
-        let down = || (ErrorCode::Unavailable, "server is shutting down".to_owned());
-        if !self.send(ToDriver::Lookup { users, reply }).await {
+        let down = || LookupError {
+            code: ErrorCode::Unavailable,
+            message: "server is shutting down".to_owned(),
+            retry_after: None,
+        };
+        if !self.send(ToDriver::Lookup { user, users, reply }).await {
             return Err(down());
         }
         rx.await.unwrap_or_else(|_| Err(down()))
@@ -116,6 +145,8 @@ pub(crate) const OUTBOX: usize = 64;
 
 pub(crate) struct Driver {
     core: Presence,
+    /// Verifies the tokens of `auth` frames ([`Effect::VerifyToken`]).
+    auth: Auth,
     origin: MonoOrigin,
     clock: Arc<dyn WallClock>,
     stores: Stores,
@@ -141,6 +172,7 @@ impl Driver {
         core: presence_core::Config,
         config: DriverConfig,
         stores: Stores,
+        auth: Auth,
         clock: Arc<dyn WallClock>,
         metrics: Arc<Metrics>,
     ) -> (Driver, DriverHandle) {
@@ -153,6 +185,7 @@ impl Driver {
         let notices = stores.registry.notices();
         let driver = Driver {
             core: Presence::new(core, config.seed),
+            auth,
             origin: MonoOrigin::now(),
             clock,
             registry_slots: Arc::new(Semaphore::new(config.registry_concurrency)),
@@ -231,9 +264,9 @@ impl Driver {
 
     fn on_message(&mut self, msg: ToDriver) {
         match msg {
-            ToDriver::Open { conn, user, session, outbox } => {
+            ToDriver::Open { conn, user, session, expires, outbox } => {
                 self.outboxes.insert(conn, outbox);
-                self.feed(Input::Open { conn, user, session });
+                self.feed(Input::Open { conn, user, session, expires });
             }
             ToDriver::Message { conn, encoding, payload } => {
                 self.feed(Input::Message { conn, encoding, payload: &payload })
@@ -243,11 +276,15 @@ impl Driver {
                 self.outboxes.remove(&conn);
                 self.feed(Input::Closed { conn, graceful });
             }
-            ToDriver::Lookup { users, reply } => {
+            ToDriver::PolicyClosed { conn } => {
+                self.outboxes.remove(&conn);
+                self.feed(Input::PolicyClosed { conn });
+            }
+            ToDriver::Lookup { user, users, reply } => {
                 self.next_lookup += 1;
                 let lookup = LookupId(self.next_lookup);
                 self.lookups.insert(lookup, reply);
-                self.feed(Input::Lookup { lookup, users });
+                self.feed(Input::Lookup { lookup, user, users });
             }
             ToDriver::Status(reply) => {
                 self.metrics.status_snapshots.inc();
@@ -274,6 +311,7 @@ impl Driver {
             registry_backlog: self.core.registry_backlog(),
             store_ops_in_flight: self.metrics.store_ops_in_flight(),
             watched_users: self.core.watched_users(),
+            lookup_budgets: self.core.budget_entries(),
         }
     }
 
@@ -299,6 +337,12 @@ impl Driver {
                 if let Some(reply) = self.lookups.remove(&lookup) {
                     let _ = reply.send(result);
                 }
+            }
+            Effect::VerifyToken { conn, token } => {
+                // An HMAC over a few hundred bytes: cheap enough to do inline, and each
+                // connection's frame rate bounds how often it can ask.
+                let result = self.auth.verify_grant(&token.0).map_err(|e| e.to_string());
+                self.feed(Input::TokenChecked { conn, result });
             }
             Effect::Store { id, op } => self.spawn_store(id, op),
             Effect::Watch { user } => self.stores.registry.watch(&user),
@@ -333,6 +377,9 @@ impl Driver {
             StoreOp::Durable(_) => (self.stores.durable.kind(), self.durable_slots.clone()),
         };
         let kind = op_kind(&op);
+        if let StoreOp::Registry(RegistryOp::Read { users }) = &op {
+            metrics.registry_users_read.add(users.len() as u64);
+        }
         let (registry, durable) = (self.stores.registry.clone(), self.stores.durable.clone());
         let span = tracing::debug_span!("store", id = id.0, store = label, op = kind);
         metrics.store_started();

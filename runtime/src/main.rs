@@ -253,12 +253,17 @@ async fn run(args: ServeArgs) -> Result<bool, String> {
             shutdown_timeout: args.shutdown_timeout,
             seed: rand::random(),
         },
-        auth,
+        auth: auth.with_leeway(args.jwt_leeway),
         dev_tokens: dev,
         allowed_origins: args.allowed_origins.clone(),
         handshake_timeout: args.handshake_timeout,
         max_connections: args.max_connections,
-        ws: WsLimits { max_message_size: args.max_message_size, ..WsLimits::default() },
+        ws: WsLimits {
+            max_message_size: args.max_message_size,
+            frame_rate: args.frame_rate,
+            frame_burst: args.frame_burst,
+            ..WsLimits::default()
+        },
         edge: EdgeLimits {
             max_handshakes: args.edge.max_handshakes,
             max_sessions_per_user: args.edge.max_sessions_per_user,

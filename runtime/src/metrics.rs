@@ -27,6 +27,8 @@ pub struct Status {
     pub store_ops_in_flight: usize,
     /// Users watched by at least one connection (one change-channel subscription each).
     pub watched_users: usize,
+    /// Users holding a lookup-budget entry in the core.
+    pub lookup_budgets: usize,
 }
 
 /// A monotonically increasing counter.
@@ -37,6 +39,11 @@ impl Counter {
     /// Adds one.
     pub fn inc(&self) {
         self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Adds `n`.
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
     }
 
     /// The current value.
@@ -95,6 +102,10 @@ pub struct Metrics {
     /// Snapshots of the core the driver took for `/readyz` and `/metrics` (at most one per
     /// refresh interval, whatever the request rate).
     pub status_snapshots: Counter,
+    /// Connections closed by their own task for exceeding the frame rate (1008).
+    pub frame_rate_closes: Counter,
+    /// Users named in registry reads (each distinct user of a request once).
+    pub registry_users_read: Counter,
     in_flight: AtomicU64,
     /// (store, op) -> latency histogram.
     stores: Mutex<BTreeMap<(&'static str, &'static str), Histogram>>,
@@ -159,6 +170,11 @@ impl Metrics {
             status.watched_users as u64,
         );
         gauge("presence_ready", "1 when /readyz answers 200.", u64::from(r.is_ready()));
+        gauge(
+            "presence_lookup_budgets",
+            "Users holding a lookup-budget entry (requests in flight or a bucket not yet full).",
+            status.lookup_budgets as u64,
+        );
         let mut counter = |name: &str, help: &str, v: u64| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
         };
@@ -208,6 +224,21 @@ impl Metrics {
             "presence_oversized_messages_total",
             "Messages over the size limit.",
             self.oversized_messages.get(),
+        );
+        counter(
+            "presence_frame_rate_closes_total",
+            "Connections closed by their own task for exceeding the frame rate (1008).",
+            self.frame_rate_closes.get(),
+        );
+        counter(
+            "presence_registry_users_read_total",
+            "Users named in registry reads (a user repeated in one request counts once).",
+            self.registry_users_read.get(),
+        );
+        counter(
+            "presence_lookups_refused_total",
+            "Requests refused for the asking user's lookup budget or queries in flight (rate_limited, 429).",
+            s.lookups_refused,
         );
         counter(
             "presence_handshakes_refused_total",

@@ -23,6 +23,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use presence_core::frame::{ErrorCode, PresenceEntry};
 use presence_core::user::UserId;
+use presence_core::TokenGrant;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
@@ -141,8 +142,14 @@ pub async fn serve_with_admin<L: Listener, A: Listener>(
     shutdown: impl Future<Output = ()> + Send,
 ) -> bool {
     let metrics = Arc::new(Metrics::default());
-    let (driver, handle) =
-        Driver::new(config.core.clone(), config.driver.clone(), stores, clock, metrics.clone());
+    let (driver, handle) = Driver::new(
+        config.core.clone(),
+        config.driver.clone(),
+        stores,
+        config.auth.clone(),
+        clock,
+        metrics.clone(),
+    );
     let driver = tokio::spawn(driver.run());
     let boot = format!("{:08x}", rand::random::<u32>());
     let limits = config.edge.clone();
@@ -328,12 +335,13 @@ fn error_body(code: &str, message: &str) -> serde_json::Value {
     serde_json::json!({ "code": code, "message": message })
 }
 
-/// The user of a request, from its bearer token or `access_token` parameter; `Err` is the 401 reason.
-fn authenticate(shared: &Shared, req: &Request<Incoming>) -> Result<UserId, String> {
+/// The user of a request (and when its token expires), from its bearer token or `access_token`
+/// parameter; `Err` is the 401 reason.
+fn authenticate(shared: &Shared, req: &Request<Incoming>) -> Result<TokenGrant, String> {
     let authz = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let verified = match Auth::token_from(authz, req.uri().query()) {
         None => Err("missing bearer token".to_owned()),
-        Some(token) => shared.config.auth.verify(&token).map_err(|e| e.to_string()),
+        Some(token) => shared.config.auth.verify_grant(&token).map_err(|e| e.to_string()),
     };
     if verified.is_err() {
         shared.metrics.refused_unauthorized.inc();
@@ -368,8 +376,8 @@ fn header_has_token(req: &Request<Incoming>, name: header::HeaderName, token: &s
 }
 
 fn upgrade(shared: &Arc<Shared>, mut req: Request<Incoming>, peer: Option<IpAddr>) -> Response<Body> {
-    let user = match authenticate(shared, &req) {
-        Ok(u) => u,
+    let grant = match authenticate(shared, &req) {
+        Ok(g) => g,
         Err(reason) => return unauthorized(&reason),
     };
     if !origin_allowed(shared, &req) {
@@ -405,7 +413,7 @@ fn upgrade(shared: &Arc<Shared>, mut req: Request<Incoming>, peer: Option<IpAddr
         },
         _ => None,
     };
-    let Some(user_slot) = shared.per_user.try_acquire(&user) else {
+    let Some(user_slot) = shared.per_user.try_acquire(&grant.user) else {
         shared.metrics.refused_sessions_per_user.inc();
         let msg = format!(
             "at most {} sessions of one user on this server",
@@ -429,7 +437,8 @@ fn upgrade(shared: &Arc<Shared>, mut req: Request<Incoming>, peer: Option<IpAddr
                 }
                 let ctx = ws::ConnContext {
                     conn: presence_core::ConnId(n),
-                    user,
+                    user: grant.user,
+                    expires: grant.expires,
                     session: presence_core::user::SessionId::new(session),
                     driver: shared.driver.clone(),
                     metrics: shared.metrics.clone(),
@@ -454,10 +463,14 @@ fn upgrade(shared: &Arc<Shared>, mut req: Request<Incoming>, peer: Option<IpAddr
 }
 
 /// `GET /v1/presence?users=bob,carol`: the objects of a `presence` frame, as `{"users":[...]}`.
+///
+/// Lookups are paid from the asking user's budget, shared with its WebSocket connections; over
+/// it: 429 with `Retry-After` (whole seconds, at least 1).
 async fn presence(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
-    if let Err(reason) = authenticate(shared, req) {
-        return unauthorized(&reason);
-    }
+    let asker = match authenticate(shared, req) {
+        Ok(g) => g.user,
+        Err(reason) => return unauthorized(&reason),
+    };
     let list = req.uri().query().and_then(|q| query_param(q, "users")).unwrap_or_default();
     let names: Vec<&str> = list.split(',').filter(|s| !s.is_empty()).collect();
     let max = shared.config.core.max_query_users;
@@ -475,17 +488,29 @@ async fn presence(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
             }
         }
     }
-    match shared.driver.lookup(users).await {
+    match shared.driver.lookup(asker, users).await {
         Ok(entries) => json(StatusCode::OK, &serde_json::json!({ "users": entries_json(&entries) })),
-        Err((code, msg)) => {
-            let status = if code == ErrorCode::Unavailable {
+        Err(e) if e.code == ErrorCode::RateLimited => {
+            let mut r = json(StatusCode::TOO_MANY_REQUESTS, &error_body(e.code.as_str(), &e.message));
+            let secs = retry_after_secs(e.retry_after);
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            r
+        }
+        Err(e) => {
+            let status = if e.code == ErrorCode::Unavailable {
                 StatusCode::SERVICE_UNAVAILABLE
             } else {
                 StatusCode::BAD_REQUEST
             };
-            json(status, &error_body(code.as_str(), &msg))
+            json(status, &error_body(e.code.as_str(), &e.message))
         }
     }
+}
+
+/// `Retry-After` in whole seconds: the wait rounded up, at least 1 (also when the wait is unknown:
+/// queries in flight finish within a store timeout).
+fn retry_after_secs(wait: Option<Duration>) -> u64 {
+    wait.map_or(1, |d| d.as_nanos().div_ceil(1_000_000_000).max(1) as u64)
 }
 
 fn entries_json(entries: &[PresenceEntry]) -> Vec<serde_json::Value> {

@@ -3,11 +3,21 @@
 //! The task reads messages and forwards them to the driver (data frames, and pongs/pings as proof of
 //! life), and writes what the driver puts in its outbox. It decides nothing about presence; it only
 //! reports how the connection ended: a Close frame or EOF is graceful, an I/O error is not.
+//!
+//! Per-connection limits are enforced here, before anything reaches the one driver that all
+//! connections share: every inbound message (data, ping and pong alike) takes a token from the
+//! connection's frame bucket (`--frame-rate` / `--frame-burst`), and tungstenite refuses messages
+//! over `--max-message-size` while reading them. Past either, the task closes the connection
+//! itself (1008 "frame rate limit exceeded", 1009 "message too big") and tells the driver the
+//! session ended for a policy breach (last_seen = now). A flooding client thus costs the driver
+//! nothing beyond its allowance, and cannot queue work ahead of other clients' proofs of life.
 
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use presence_core::frame::Encoding;
+use presence_core::ratelimit::TokenBucket;
+use presence_core::time::{MonoTime, UnixMillis};
 use presence_core::user::{SessionId, UserId};
 use presence_core::{close_code, ConnId, OutMessage};
 use std::sync::Arc;
@@ -35,6 +45,10 @@ pub struct WsLimits {
     pub max_write_buffer_size: usize,
     /// A write that cannot complete in this time (the client stopped reading) ends the connection.
     pub write_timeout: Duration,
+    /// Sustained inbound messages per second (data, ping and pong); past the burst: close 1008.
+    pub frame_rate: u32,
+    /// Inbound message burst.
+    pub frame_burst: u32,
 }
 
 impl Default for WsLimits {
@@ -45,6 +59,8 @@ impl Default for WsLimits {
             write_buffer_size: 0,
             max_write_buffer_size: 128 * 1024,
             write_timeout: Duration::from_secs(10),
+            frame_rate: 20,
+            frame_burst: 100,
         }
     }
 }
@@ -65,6 +81,8 @@ pub(crate) struct ConnContext {
     pub(crate) conn: ConnId,
     pub(crate) user: UserId,
     pub(crate) session: SessionId,
+    /// When the token stops being valid (`presence_core::Input::Open`).
+    pub(crate) expires: Option<UnixMillis>,
     pub(crate) driver: DriverHandle,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) limits: WsLimits,
@@ -87,12 +105,21 @@ async fn serve<Io: AsyncRead + AsyncWrite + Unpin + Send>(mut ws: WebSocketStrea
     // 1 KiB for every idle connection; this one allocates per queued message. Capacity is
     // `buffer + 1` (one per sender), so OUTBOX in all.
     let (outbox, mut rx) = futures_channel::mpsc::channel(OUTBOX - 1);
-    let open = ToDriver::Open { conn, user: ctx.user.clone(), session: ctx.session.clone(), outbox };
+    let open = ToDriver::Open {
+        conn,
+        user: ctx.user.clone(),
+        session: ctx.session.clone(),
+        expires: ctx.expires,
+        outbox,
+    };
     if !ctx.driver.send(open).await {
         let _ = close(&mut ws, close_code::GOING_AWAY, "server shutting down", &ctx.limits).await;
         return;
     }
     debug!("open");
+    let started = tokio::time::Instant::now();
+    let (rate, burst) = (ctx.limits.frame_rate, ctx.limits.frame_burst);
+    let mut frames = TokenBucket::full(burst, MonoTime::ZERO);
     // `Some(graceful)` once the connection ended on the client's side (or by an I/O error);
     // `None` when the server closed it (the core already knows).
     let ended: Option<bool> = loop {
@@ -126,7 +153,19 @@ async fn serve<Io: AsyncRead + AsyncWrite + Unpin + Send>(mut ws: WebSocketStrea
                     break None;
                 }
             },
-            msg = ws.next() => match msg {
+            msg = ws.next() => {
+                let counted = matches!(
+                    msg,
+                    Some(Ok(Message::Text(_) | Message::Binary(_) | Message::Ping(_) | Message::Pong(_)))
+                );
+                let at = MonoTime::from_nanos(u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX));
+                if counted && !frames.try_take(1, rate, burst, at) {
+                    ctx.metrics.frame_rate_closes.inc();
+                    let _ = close(&mut ws, close_code::POLICY, "frame rate limit exceeded", &ctx.limits).await;
+                    ctx.driver.send(ToDriver::PolicyClosed { conn }).await;
+                    return;
+                }
+                match msg {
                 Some(Ok(Message::Text(t))) => {
                     let payload = t.as_bytes().to_vec();
                     ctx.driver.send(ToDriver::Message { conn, encoding: Encoding::Json, payload }).await;
@@ -145,12 +184,14 @@ async fn serve<Io: AsyncRead + AsyncWrite + Unpin + Send>(mut ws: WebSocketStrea
                     ctx.metrics.oversized_messages.inc();
                     let _ = close(&mut ws, close_code::TOO_BIG, "message too big", &ctx.limits).await;
                     // Server-initiated for a live client: its last_seen is now.
-                    break Some(true);
+                    ctx.driver.send(ToDriver::PolicyClosed { conn }).await;
+                    return;
                 }
                 Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => break Some(true),
                 Some(Err(e)) => {
                     debug!(error = %e, "connection failed");
                     break Some(false);
+                }
                 }
             },
         }

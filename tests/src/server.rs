@@ -205,6 +205,28 @@ impl PresenceServer {
         token::valid(&self.spec.secret, user)
     }
 
+    /// A token for `user` signed with this server's secret, expiring at `exp` (Unix seconds).
+    pub fn token_with_exp(&self, user: &str, exp: i64) -> String {
+        token::with_exp(&self.spec.secret, user, exp)
+    }
+
+    /// Connects `user` with `token`; panics if refused.
+    pub async fn connect_token(&self, user: &str, token: &str) -> WsClient {
+        let options = ConnectOptions { token: Some(token.to_owned()), ..ConnectOptions::default() };
+        WsClient::connect(self.addr(), user, &options)
+            .await
+            .unwrap_or_else(|e| panic!("{user} could not connect to {}: {e:?}", self.id()))
+    }
+
+    /// `GET /v1/presence?users=...` as `as_user`, whatever the answer (status, headers, body).
+    pub async fn try_presence_http(&self, as_user: &str, users: &[&str]) -> http::Response {
+        let path = format!("/v1/presence?users={}", users.join(","));
+        let auth = format!("Bearer {}", self.token(as_user));
+        http::request(self.addr(), "GET", &path, &[("Authorization", &auth)])
+            .await
+            .unwrap_or_else(|e| panic!("{} GET {path}: {e}", self.id()))
+    }
+
     /// Connects `user` with a valid token; panics if refused.
     pub async fn connect(&self, user: &str) -> WsClient {
         let options = ConnectOptions { token: Some(self.token(user)), ..ConnectOptions::default() };

@@ -19,6 +19,11 @@ pub fn now_secs() -> i64 {
     crate::time::now_ms() / 1000
 }
 
+/// A token for `user` that expires at `exp` (Unix seconds).
+pub fn with_exp(secret: &str, user: &str, exp: i64) -> String {
+    sign(secret, user, exp)
+}
+
 /// A valid token for `user`, for one hour.
 pub fn valid(secret: &str, user: &str) -> String {
     sign(secret, user, now_secs() + 3600)

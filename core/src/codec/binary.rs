@@ -6,7 +6,8 @@
 //! by a declared count.
 
 use crate::frame::{
-    DecodeError, DecodeErrorKind, ErrorCode, Frame, Limits, PresenceEntry, MAX_ERROR_MESSAGE_BYTES,
+    DecodeError, DecodeErrorKind, ErrorCode, Frame, Limits, PresenceEntry, Token, MAX_ERROR_MESSAGE_BYTES,
+    MAX_TOKEN_BYTES,
 };
 use crate::time::{UnixMillis, MAX_WIRE_MILLIS, MIN_WIRE_MILLIS};
 use crate::user::{check_user_id, UserId};
@@ -27,6 +28,8 @@ pub const TAG_BYE: u8 = 0x06;
 pub const TAG_PRESENCE: u8 = 0x07;
 /// Tag of `error`.
 pub const TAG_ERROR: u8 = 0x08;
+/// Tag of `auth`.
+pub const TAG_AUTH: u8 = 0x09;
 
 /// Presence entry flags: the user is online.
 const FLAG_ONLINE: u8 = 0b01;
@@ -50,7 +53,8 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Frame, DecodeError> {
 ///
 /// A `last_seen` outside the wire range is clamped and an over-long error message is cut, exactly
 /// as the JSON encoder does. Lists longer than 65,535 (far beyond any sane `Limits::max_users`)
-/// cannot be represented and are cut to their first 65,535 entries.
+/// cannot be represented and are cut to their first 65,535 entries; so is a token longer than
+/// 65,535 bytes (no decoder accepts one over [`MAX_TOKEN_BYTES`] anyway).
 pub fn encode(frame: &Frame) -> Vec<u8> {
     let mut out = Vec::with_capacity(64);
     match frame {
@@ -66,6 +70,13 @@ pub fn encode(frame: &Frame) -> Vec<u8> {
         Frame::Subscribe { id, users } => put_user_frame(&mut out, TAG_SUBSCRIBE, *id, users),
         Frame::Unsubscribe { id, users } => put_user_frame(&mut out, TAG_UNSUBSCRIBE, *id, users),
         Frame::Bye => out.push(TAG_BYE),
+        Frame::Auth { token } => {
+            out.push(TAG_AUTH);
+            let bytes = token.0.as_bytes();
+            let len = u16::try_from(bytes.len()).unwrap_or(u16::MAX);
+            out.extend_from_slice(&len.to_be_bytes());
+            out.extend_from_slice(bytes.get(..usize::from(len)).unwrap_or(bytes));
+        }
         Frame::Presence { id, users } => {
             out.push(TAG_PRESENCE);
             put_opt_u64(&mut out, *id);
@@ -218,6 +229,16 @@ fn frame(r: &mut Reader<'_>, limits: &Limits, id: &mut Option<u64>) -> Result<Fr
         TAG_PING => Ok(Frame::Ping { seq: r.opt_u64()? }),
         TAG_PONG => Ok(Frame::Pong { seq: r.opt_u64()? }),
         TAG_BYE => Ok(Frame::Bye),
+        TAG_AUTH => {
+            let len = usize::from(r.u16()?);
+            let bytes = r.take(len)?;
+            if len > MAX_TOKEN_BYTES {
+                return Err(DecodeErrorKind::Malformed("token too long"));
+            }
+            let token =
+                std::str::from_utf8(bytes).map_err(|_| DecodeErrorKind::Malformed("token is not UTF-8"))?;
+            Ok(Frame::Auth { token: Token(token.to_owned()) })
+        }
         TAG_QUERY | TAG_SUBSCRIBE | TAG_UNSUBSCRIBE => {
             *id = r.opt_u64()?;
             let count = r.count(limits.max_users)?;

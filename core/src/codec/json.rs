@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value};
 
 use crate::frame::{
-    DecodeError, DecodeErrorKind, ErrorCode, Frame, Limits, PresenceEntry, MAX_ERROR_MESSAGE_BYTES,
+    DecodeError, DecodeErrorKind, ErrorCode, Frame, Limits, PresenceEntry, Token, MAX_ERROR_MESSAGE_BYTES,
+    MAX_TOKEN_BYTES,
 };
 use crate::time::UnixMillis;
 use crate::user::UserId;
@@ -62,6 +63,15 @@ fn frame(ty: &str, obj: &Object, limits: &Limits, id: &mut Option<u64>) -> Resul
         "ping" => Ok(Frame::Ping { seq: opt_u64(obj, "seq")? }),
         "pong" => Ok(Frame::Pong { seq: opt_u64(obj, "seq")? }),
         "bye" => Ok(Frame::Bye),
+        "auth" => {
+            let Some(Value::String(token)) = obj.get("token") else {
+                return Err(DecodeErrorKind::Malformed("missing or non-string token"));
+            };
+            if token.len() > MAX_TOKEN_BYTES {
+                return Err(DecodeErrorKind::Malformed("token too long"));
+            }
+            Ok(Frame::Auth { token: Token(token.clone()) })
+        }
         "query" | "subscribe" | "unsubscribe" => {
             *id = opt_u64(obj, "id")?;
             let users = user_ids(users_array(obj, limits)?)?;
@@ -183,6 +193,9 @@ enum Wire<'a> {
         users: Users<'a>,
     },
     Bye,
+    Auth {
+        token: &'a str,
+    },
     Presence {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
@@ -205,6 +218,7 @@ impl<'a> From<&'a Frame> for Wire<'a> {
             Frame::Subscribe { id, users } => Wire::Subscribe { id: *id, users: Users(users) },
             Frame::Unsubscribe { id, users } => Wire::Unsubscribe { id: *id, users: Users(users) },
             Frame::Bye => Wire::Bye,
+            Frame::Auth { token } => Wire::Auth { token: &token.0 },
             Frame::Presence { id, users } => Wire::Presence { id: *id, users: Entries(users) },
             Frame::Error { id, code, message } => {
                 Wire::Error { id: *id, code: code.as_str(), message: super::wire_message(message) }

@@ -1,4 +1,14 @@
-//! Connections: open, frames, heartbeat, and the end of a session.
+//! Connections: open, frames, heartbeat, token lifetime, and the end of a session.
+//!
+//! Token lifetime: the runtime verifies tokens (at the handshake, and for an `auth` frame through
+//! [`Effect::VerifyToken`]) and hands in when each stops being valid, on the wall clock. The core
+//! converts that once into a monotonic deadline (`expires - wall now`, from `mono now`) and owns
+//! the timer: at the deadline the connection gets `error` `token_expired` and is closed with
+//! 4001, its last_seen the close time, as for any server-initiated close. An `auth` frame whose
+//! token verifies for the same user replaces the deadline; anything else gets `bad_token` and the
+//! old deadline stays.
+
+use std::time::Duration;
 
 use crate::codec;
 use crate::frame::{DecodeErrorKind, Encoding, ErrorCode, Frame};
@@ -8,7 +18,7 @@ use crate::user::{SessionId, UserId};
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::io::{close_code, ConnId, Effect, EndReason, OutMessage};
+use super::io::{close_code, ConnId, Effect, EndReason, OutMessage, TokenGrant};
 use super::watch::View;
 use super::writes::{Session, Sid};
 use super::Presence;
@@ -28,9 +38,10 @@ pub(super) struct Conn {
     timer_at: MonoTime,
     /// Encoding of the client's latest data frame; unsolicited frames use it.
     encoding: Encoding,
+    /// Backstop of the runtime's per-connection frame rate (see `Config::frame_rate`).
     frames: TokenBucket,
-    lookups: TokenBucket,
-    pub(super) queries_in_flight: u32,
+    /// When the token stops being valid (monotonic; armed in `Presence::expiries`).
+    expires: Option<MonoTime>,
     /// Users this connection subscribed to.
     pub(super) watching: BTreeSet<UserId>,
     /// What this connection was last shown of each of them (snapshot, then pushes).
@@ -38,7 +49,13 @@ pub(super) struct Conn {
 }
 
 impl Presence {
-    pub(super) fn on_open(&mut self, conn: ConnId, user: UserId, session: SessionId) {
+    pub(super) fn on_open(
+        &mut self,
+        conn: ConnId,
+        user: UserId,
+        session: SessionId,
+        expires: Option<UnixMillis>,
+    ) {
         if self.conns.contains_key(&conn) {
             // A reused id is a driver bug; keep the existing session rather than corrupt it.
             return;
@@ -52,6 +69,7 @@ impl Presence {
         self.next_sid += 1;
         let sid = Sid(self.next_sid);
         let timer_at = self.now.saturating_add(self.first_check_delay());
+        let expires = self.deadline_of(expires);
         self.conns.insert(
             conn,
             Conn {
@@ -63,18 +81,28 @@ impl Presence {
                 timer_at,
                 encoding: Encoding::Json,
                 frames: TokenBucket::full(self.config.frame_burst, self.now),
-                lookups: TokenBucket::full(self.config.lookup_burst, self.now),
-                queries_in_flight: 0,
+                expires,
                 watching: BTreeSet::new(),
                 shown: BTreeMap::new(),
             },
         );
         self.timers.insert((timer_at, conn));
+        if let Some(at) = expires {
+            self.expiries.insert((at, conn));
+        }
         self.sessions.insert(sid, Session::new(user.clone(), session));
         self.users.entry(user.clone()).or_default().live += 1;
         self.user_ref(&user);
         self.stats.sessions_opened += 1;
         self.dirty_sessions.insert(sid);
+    }
+
+    /// The monotonic deadline of a wall-clock expiry, taken at the current input: a token that is
+    /// already expired gets `now` (it fires before this input's handling ends).
+    fn deadline_of(&self, expires: Option<UnixMillis>) -> Option<MonoTime> {
+        let at = expires?;
+        let left = u64::try_from(at.0.saturating_sub(self.wall.0)).unwrap_or(0);
+        Some(self.now.saturating_add(Duration::from_millis(left)))
     }
 
     fn first_check_delay(&self) -> std::time::Duration {
@@ -128,10 +156,44 @@ impl Presence {
             Frame::Subscribe { id, users } => self.on_subscribe(conn, id, users),
             Frame::Unsubscribe { users, .. } => self.on_unsubscribe(conn, users),
             Frame::Bye => self.close(conn, close_code::NORMAL, "bye", EndReason::Close),
+            Frame::Auth { token } => self.effects.push_back(Effect::VerifyToken { conn, token }),
             Frame::Pong { .. } | Frame::Presence { .. } | Frame::Error { .. } => {
                 self.send_error(conn, None, ErrorCode::BadFrame, "frame type is server-to-client only")
             }
         }
+    }
+
+    /// The runtime verified (or refused) the token of an `auth` frame.
+    pub(super) fn on_token_checked(&mut self, conn: ConnId, result: Result<TokenGrant, String>) {
+        let Some(c) = self.conns.get(&conn) else { return };
+        let grant = match result {
+            Ok(g) if g.user == c.user => g,
+            Ok(_) => {
+                return self.send_error(conn, None, ErrorCode::BadToken, "the token is for another user")
+            }
+            Err(why) => return self.send_error(conn, None, ErrorCode::BadToken, &why),
+        };
+        let expires = self.deadline_of(grant.expires);
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        if let Some(old) = std::mem::replace(&mut c.expires, expires) {
+            self.expiries.remove(&(old, conn));
+        }
+        if let Some(at) = expires {
+            self.expiries.insert((at, conn));
+        }
+    }
+
+    /// The expiry armed for `conn` at `at` fired.
+    pub(super) fn check_expiry(&mut self, conn: ConnId, at: MonoTime) {
+        if self.conns.get(&conn).is_some_and(|c| c.expires == Some(at)) {
+            self.send_error(conn, None, ErrorCode::TokenExpired, "the connection's token expired");
+            self.close(conn, close_code::TOKEN_EXPIRED, "token expired", EndReason::Expired);
+        }
+    }
+
+    /// The connection's task closed it for breaking a per-connection limit.
+    pub(super) fn on_policy_closed(&mut self, conn: ConnId) {
+        self.end_conn(conn, EndReason::Policy);
     }
 
     pub(super) fn on_closed(&mut self, conn: ConnId, graceful: bool) {
@@ -188,12 +250,15 @@ impl Presence {
             return false;
         };
         self.timers.remove(&(c.timer_at, conn));
+        if let Some(at) = c.expires {
+            self.expiries.remove(&(at, conn));
+        }
         self.unwatch_all(conn, c.watching);
         // Graceful and server-initiated ends happen now; a timeout or a reset means the peer may have
         // been gone since its last proof of life, which is the more accurate last_seen.
         let at = match why {
             EndReason::Timeout | EndReason::Abrupt => c.last_proof_wall,
-            EndReason::Close | EndReason::Policy | EndReason::Shutdown => self.wall,
+            EndReason::Close | EndReason::Policy | EndReason::Shutdown | EndReason::Expired => self.wall,
         };
         if let Some(u) = self.users.get_mut(&c.user) {
             u.live = u.live.saturating_sub(1);
@@ -220,12 +285,6 @@ impl Presence {
         let mut message = message.to_owned();
         truncate_utf8(&mut message, crate::frame::MAX_ERROR_MESSAGE_BYTES);
         self.send(conn, &Frame::Error { id, code, message });
-    }
-
-    /// Takes `n` lookups from the connection's budget.
-    pub(super) fn take_lookups(&mut self, conn: ConnId, n: usize) -> bool {
-        let (rate, burst, now) = (self.config.lookup_rate, self.config.lookup_burst, self.now);
-        self.conns.get_mut(&conn).is_some_and(|c| c.lookups.try_take(n as u64, rate, burst, now))
     }
 }
 

@@ -1,7 +1,10 @@
 //! What goes into the state machine ([`Input`]) and what comes out ([`Effect`]).
 
-use crate::frame::{Encoding, ErrorCode, PresenceEntry};
+use std::time::Duration;
+
+use crate::frame::{Encoding, ErrorCode, PresenceEntry, Token};
 use crate::store::{EffectId, StoreError, StoreOp, StoreOutput};
+use crate::time::UnixMillis;
 use crate::user::{SessionId, UserId};
 
 /// A connection, named by the driver. Ids must not be reused within one core's lifetime.
@@ -23,6 +26,11 @@ pub enum Input<'a> {
         user: UserId,
         /// A session id unique across all servers.
         session: SessionId,
+        /// When the token stops being valid, on the wall clock: its `exp` plus the leeway the
+        /// verifier allowed (the first instant it would refuse the token). `None`: never. The core
+        /// turns it into a monotonic deadline once, at this input (`expires - now.wall` from
+        /// `now.mono`), so a later wall-clock step does not move it.
+        expires: Option<UnixMillis>,
     },
     /// A data message arrived: text (JSON) or binary.
     Message {
@@ -46,11 +54,29 @@ pub enum Input<'a> {
         /// Whether the peer ended it in an orderly way.
         graceful: bool,
     },
-    /// Presence of these users, asked from outside any connection (validated, rate-limited and
-    /// authenticated by the driver). Answered with [`Effect::LookupDone`].
+    /// The connection's own task closed it for breaking a per-connection limit (frame rate,
+    /// message size) before the frame reached the core: the session ends now, like a
+    /// server-initiated close ([`EndReason::Policy`]).
+    PolicyClosed {
+        /// Which connection.
+        conn: ConnId,
+    },
+    /// The runtime's verdict on the token of an `auth` frame ([`Effect::VerifyToken`]).
+    TokenChecked {
+        /// Which connection sent it.
+        conn: ConnId,
+        /// The verified token's user and expiry, or why it did not verify: sent as is as the
+        /// `bad_token` error's message (so it must not contain the token).
+        result: Result<TokenGrant, String>,
+    },
+    /// Presence of these users, asked from outside any connection (validated and authenticated
+    /// by the driver; rate-limited here, against `user`'s budget). Answered with
+    /// [`Effect::LookupDone`].
     Lookup {
         /// Correlates the answer.
         lookup: LookupId,
+        /// Who asks (from a verified token): whose lookup budget pays.
+        user: UserId,
         /// The users (at most `Config::max_query_users`).
         users: Vec<UserId>,
     },
@@ -91,6 +117,29 @@ pub mod close_code {
     pub const TOO_BIG: u16 = 1009;
     /// Try again later: at connection or pending-write capacity, or shutting down.
     pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// The connection's token expired (sent after an `error` frame with `token_expired`).
+    /// In the 4000-4999 range RFC 6455 leaves to applications.
+    pub const TOKEN_EXPIRED: u16 = 4001;
+}
+
+/// A token the runtime verified (signature, claims, `sub`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenGrant {
+    /// Its subject.
+    pub user: UserId,
+    /// As in [`Input::Open`]: the first wall-clock instant it is no longer valid; `None`: never.
+    pub expires: Option<UnixMillis>,
+}
+
+/// Why a lookup ([`Input::Lookup`]) got no answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LookupError {
+    /// The protocol's error code.
+    pub code: ErrorCode,
+    /// Human-readable detail.
+    pub message: String,
+    /// For `rate_limited`: how long until the same request would be within budget.
+    pub retry_after: Option<Duration>,
 }
 
 /// A message for the driver to send on a connection.
@@ -127,12 +176,20 @@ pub enum Effect {
         /// Short reason for the close frame.
         reason: &'static str,
     },
-    /// The answer to [`Input::Lookup`]: one entry per user in order, or an error code and message.
+    /// The answer to [`Input::Lookup`]: one entry per user in order, or why there is none.
     LookupDone {
         /// From the input.
         lookup: LookupId,
         /// The presence entries, or why there are none.
-        result: Result<Vec<PresenceEntry>, (ErrorCode, String)>,
+        result: Result<Vec<PresenceEntry>, LookupError>,
+    },
+    /// Verify this token (an `auth` frame's) and answer with [`Input::TokenChecked`]. Identity
+    /// is the runtime's business: the core only compares the verified user with the connection's.
+    VerifyToken {
+        /// Which connection sent it.
+        conn: ConnId,
+        /// The token (its `Debug` is redacted).
+        token: Token,
     },
     /// Start receiving change notices for this user ([`Input::Changed`]): its first watcher. Once
     /// the subscription is in place, feed one `Changed` for the user: a change made between the
@@ -168,12 +225,20 @@ pub enum EndReason {
     Policy,
     /// Server shutdown.
     Shutdown,
+    /// The connection's token expired (close 4001).
+    Expired,
 }
 
 impl EndReason {
     /// Every reason, for metrics export.
-    pub const ALL: [EndReason; 5] =
-        [EndReason::Close, EndReason::Timeout, EndReason::Abrupt, EndReason::Policy, EndReason::Shutdown];
+    pub const ALL: [EndReason; 6] = [
+        EndReason::Close,
+        EndReason::Timeout,
+        EndReason::Abrupt,
+        EndReason::Policy,
+        EndReason::Shutdown,
+        EndReason::Expired,
+    ];
 
     /// Metric label.
     pub fn as_str(self) -> &'static str {
@@ -183,6 +248,7 @@ impl EndReason {
             EndReason::Abrupt => "abrupt",
             EndReason::Policy => "policy",
             EndReason::Shutdown => "shutdown",
+            EndReason::Expired => "expired",
         }
     }
 }
@@ -193,7 +259,7 @@ pub struct Stats {
     /// Sessions opened.
     pub sessions_opened: u64,
     /// Sessions ended, indexed like [`EndReason::ALL`].
-    pub sessions_ended: [u64; 5],
+    pub sessions_ended: [u64; 6],
     /// Connections refused at the pending-write cap or during shutdown.
     pub sessions_refused: u64,
     /// Store operations that failed and were scheduled again.
@@ -216,6 +282,9 @@ pub struct Stats {
     pub sessions_reaped: u64,
     /// Live `presence` frames pushed to watchers.
     pub pushes: u64,
+    /// Requests (queries, snapshots, HTTP lookups) refused for the asking user's lookup budget or
+    /// its queries in flight (`rate_limited`).
+    pub lookups_refused: u64,
 }
 
 /// Whether the server should receive traffic (`/readyz`).

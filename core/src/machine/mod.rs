@@ -8,8 +8,10 @@
 //! Submodules: `conn` (connections, heartbeat, frames), `writes` (registry and durable writes with
 //! retries and coalescing), `query` (presence reads with the durable fallback), `lease` (this
 //! server's lease, the lease view readers filter with, and the reaper of dead servers' sessions),
-//! `watch` (subscriptions: live `presence` pushes, the grace against flapping).
+//! `watch` (subscriptions: live `presence` pushes, the grace against flapping), `budget` (per-user
+//! lookup budgets shared by all of a user's connections and its HTTP lookups).
 
+mod budget;
 mod conn;
 pub(crate) mod io;
 mod lease;
@@ -29,8 +31,12 @@ use crate::store::{EffectId, StoreError, StoreOp, StoreOutput};
 use crate::time::{MonoTime, Now, UnixMillis};
 use crate::user::UserId;
 
-pub use io::{close_code, ConnId, Effect, EndReason, Input, LookupId, OutMessage, Readiness, Stats};
+pub use io::{
+    close_code, ConnId, Effect, EndReason, Input, LookupError, LookupId, OutMessage, Readiness, Stats,
+    TokenGrant,
+};
 
+use budget::Budgets;
 use conn::Conn;
 use lease::Lease;
 use query::QueryState;
@@ -56,6 +62,10 @@ pub struct Presence {
     /// One heartbeat check per connection, (when, conn). Re-armed lazily when it fires, so a frame
     /// costs a hash lookup and two stores, not a tree update.
     timers: BTreeSet<(MonoTime, ConnId)>,
+    /// Token expiry deadlines, (when, conn), one per connection whose token expires.
+    expiries: BTreeSet<(MonoTime, ConnId)>,
+    /// Per-user lookup budgets.
+    budgets: Budgets,
     /// Sessions this server owns in the registry: live ones, and ended ones until their end is
     /// acknowledged by the registry.
     sessions: BTreeMap<Sid, Session>,
@@ -137,6 +147,8 @@ impl Presence {
             next_sid: 0,
             conns: FxHashMap::default(),
             timers: BTreeSet::new(),
+            expiries: BTreeSet::new(),
+            budgets: Budgets::default(),
             sessions: BTreeMap::new(),
             users: HashMap::new(),
             durable: BTreeMap::new(),
@@ -169,11 +181,13 @@ impl Presence {
         self.now = mono;
         self.wall = wall;
         match input {
-            Input::Open { conn, user, session } => self.on_open(conn, user, session),
+            Input::Open { conn, user, session, expires } => self.on_open(conn, user, session, expires),
             Input::Message { conn, encoding, payload } => self.on_message(conn, encoding, payload),
             Input::Alive { conn } => self.on_alive(conn),
             Input::Closed { conn, graceful } => self.on_closed(conn, graceful),
-            Input::Lookup { lookup, users } => self.start_lookup(lookup, users),
+            Input::PolicyClosed { conn } => self.on_policy_closed(conn),
+            Input::TokenChecked { conn, result } => self.on_token_checked(conn, result),
+            Input::Lookup { lookup, user, users } => self.start_lookup(lookup, user, users),
             Input::Timeout => {}
             Input::StoreDone { id, result } => self.on_store_done(id, result),
             Input::RegistryRestarted => self.on_registry_restarted(),
@@ -197,7 +211,9 @@ impl Presence {
         let hb = self.timers.first().map(|(t, _)| *t);
         let retry = self.retries.first().map(|(t, _)| *t);
         let grace = self.watches.grace.first().map(|(t, _)| *t);
-        [hb, retry, grace, self.lease_deadline()].into_iter().flatten().min()
+        let expiry = self.expiries.first().map(|(t, _)| *t);
+        let sweep = self.budgets.sweep.first().map(|(t, _)| *t);
+        [hb, retry, grace, expiry, sweep, self.lease_deadline()].into_iter().flatten().min()
     }
 
     /// Counters for metrics.
@@ -336,6 +352,21 @@ impl Presence {
             }
             self.timers.pop_first();
             self.check_heartbeat(conn);
+        }
+        while let Some(&(at, conn)) = self.expiries.first() {
+            if at > self.now {
+                break;
+            }
+            self.expiries.pop_first();
+            self.check_expiry(conn, at);
+        }
+        while let Some(&(at, ref user)) = self.budgets.sweep.first() {
+            if at > self.now {
+                break;
+            }
+            let user = user.clone();
+            self.budgets.sweep.pop_first();
+            self.sweep_due(&user);
         }
         while let Some(&(at, ref key)) = self.retries.first() {
             if at > self.now {

@@ -2,13 +2,18 @@
 //! no last_seen for (lost in a restart, or never cached), a backfill of those into the registry,
 //! and one reply: a `presence` frame for a connection's query, or [`Effect::LookupDone`] for a
 //! lookup from outside a connection (the HTTP API).
+//!
+//! A request naming a user more than once is answered in order, one entry per position, but
+//! each distinct user is read (and paid for from the asker's budget, `budget.rs`) once.
+
+use std::collections::BTreeMap;
 
 use crate::frame::{ErrorCode, Frame, PresenceEntry};
 use crate::store::{DurableOp, RegistryEntry, RegistryOp, StoreError, StoreOp, StoreOutput};
 use crate::time::UnixMillis;
 use crate::user::UserId;
 
-use super::io::{ConnId, Effect, LookupId};
+use super::io::{ConnId, Effect, LookupError, LookupId};
 use super::writes::Sid;
 use super::{InFlight, Presence};
 
@@ -16,7 +21,12 @@ use super::{InFlight, Presence};
 #[derive(Debug)]
 pub(super) struct QueryState {
     asker: Asker,
+    /// Whose budget holds a slot in flight for this request (released with the reply).
+    payer: Option<UserId>,
+    /// The distinct users to read, in order of first appearance.
     users: Vec<UserId>,
+    /// For a request that repeated ids: per requested position, its index in `users`.
+    order: Option<Vec<usize>>,
     entries: Vec<RegistryEntry>,
     /// Per user: a registry entry under a live lease.
     online: Vec<bool>,
@@ -60,52 +70,58 @@ impl Presence {
         let Some(c) = self.conns.get(&conn) else {
             return false;
         };
-        if c.queries_in_flight >= self.config.max_queries_in_flight {
-            self.send_error(conn, request, ErrorCode::RateLimited, "too many queries in flight");
-            return false;
-        }
-        if !self.take_lookups(conn, users.len()) {
-            self.send_error(conn, request, ErrorCode::RateLimited, "lookup rate limit exceeded");
-            return false;
-        }
-        self.stats.queries += 1;
+        let (user, sid) = (c.user.clone(), c.sid);
         if users.is_empty() {
+            self.stats.queries += 1;
             self.send(conn, &Frame::Presence { id: request, users: Vec::new() });
             return true;
         }
-        let Some(c) = self.conns.get_mut(&conn) else {
+        let (users, order) = distinct(users);
+        if let Err(refusal) = self.admit(&user, users.len()) {
+            self.send_error(conn, request, ErrorCode::RateLimited, &refusal.message());
             return false;
-        };
-        c.queries_in_flight += 1;
-        let sid = c.sid;
-        self.read_registry(Asker::Conn { conn, sid, request, subscribe }, users);
+        }
+        self.stats.queries += 1;
+        self.read_registry(Asker::Conn { conn, sid, request, subscribe }, Some(user), users, order);
         true
     }
 
     /// Re-reads watched users (`watch.rs`); answered with `watched_read`.
     pub(super) fn read_watched(&mut self, users: Vec<UserId>) {
-        self.read_registry(Asker::Watch, users);
+        self.read_registry(Asker::Watch, None, users, None);
     }
 
-    /// A lookup from outside any connection: validated and rate-limited by the caller (the HTTP
-    /// front end); answered with [`Effect::LookupDone`].
-    pub(super) fn start_lookup(&mut self, lookup: LookupId, users: Vec<UserId>) {
+    /// A lookup by `user` from outside any connection: validated by the caller (the HTTP front
+    /// end), paid from `user`'s budget; answered with [`Effect::LookupDone`].
+    pub(super) fn start_lookup(&mut self, lookup: LookupId, user: UserId, users: Vec<UserId>) {
+        let refuse = |code, message: String, retry_after| Effect::LookupDone {
+            lookup,
+            result: Err(LookupError { code, message, retry_after }),
+        };
         if users.len() > self.config.max_query_users {
-            let err = (
-                ErrorCode::TooManyUsers,
-                format!("at most {} users per lookup", self.config.max_query_users),
-            );
-            return self.effects.push_back(Effect::LookupDone { lookup, result: Err(err) });
+            let msg = format!("at most {} users per lookup", self.config.max_query_users);
+            return self.effects.push_back(refuse(ErrorCode::TooManyUsers, msg, None));
         }
         if users.is_empty() {
             return self.effects.push_back(Effect::LookupDone { lookup, result: Ok(Vec::new()) });
         }
-        self.read_registry(Asker::Lookup(lookup), users);
+        let (users, order) = distinct(users);
+        if let Err(refusal) = self.admit(&user, users.len()) {
+            let effect = refuse(ErrorCode::RateLimited, refusal.message(), refusal.retry_after());
+            return self.effects.push_back(effect);
+        }
+        self.read_registry(Asker::Lookup(lookup), Some(user), users, order);
     }
 
-    fn read_registry(&mut self, asker: Asker, users: Vec<UserId>) {
+    fn read_registry(
+        &mut self,
+        asker: Asker,
+        payer: Option<UserId>,
+        users: Vec<UserId>,
+        order: Option<Vec<usize>>,
+    ) {
         let op = StoreOp::Registry(RegistryOp::Read { users: users.clone() });
-        let state = QueryState { asker, users, entries: Vec::new(), online: Vec::new() };
+        let state = QueryState { asker, payer, users, order, entries: Vec::new(), online: Vec::new() };
         self.emit_store(op, InFlight::QueryRegistry(Box::new(state)));
     }
 
@@ -164,7 +180,10 @@ impl Presence {
         self.reply(q);
     }
 
-    fn fail_query(&mut self, q: QueryState, why: &str) {
+    fn fail_query(&mut self, mut q: QueryState, why: &str) {
+        if let Some(payer) = q.payer.take() {
+            self.release_budget(&payer);
+        }
         match q.asker {
             Asker::Conn { conn, sid, request, .. } => {
                 if self.finish_query(conn, sid) {
@@ -172,25 +191,23 @@ impl Presence {
                 }
             }
             Asker::Lookup(lookup) => {
-                let result = Err((ErrorCode::Unavailable, why.to_owned()));
-                self.effects.push_back(Effect::LookupDone { lookup, result });
+                let error =
+                    LookupError { code: ErrorCode::Unavailable, message: why.to_owned(), retry_after: None };
+                self.effects.push_back(Effect::LookupDone { lookup, result: Err(error) });
             }
             Asker::Watch => self.watched_read(&q.users, None),
         }
     }
 
-    /// Releases the connection's in-flight slot; returns whether the asking session is still there.
-    fn finish_query(&mut self, conn: ConnId, sid: Sid) -> bool {
-        match self.conns.get_mut(&conn) {
-            Some(c) if c.sid == sid => {
-                c.queries_in_flight = c.queries_in_flight.saturating_sub(1);
-                true
-            }
-            _ => false,
-        }
+    /// Whether the asking session is still there.
+    fn finish_query(&self, conn: ConnId, sid: Sid) -> bool {
+        self.conns.get(&conn).is_some_and(|c| c.sid == sid)
     }
 
-    fn reply(&mut self, q: QueryState) {
+    fn reply(&mut self, mut q: QueryState) {
+        if let Some(payer) = q.payer.take() {
+            self.release_budget(&payer);
+        }
         if let Asker::Conn { conn, sid, .. } = &q.asker {
             if !self.finish_query(*conn, *sid) {
                 return;
@@ -212,14 +229,23 @@ impl Presence {
                 PresenceEntry { user: user.clone(), online, last_seen }
             })
             .collect();
+        // Repeated ids get the entry of their one read, at every position they were asked.
+        let answer = |users: &[PresenceEntry]| match &q.order {
+            Some(order) => order.iter().filter_map(|&i| users.get(i).cloned()).collect(),
+            None => users.to_vec(),
+        };
         match q.asker {
             Asker::Conn { conn, request, subscribe, .. } => {
                 if subscribe {
                     self.snapshot_shown(conn, &users);
                 }
+                let users = if q.order.is_some() { answer(&users) } else { users };
                 self.send(conn, &Frame::Presence { id: request, users });
             }
-            Asker::Lookup(lookup) => self.effects.push_back(Effect::LookupDone { lookup, result: Ok(users) }),
+            Asker::Lookup(lookup) => {
+                let users = if q.order.is_some() { answer(&users) } else { users };
+                self.effects.push_back(Effect::LookupDone { lookup, result: Ok(users) })
+            }
             Asker::Watch => self.watched_read(&q.users, Some(users)),
         }
     }
@@ -230,4 +256,25 @@ fn max_opt(a: Option<UnixMillis>, b: Option<UnixMillis>) -> Option<UnixMillis> {
         (Some(a), Some(b)) => Some(a.max(b)),
         (a, b) => a.or(b),
     }
+}
+
+/// `users` without repetitions (in order of first appearance) and, if there were any, for each
+/// requested position the index of its user in the distinct list.
+fn distinct(users: Vec<UserId>) -> (Vec<UserId>, Option<Vec<usize>>) {
+    let mut index: BTreeMap<&UserId, usize> = BTreeMap::new();
+    let mut order = Vec::with_capacity(users.len());
+    let mut firsts = Vec::new();
+    for (pos, u) in users.iter().enumerate() {
+        let next = index.len();
+        let i = *index.entry(u).or_insert_with(|| {
+            firsts.push(pos);
+            next
+        });
+        order.push(i);
+    }
+    if firsts.len() == users.len() {
+        return (users, None);
+    }
+    let unique = firsts.into_iter().filter_map(|pos| users.get(pos).cloned()).collect();
+    (unique, Some(order))
 }

@@ -63,6 +63,7 @@ impl Rig {
             conn: ConnId(conn),
             user: uid(user),
             session: SessionId::new(format!("s{conn}")),
+            expires: None,
         })
     }
     fn text(&mut self, conn: u64, s: &str) -> Vec<Effect> {
@@ -583,6 +584,7 @@ fn readers_count_only_entries_under_live_leases() {
     r.done(store(&e[0]).0, lease_view(7, &[5, 7], &["ws-x#3"]));
     let e = r.input(Input::Lookup {
         lookup: crate::LookupId(1),
+        user: uid("viewer"),
         users: vec![uid("a"), uid("b"), uid("c"), uid("d")],
     });
     let (q, _) = store(&e[0]);
@@ -879,3 +881,6 @@ fn no_push_before_the_snapshot_and_a_change_meanwhile_is_pushed_after_it() {
         }]
     );
 }
+
+/// Token lifetime, per-user budgets, repeated ids, the server-wide watch cap.
+mod limits;

@@ -22,8 +22,9 @@
 //! - After the change channel may have lost messages (a registry restart or pub/sub reconnect:
 //!   [`Input::Resync`]), every watched user is read again and differences pushed.
 //!
-//! Limits: `Config::max_watched_users` per connection (`too_many_users` past it); everything a
-//! connection watches is released when it closes.
+//! Limits: `Config::max_watched_users` per connection and `Config::max_watched_users_total`
+//! distinct users for the whole server (`too_many_users` past either); everything a connection
+//! watches is released when it closes.
 //!
 //! [`Effect::Watch`]: super::Effect::Watch
 //! [`Effect::Unwatch`]: super::Effect::Unwatch
@@ -90,6 +91,12 @@ impl Presence {
         let max = self.config.max_watched_users;
         if c.watching.len() + new.len() > max {
             let msg = format!("a connection may watch at most {max} users ({} already)", c.watching.len());
+            return self.send_error(conn, id, ErrorCode::TooManyUsers, &msg);
+        }
+        let max_total = self.config.max_watched_users_total;
+        let unwatched = new.iter().filter(|u| !self.watches.users.contains_key(**u)).count();
+        if self.watches.users.len() + unwatched > max_total {
+            let msg = format!("this server watches at most {max_total} users");
             return self.send_error(conn, id, ErrorCode::TooManyUsers, &msg);
         }
         let new: Vec<UserId> = new.into_iter().cloned().collect();
