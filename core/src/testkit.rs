@@ -89,40 +89,9 @@ impl MemoryStores {
                     })
                     .collect(),
             ),
-            StoreOp::Registry(RegistryOp::RenewLease { token, wall, .. }) => {
-                let token = match token {
-                    Some(t) if self.leases.contains_key(t) => *t,
-                    _ => {
-                        self.last_token += 1;
-                        let t = LeaseToken(self.last_token);
-                        self.leases.insert(t, BTreeSet::new());
-                        t
-                    }
-                };
-                self.renewed.insert(token, *wall);
-                StoreOutput::Lease(LeaseView {
-                    token,
-                    live: self.leases.keys().copied().collect(),
-                    expired: self.expired.keys().map(|t| format!("lease#{}", t.0)).collect(),
-                })
-            }
+            StoreOp::Registry(RegistryOp::RenewLease { token, wall, .. }) => self.renew(*token, *wall),
             StoreOp::Registry(RegistryOp::ClaimReap { lease, batch, ceiling, .. }) => {
-                let Some(token) = parse_lease(lease) else { return StoreOutput::Reap(None) };
-                let Some((index, renewed)) = self.expired.get(&token) else { return StoreOutput::Reap(None) };
-                if index.is_empty() {
-                    self.expired.remove(&token);
-                    return StoreOutput::Reap(None);
-                }
-                let renewed = (*renewed).min(*ceiling);
-                let sessions: Vec<(UserId, SessionId, bool)> = index
-                    .iter()
-                    .take(*batch)
-                    .map(|(u, s)| {
-                        let held = self.ws.get(u).and_then(|m| m.get(s)) == Some(&token);
-                        (u.clone(), s.clone(), held)
-                    })
-                    .collect();
-                StoreOutput::Reap(Some(ReapBatch { token, last_seen: renewed, sessions }))
+                self.claim(lease, *batch, *ceiling)
             }
             StoreOp::Registry(RegistryOp::MarkReaped { token, last_seen, sessions }) => {
                 for (user, session) in sessions {
@@ -154,6 +123,46 @@ impl MemoryStores {
                 StoreOutput::Durable(users.iter().map(|u| self.durable_last_seen.get(u).copied()).collect())
             }
         }
+    }
+
+    /// `RenewLease`: extends a live lease, or issues a new token.
+    fn renew(&mut self, token: Option<LeaseToken>, wall: UnixMillis) -> StoreOutput {
+        let token = match token {
+            Some(t) if self.leases.contains_key(&t) => t,
+            _ => {
+                self.last_token += 1;
+                let t = LeaseToken(self.last_token);
+                self.leases.insert(t, BTreeSet::new());
+                t
+            }
+        };
+        self.renewed.insert(token, wall);
+        StoreOutput::Lease(LeaseView {
+            token,
+            live: self.leases.keys().copied().collect(),
+            expired: self.expired.keys().map(|t| format!("lease#{}", t.0)).collect(),
+        })
+    }
+
+    /// `ClaimReap`: a batch of an expired lease's sessions and which are still held under it; an
+    /// empty index forgets the lease.
+    fn claim(&mut self, lease: &str, batch: usize, ceiling: UnixMillis) -> StoreOutput {
+        let Some(token) = parse_lease(lease) else { return StoreOutput::Reap(None) };
+        let Some((index, renewed)) = self.expired.get(&token) else { return StoreOutput::Reap(None) };
+        if index.is_empty() {
+            self.expired.remove(&token);
+            return StoreOutput::Reap(None);
+        }
+        let renewed = (*renewed).min(ceiling);
+        let sessions: Vec<(UserId, SessionId, bool)> = index
+            .iter()
+            .take(batch)
+            .map(|(u, s)| {
+                let held = self.ws.get(u).and_then(|m| m.get(s)) == Some(&token);
+                (u.clone(), s.clone(), held)
+            })
+            .collect();
+        StoreOutput::Reap(Some(ReapBatch { token, last_seen: renewed, sessions }))
     }
 
     /// A registry restart without persistence: the hashes, the cached last_seen and the leases are

@@ -15,7 +15,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use presence_core::close_code;
 use presence_core::codec;
-use presence_core::frame::{Encoding, Frame, Limits};
+use presence_core::frame::{Encoding, Frame, Limits, PresenceEntry};
 use presence_core::user::UserId;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
@@ -119,23 +119,7 @@ impl Device {
         let w = self.w.clone();
         let t0 = self.now();
         let srv = World::server_name(server);
-        let c = {
-            let mut m = lock(&w.model);
-            m.conns.push(Conn {
-                user: self.user,
-                device: self.name.clone(),
-                server,
-                incarnation: w.incarnation(server),
-                t_attempt: t0,
-                t_open: None,
-                last_touch: t0,
-                last_acked_send: None,
-                end: None,
-                subscribed: None,
-                view: BTreeMap::new(),
-            });
-            m.conns.len() - 1
-        };
+        let c = self.new_conn(server, t0);
         w.trace(format!("{} c{c} connect {srv}", self.name));
         let token = self.token.clone();
         let connect = async move {
@@ -216,6 +200,25 @@ impl Device {
                 }
             }
         }
+    }
+
+    /// A new connection attempt of this device to `server` at `t0`, in the model.
+    fn new_conn(&self, server: usize, t0: u64) -> ConnIx {
+        let mut m = lock(&self.w.model);
+        m.conns.push(Conn {
+            user: self.user,
+            device: self.name.clone(),
+            server,
+            incarnation: self.w.incarnation(server),
+            t_attempt: t0,
+            t_open: None,
+            last_touch: t0,
+            last_acked_send: None,
+            end: None,
+            subscribed: None,
+            view: BTreeMap::new(),
+        });
+        m.conns.len() - 1
     }
 
     /// Subscribes to every other user. False if the connection failed.
@@ -323,22 +326,7 @@ impl Device {
             }
         };
         if let (None, Some(entries)) = (id, &answer) {
-            // A live update for a watcher.
-            let mut m = lock(&self.w.model);
-            m.pushes += 1;
-            let subscribed = m.conns[c].subscribed.is_some();
-            let mut shown = Vec::new();
-            for e in entries {
-                let Some(u) = m.user_ix(e.user.as_str()) else { continue };
-                let ls = e.last_seen.map(|v| v.0);
-                m.conns[c].view.insert(u, (e.online, ls));
-                shown.push(format!("{}:{}", e.user.as_str(), if e.online { "on" } else { "off" }));
-            }
-            drop(m);
-            if !subscribed {
-                self.w.violation(format!("{} c{c} got a push without subscribing: {text}", self.name));
-            }
-            self.w.trace(format!("{} c{c} push {}", self.name, shown.join(" ")));
+            self.on_push(c, entries, &text);
             return true;
         }
         let Some((_, sent)) = id.and_then(|id| pending.remove(&id)) else {
@@ -350,51 +338,69 @@ impl Device {
         });
         match answer {
             None => self.w.trace(format!("{} c{c} recv #{} pong", self.name, id.unwrap_or(0))),
-            Some(entries) => {
-                let mut m = lock(&self.w.model);
-                let mut shown = Vec::new();
-                let mut out = Vec::new();
-                for e in entries {
-                    let Some(u) = m.user_ix(e.user.as_str()) else { continue };
-                    let ls = e.last_seen.map(|v| v.0);
-                    shown.push(format!(
-                        "{}:{}:{}",
-                        e.user.as_str(),
-                        if e.online { "on" } else { "off" },
-                        ls.map_or("-".to_owned(), |v| v.to_string())
-                    ));
-                    out.push((u, e.online, ls));
-                }
-                // The subscription's snapshot: what the server will push changes against.
-                if id.is_some() && m.conns[c].subscribed == id {
-                    for &(u, online, ls) in &out {
-                        m.conns[c].view.insert(u, (online, ls));
-                    }
-                }
-                // The reader's core may extrapolate past its clock's readings after a backward step, but
-                // never beyond true time + the largest offset its clock ever had.
-                let clock = &self.w.clocks[server];
-                let reader_max_wall = clock
-                    .max_returned()
-                    .max((crate::world::EPOCH_MS + now as i64).saturating_add(clock.max_offset()));
-                m.answers.push(Answer {
-                    conn: c,
-                    server,
-                    t_sent: sent,
-                    t_recv: now,
-                    reader_max_wall,
-                    entries: out,
-                });
-                drop(m);
-                self.w.trace(format!(
-                    "{} c{c} recv #{} presence {}",
-                    self.name,
-                    id.unwrap_or(0),
-                    shown.join(" ")
-                ));
-            }
+            Some(entries) => self.on_answer(c, server, id, sent, now, entries),
         }
         true
+    }
+
+    /// A live update for a watcher (a frame with no request id): the connection's view changes.
+    fn on_push(&mut self, c: ConnIx, entries: &[PresenceEntry], text: &str) {
+        let mut m = lock(&self.w.model);
+        m.pushes += 1;
+        let subscribed = m.conns[c].subscribed.is_some();
+        let mut shown = Vec::new();
+        for e in entries {
+            let Some(u) = m.user_ix(e.user.as_str()) else { continue };
+            let ls = e.last_seen.map(|v| v.0);
+            m.conns[c].view.insert(u, (e.online, ls));
+            shown.push(format!("{}:{}", e.user.as_str(), if e.online { "on" } else { "off" }));
+        }
+        drop(m);
+        if !subscribed {
+            self.w.violation(format!("{} c{c} got a push without subscribing: {text}", self.name));
+        }
+        self.w.trace(format!("{} c{c} push {}", self.name, shown.join(" ")));
+    }
+
+    /// The answer to request `id`, sent at `sent`, received at `now`: recorded for the oracles.
+    fn on_answer(
+        &mut self,
+        c: ConnIx,
+        server: usize,
+        id: Option<u64>,
+        sent: u64,
+        now: u64,
+        entries: Vec<PresenceEntry>,
+    ) {
+        let mut m = lock(&self.w.model);
+        let mut shown = Vec::new();
+        let mut out = Vec::new();
+        for e in entries {
+            let Some(u) = m.user_ix(e.user.as_str()) else { continue };
+            let ls = e.last_seen.map(|v| v.0);
+            shown.push(format!(
+                "{}:{}:{}",
+                e.user.as_str(),
+                if e.online { "on" } else { "off" },
+                ls.map_or("-".to_owned(), |v| v.to_string())
+            ));
+            out.push((u, e.online, ls));
+        }
+        // The subscription's snapshot: what the server will push changes against.
+        if id.is_some() && m.conns[c].subscribed == id {
+            for &(u, online, ls) in &out {
+                m.conns[c].view.insert(u, (online, ls));
+            }
+        }
+        // The reader's core may extrapolate past its clock's readings after a backward step, but
+        // never beyond true time + the largest offset its clock ever had.
+        let clock = &self.w.clocks[server];
+        let reader_max_wall = clock
+            .max_returned()
+            .max((crate::world::EPOCH_MS + now as i64).saturating_add(clock.max_offset()));
+        m.answers.push(Answer { conn: c, server, t_sent: sent, t_recv: now, reader_max_wall, entries: out });
+        drop(m);
+        self.w.trace(format!("{} c{c} recv #{} presence {}", self.name, id.unwrap_or(0), shown.join(" ")));
     }
 
     /// Ends a live session in one of the ways a client does.

@@ -42,16 +42,7 @@ pub enum Action {
 pub fn plan(seed: u64, p: &Params) -> Vec<(u64, Action)> {
     let mut rng = Rng::new(mix3(seed, 0x4E3E, 0));
     let mut out: Vec<(u64, Action)> = Vec::new();
-    let devices: Vec<String> = p
-        .devices_per_user
-        .iter()
-        .enumerate()
-        .flat_map(|(u, &n)| (0..n).map(move |d| format!("u{u}d{d}")))
-        .collect();
-    let servers: Vec<String> = (0..p.servers).map(World::server_name).collect();
-    let mut hosts: Vec<String> = servers.clone();
-    hosts.push("redis".into());
-    hosts.extend(devices.iter().cloned());
+    let (devices, servers, hosts) = host_names(p);
     let last = p.chaos_ms.saturating_sub(500);
 
     for s in 0..p.servers {
@@ -105,32 +96,7 @@ pub fn plan(seed: u64, p: &Params) -> Vec<(u64, Action)> {
                 }
             }
             // swizzle-clog a random subset
-            47..=54 => {
-                let n = rng.range(2, 5) as usize;
-                let mut subset: Vec<String> = Vec::new();
-                while subset.len() < n {
-                    let h = hosts[rng.pick(hosts.len())].clone();
-                    if !subset.contains(&h) {
-                        subset.push(h);
-                    }
-                }
-                let step = rng.range(100, 800);
-                let heal_at = t + step * n as u64 + rng.range(500, 3_000);
-                let mut order: Vec<usize> = (0..n).collect();
-                for i in (1..n).rev() {
-                    order.swap(i, rng.pick(i + 1));
-                }
-                for (i, h) in subset.iter().enumerate() {
-                    let down = t + step * i as u64;
-                    let up = (heal_at + step * order[i] as u64).min(last);
-                    for other in hosts.iter().filter(|o| *o != h) {
-                        for (a, b) in [(h.clone(), other.clone()), (other.clone(), h.clone())] {
-                            out.push((down.min(up), Action::LinkDown(a.clone(), b.clone())));
-                            out.push((up, Action::LinkUp(a, b)));
-                        }
-                    }
-                }
-            }
+            47..=54 => swizzle(&mut rng, t, last, &hosts, &mut out),
             // Redis crash (or instant bounce) and restart
             55..=66 => {
                 let until = (t + rng.range(0, 3_000)).min(last);
@@ -172,6 +138,50 @@ pub fn plan(seed: u64, p: &Params) -> Vec<(u64, Action)> {
     out.push((p.chaos_ms, Action::Quiet));
     out.sort_by_key(|(t, _)| *t);
     out
+}
+
+/// The run's host names: the devices, the servers, and every host (servers, `redis`, devices).
+fn host_names(p: &Params) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let devices: Vec<String> = p
+        .devices_per_user
+        .iter()
+        .enumerate()
+        .flat_map(|(u, &n)| (0..n).map(move |d| format!("u{u}d{d}")))
+        .collect();
+    let servers: Vec<String> = (0..p.servers).map(World::server_name).collect();
+    let mut hosts: Vec<String> = servers.clone();
+    hosts.push("redis".into());
+    hosts.extend(devices.iter().cloned());
+    (devices, servers, hosts)
+}
+
+/// Swizzle-clog from `t`: the links of a random subset of hosts go down one by one, `step` apart,
+/// and come back in a random order, never after `last`.
+fn swizzle(rng: &mut Rng, t: u64, last: u64, hosts: &[String], out: &mut Vec<(u64, Action)>) {
+    let n = rng.range(2, 5) as usize;
+    let mut subset: Vec<String> = Vec::new();
+    while subset.len() < n {
+        let h = hosts[rng.pick(hosts.len())].clone();
+        if !subset.contains(&h) {
+            subset.push(h);
+        }
+    }
+    let step = rng.range(100, 800);
+    let heal_at = t + step * n as u64 + rng.range(500, 3_000);
+    let mut order: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        order.swap(i, rng.pick(i + 1));
+    }
+    for (i, h) in subset.iter().enumerate() {
+        let down = t + step * i as u64;
+        let up = (heal_at + step * order[i] as u64).min(last);
+        for other in hosts.iter().filter(|o| *o != h) {
+            for (a, b) in [(h.clone(), other.clone()), (other.clone(), h.clone())] {
+                out.push((down.min(up), Action::LinkDown(a.clone(), b.clone())));
+                out.push((up, Action::LinkUp(a, b)));
+            }
+        }
+    }
 }
 
 /// Executes actions against the simulation, keeping link reference counts and the fault log.

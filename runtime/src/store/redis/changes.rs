@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
 use presence_core::user::UserId;
-use redis::aio::PubSub;
+use redis::aio::{PubSub, PubSubSink, PubSubStream};
 use redis::RedisConnectionInfo;
 use tokio::sync::mpsc;
 
@@ -135,50 +135,65 @@ async fn run_single(
             }
         }
         connected_before = true;
-        let mut health = tokio::time::interval(config.health_check_interval);
-        health.tick().await;
-        loop {
-            tokio::select! {
-                biased;
-                cmd = cmds.recv() => {
-                    let Some(cmd) = cmd else { return };
-                    let (user, watch) = match cmd {
-                        Cmd::Watch(u) => (u, true),
-                        Cmd::Unwatch(u) => (u, false),
-                    };
-                    let changed = if watch { wanted.insert(user.clone()) } else { wanted.remove(&user) };
-                    if !changed {
-                        continue;
-                    }
-                    let channel = change_channel(&user);
-                    let result = if watch {
-                        tokio::time::timeout(config.op_timeout, sink.subscribe(&channel)).await
-                    } else {
-                        tokio::time::timeout(config.op_timeout, sink.unsubscribe(&channel)).await
-                    };
-                    if !matches!(result, Ok(Ok(()))) {
-                        tracing::warn!("change feed: (UN)SUBSCRIBE failed; reconnecting");
-                        break;
-                    }
-                    if watch {
-                        let _ = notices.send(Notice::Changed(user));
-                    }
+        if !serve_subscribed(&config, &mut wanted, &mut sink, &mut messages, &mut cmds, &notices).await {
+            return;
+        }
+    }
+}
+
+/// Serves one subscribed connection: commands, messages and the periodic `PING`, until the
+/// connection fails (`true`: reconnect) or the feed was dropped (`false`).
+async fn serve_subscribed(
+    config: &RedisConfig,
+    wanted: &mut BTreeSet<UserId>,
+    sink: &mut PubSubSink,
+    messages: &mut PubSubStream,
+    cmds: &mut mpsc::UnboundedReceiver<Cmd>,
+    notices: &mpsc::UnboundedSender<Notice>,
+) -> bool {
+    let mut health = tokio::time::interval(config.health_check_interval);
+    health.tick().await;
+    loop {
+        tokio::select! {
+            biased;
+            cmd = cmds.recv() => {
+                let Some(cmd) = cmd else { return false };
+                let (user, watch) = match cmd {
+                    Cmd::Watch(u) => (u, true),
+                    Cmd::Unwatch(u) => (u, false),
+                };
+                let changed = if watch { wanted.insert(user.clone()) } else { wanted.remove(&user) };
+                if !changed {
+                    continue;
                 }
-                msg = messages.next() => {
-                    let Some(msg) = msg else {
-                        tracing::warn!("change feed: connection lost; reconnecting");
-                        break;
-                    };
-                    if let Some(user) = channel_user(msg.get_channel_name()) {
-                        let _ = notices.send(Notice::Changed(user));
-                    }
+                let channel = change_channel(&user);
+                let result = if watch {
+                    tokio::time::timeout(config.op_timeout, sink.subscribe(&channel)).await
+                } else {
+                    tokio::time::timeout(config.op_timeout, sink.unsubscribe(&channel)).await
+                };
+                if !matches!(result, Ok(Ok(()))) {
+                    tracing::warn!("change feed: (UN)SUBSCRIBE failed; reconnecting");
+                    return true;
                 }
-                _ = health.tick() => {
-                    let ping = tokio::time::timeout(config.op_timeout, sink.ping::<String>()).await;
-                    if !matches!(ping, Ok(Ok(_))) {
-                        tracing::warn!("change feed: no answer to PING; reconnecting");
-                        break;
-                    }
+                if watch {
+                    let _ = notices.send(Notice::Changed(user));
+                }
+            }
+            msg = messages.next() => {
+                let Some(msg) = msg else {
+                    tracing::warn!("change feed: connection lost; reconnecting");
+                    return true;
+                };
+                if let Some(user) = channel_user(msg.get_channel_name()) {
+                    let _ = notices.send(Notice::Changed(user));
+                }
+            }
+            _ = health.tick() => {
+                let ping = tokio::time::timeout(config.op_timeout, sink.ping::<String>()).await;
+                if !matches!(ping, Ok(Ok(_))) {
+                    tracing::warn!("change feed: no answer to PING; reconnecting");
+                    return true;
                 }
             }
         }
