@@ -17,7 +17,9 @@ const PER_CLIENT_INTERVAL: Duration = Duration::from_micros(1_000_000 * CLIENTS 
 async fn status_snapshot() {
     let stack = Stack::embedded("status_snapshot");
     let server = stack.server("ws-a").start().await;
-    let _bob = server.connect("bob").await;
+    let mut bob = server.connect("bob").await;
+    // A round trip through the driver: the core holds bob's session before the next snapshot.
+    bob.ping().await;
     let before = server.metric("presence_status_snapshots_total").await;
 
     let started = Instant::now();
