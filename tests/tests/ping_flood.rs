@@ -101,7 +101,7 @@ async fn flood(mut c: WsClient, stop: Instant) -> u64 {
 }
 
 async fn flood_one(c: &mut WsClient, n: u64) {
-    let msg = if n % 2 == 0 {
+    let msg = if n.is_multiple_of(2) {
         Message::Ping(Default::default())
     } else {
         Message::text(json!({"type": "ping", "seq": n}).to_string())
