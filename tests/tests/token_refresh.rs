@@ -6,7 +6,6 @@
 
 use std::time::Duration;
 
-use presence_tests::client::Event;
 use presence_tests::{now_ms, Stack};
 use serde_json::json;
 
@@ -56,18 +55,7 @@ async fn token_refresh() {
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     assert!(now_ms() > deadline_ms + 900);
     bob.send_json(json!({"type": "ping", "seq": 2})).await;
-    loop {
-        match bob.next_event(Duration::from_secs(5)).await {
-            Some((_, Event::Text(t))) => {
-                assert_eq!(
-                    serde_json::from_str::<serde_json::Value>(&t).unwrap(),
-                    json!({"type": "pong", "seq": 2})
-                );
-                break;
-            }
-            other => panic!("bob: expected his pong, got {other:?}"),
-        }
-    }
+    assert_eq!(bob.next_frame(Duration::from_secs(5)).await, json!({"type": "pong", "seq": 2}));
     let entries = server.presence_http("alice", &["bob", "carol"]).await;
     assert_eq!((entries[0].online, entries[1].online), (true, false), "{entries:?}");
     assert_eq!(server.metric("presence_sessions_ended_total{reason=\"expired\"}").await, 1);
