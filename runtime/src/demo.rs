@@ -167,7 +167,8 @@ mod tests {
                 if seen.contains(&target) {
                     continue;
                 }
-                let r = response(&target, true).unwrap_or_else(|| panic!("{path} imports {spec}: {target} is not served"));
+                let r = response(&target, true)
+                    .unwrap_or_else(|| panic!("{path} imports {spec}: {target} is not served"));
                 assert_eq!(header(&r, header::CONTENT_TYPE), "text/javascript; charset=utf-8", "{target}");
                 seen.push(target.clone());
                 pending.push((target, body(r)));
