@@ -228,25 +228,7 @@ impl Client {
         stop: impl std::future::Future<Output = ()>,
         mut on_event: impl FnMut(WatchEvent),
     ) -> Result<(), ClientError> {
-        let token = self.token().await?;
-        let mut request =
-            self.ws_url.as_str().into_client_request().map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let bearer = format!("Bearer {token}")
-            .parse()
-            .map_err(|_| ClientError::Protocol("the token is not a valid header value".to_owned()))?;
-        request.headers_mut().insert(hyper::header::AUTHORIZATION, bearer);
-        let (mut ws, _) =
-            self.timed(tokio_tungstenite::connect_async(request)).await?.map_err(|e| match e {
-                tungstenite::Error::Io(e) => self.unreachable(&e),
-                tungstenite::Error::Http(resp) => {
-                    let body = resp.body().as_deref().unwrap_or_default();
-                    match resp.status() {
-                        StatusCode::UNAUTHORIZED => ClientError::TokenRefused { reason: error_message(body) },
-                        status => http_error(status, body),
-                    }
-                }
-                e => ClientError::Protocol(format!("WebSocket handshake: {e}")),
-            })?;
+        let mut ws = self.connect_ws().await?;
 
         const ID: u64 = 1;
         let subscribe = Frame::Subscribe { id: Some(ID), users: users.to_vec() };
@@ -324,6 +306,34 @@ impl Client {
                 other => return Err(ClientError::Protocol(format!("unexpected frame {other:?}"))),
             }
         }
+    }
+
+    /// Opens the WebSocket with this client's token in the `Authorization` header.
+    async fn connect_ws(
+        &self,
+    ) -> Result<
+        tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+        ClientError,
+    > {
+        let token = self.token().await?;
+        let mut request =
+            self.ws_url.as_str().into_client_request().map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let bearer = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| ClientError::Protocol("the token is not a valid header value".to_owned()))?;
+        request.headers_mut().insert(hyper::header::AUTHORIZATION, bearer);
+        let (ws, _) = self.timed(tokio_tungstenite::connect_async(request)).await?.map_err(|e| match e {
+            tungstenite::Error::Io(e) => self.unreachable(&e),
+            tungstenite::Error::Http(resp) => {
+                let body = resp.body().as_deref().unwrap_or_default();
+                match resp.status() {
+                    StatusCode::UNAUTHORIZED => ClientError::TokenRefused { reason: error_message(body) },
+                    status => http_error(status, body),
+                }
+            }
+            e => ClientError::Protocol(format!("WebSocket handshake: {e}")),
+        })?;
+        Ok(ws)
     }
 
     /// How often `watch` replaces its token in band; `None` for a token given as is (it cannot).

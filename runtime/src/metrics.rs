@@ -140,131 +140,13 @@ impl Metrics {
     /// Renders every metric, with the core's from `status` and the listener's from `live`.
     pub fn render(&self, status: &Status, live: &Live) -> String {
         let mut out = String::with_capacity(4096);
-        let s = &status.stats;
-        let r = &status.readiness;
-        let mut gauge = |name: &str, help: &str, v: u64| {
+        for (name, help, v) in Metrics::gauges(status, live) {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
-        };
-        gauge("presence_connections", "Open WebSocket connections.", live.connections as u64);
-        gauge(
-            "presence_handshakes",
-            "Sockets in the HTTP phase (request or upgrade not finished).",
-            live.handshakes as u64,
-        );
-        gauge("presence_sessions_live", "Sessions the core holds as live.", status.connections as u64);
-        gauge(
-            "presence_pending_writes",
-            "Pending last_seen writes (registry ends + durable writes).",
-            r.pending_writes as u64,
-        );
-        gauge("presence_pending_writes_max", "Cap on pending last_seen writes.", r.max_pending_writes as u64);
-        gauge(
-            "presence_registry_backlog",
-            "Live sessions not yet registered.",
-            status.registry_backlog as u64,
-        );
-        gauge("presence_store_ops_in_flight", "Store operations running.", status.store_ops_in_flight as u64);
-        gauge(
-            "presence_watched_users",
-            "Users watched by this server's connections (one change-channel subscription each).",
-            status.watched_users as u64,
-        );
-        gauge("presence_ready", "1 when /readyz answers 200.", u64::from(r.is_ready()));
-        gauge(
-            "presence_lookup_budgets",
-            "Users holding a lookup-budget entry (requests in flight or a bucket not yet full).",
-            status.lookup_budgets as u64,
-        );
-        let mut counter = |name: &str, help: &str, v: u64| {
+        }
+        for (name, help, v) in self.counters(&status.stats) {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
-        };
-        counter("presence_sessions_opened_total", "Sessions opened.", s.sessions_opened);
-        counter(
-            "presence_sessions_refused_total",
-            "Sessions refused (pending-write cap, shutdown).",
-            s.sessions_refused,
-        );
-        counter("presence_store_retries_total", "Failed store writes scheduled again.", s.store_retries);
-        counter("presence_registry_failures_total", "Failed registry operations.", s.registry_failures);
-        counter("presence_durable_failures_total", "Failed durable-store operations.", s.durable_failures);
-        counter("presence_registry_restarts_total", "Registry restarts seen.", s.registry_restarts);
-        counter(
-            "presence_leases_granted_total",
-            "Server leases granted (first, and after each loss).",
-            s.leases_granted,
-        );
-        counter("presence_leases_lost_total", "Leases given up after a TTL without renewal.", s.leases_lost);
-        counter("presence_sessions_reaped_total", "Sessions of dead servers reaped here.", s.sessions_reaped);
-        counter("presence_pushes_total", "Live presence frames pushed to watchers.", s.pushes);
-        counter("presence_queries_total", "Presence queries answered.", s.queries);
-        counter("presence_error_frames_total", "error frames sent.", s.errors_sent);
-        counter("presence_ws_accepted_total", "WebSocket upgrades accepted.", self.ws_accepted.get());
-        counter(
-            "presence_refused_unauthorized_total",
-            "Requests refused with 401.",
-            self.refused_unauthorized.get(),
-        );
-        counter("presence_refused_origin_total", "Requests refused with 403.", self.refused_origin.get());
-        counter(
-            "presence_refused_capacity_total",
-            "Connections refused at the limit.",
-            self.refused_capacity.get(),
-        );
-        counter(
-            "presence_handshake_timeouts_total",
-            "Handshakes not finished in time.",
-            self.handshake_timeouts.get(),
-        );
-        counter(
-            "presence_slow_consumers_total",
-            "Connections closed for not reading.",
-            self.slow_consumers.get(),
-        );
-        counter(
-            "presence_oversized_messages_total",
-            "Messages over the size limit.",
-            self.oversized_messages.get(),
-        );
-        counter(
-            "presence_frame_rate_closes_total",
-            "Connections closed by their own task for exceeding the frame rate (1008).",
-            self.frame_rate_closes.get(),
-        );
-        counter(
-            "presence_registry_users_read_total",
-            "Users named in registry reads (a user repeated in one request counts once).",
-            self.registry_users_read.get(),
-        );
-        counter(
-            "presence_lookups_refused_total",
-            "Requests refused for the asking user's lookup budget or queries in flight (rate_limited, 429).",
-            s.lookups_refused,
-        );
-        counter(
-            "presence_handshakes_refused_total",
-            "Sockets closed at once at --max-handshakes.",
-            self.handshakes_refused.get(),
-        );
-        counter(
-            "presence_refused_sessions_per_user_total",
-            "Upgrades refused with 429 at --max-sessions-per-user.",
-            self.refused_sessions_per_user.get(),
-        );
-        counter(
-            "presence_refused_connections_per_ip_total",
-            "Upgrades refused with 429 at --max-connections-per-ip.",
-            self.refused_connections_per_ip.get(),
-        );
-        counter(
-            "presence_refused_host_total",
-            "Requests refused with 403 for their Host (dev mode).",
-            self.refused_host.get(),
-        );
-        counter(
-            "presence_status_snapshots_total",
-            "Snapshots of the core taken for /readyz and /metrics.",
-            self.status_snapshots.get(),
-        );
+        }
+        let s = &status.stats;
         let name = "presence_status_snapshot_age_seconds";
         let _ = writeln!(out, "# HELP {name} Age of the snapshot these core metrics come from.");
         let _ = writeln!(out, "# TYPE {name} gauge\n{name} {:.3}", live.snapshot_age.as_secs_f64());
@@ -296,5 +178,75 @@ impl Metrics {
                 writeln!(out, "presence_store_op_errors_total{{store=\"{store}\",op=\"{op}\"}} {}", h.errors);
         }
         out
+    }
+
+    /// The gauges, in the order they are rendered: (name, help, value).
+    fn gauges(status: &Status, live: &Live) -> Vec<(&'static str, &'static str, u64)> {
+        let r = &status.readiness;
+        vec![
+            ("presence_connections", "Open WebSocket connections.", live.connections as u64),
+            (
+                "presence_handshakes",
+                "Sockets in the HTTP phase (request or upgrade not finished).",
+                live.handshakes as u64,
+            ),
+            ("presence_sessions_live", "Sessions the core holds as live.", status.connections as u64),
+            (
+                "presence_pending_writes",
+                "Pending last_seen writes (registry ends + durable writes).",
+                r.pending_writes as u64,
+            ),
+            ("presence_pending_writes_max", "Cap on pending last_seen writes.", r.max_pending_writes as u64),
+            (
+                "presence_registry_backlog",
+                "Live sessions not yet registered.",
+                status.registry_backlog as u64,
+            ),
+            ("presence_store_ops_in_flight", "Store operations running.", status.store_ops_in_flight as u64),
+            (
+                "presence_watched_users",
+                "Users watched by this server's connections (one change-channel subscription each).",
+                status.watched_users as u64,
+            ),
+            ("presence_ready", "1 when /readyz answers 200.", u64::from(r.is_ready())),
+            (
+                "presence_lookup_budgets",
+                "Users holding a lookup-budget entry (requests in flight or a bucket not yet full).",
+                status.lookup_budgets as u64,
+            ),
+        ]
+    }
+
+    /// The counters of the core and of the runtime, in the order they are rendered.
+    fn counters(&self, s: &Stats) -> Vec<(&'static str, &'static str, u64)> {
+        vec![
+            ("presence_sessions_opened_total", "Sessions opened.", s.sessions_opened),
+            ("presence_sessions_refused_total", "Sessions refused (pending-write cap, shutdown).", s.sessions_refused),
+            ("presence_store_retries_total", "Failed store writes scheduled again.", s.store_retries),
+            ("presence_registry_failures_total", "Failed registry operations.", s.registry_failures),
+            ("presence_durable_failures_total", "Failed durable-store operations.", s.durable_failures),
+            ("presence_registry_restarts_total", "Registry restarts seen.", s.registry_restarts),
+            ("presence_leases_granted_total", "Server leases granted (first, and after each loss).", s.leases_granted),
+            ("presence_leases_lost_total", "Leases given up after a TTL without renewal.", s.leases_lost),
+            ("presence_sessions_reaped_total", "Sessions of dead servers reaped here.", s.sessions_reaped),
+            ("presence_pushes_total", "Live presence frames pushed to watchers.", s.pushes),
+            ("presence_queries_total", "Presence queries answered.", s.queries),
+            ("presence_error_frames_total", "error frames sent.", s.errors_sent),
+            ("presence_ws_accepted_total", "WebSocket upgrades accepted.", self.ws_accepted.get()),
+            ("presence_refused_unauthorized_total", "Requests refused with 401.", self.refused_unauthorized.get()),
+            ("presence_refused_origin_total", "Requests refused with 403.", self.refused_origin.get()),
+            ("presence_refused_capacity_total", "Connections refused at the limit.", self.refused_capacity.get()),
+            ("presence_handshake_timeouts_total", "Handshakes not finished in time.", self.handshake_timeouts.get()),
+            ("presence_slow_consumers_total", "Connections closed for not reading.", self.slow_consumers.get()),
+            ("presence_oversized_messages_total", "Messages over the size limit.", self.oversized_messages.get()),
+            ("presence_frame_rate_closes_total", "Connections closed by their own task for exceeding the frame rate (1008).", self.frame_rate_closes.get()),
+            ("presence_registry_users_read_total", "Users named in registry reads (a user repeated in one request counts once).", self.registry_users_read.get()),
+            ("presence_lookups_refused_total", "Requests refused for the asking user's lookup budget or queries in flight (rate_limited, 429).", s.lookups_refused),
+            ("presence_handshakes_refused_total", "Sockets closed at once at --max-handshakes.", self.handshakes_refused.get()),
+            ("presence_refused_sessions_per_user_total", "Upgrades refused with 429 at --max-sessions-per-user.", self.refused_sessions_per_user.get()),
+            ("presence_refused_connections_per_ip_total", "Upgrades refused with 429 at --max-connections-per-ip.", self.refused_connections_per_ip.get()),
+            ("presence_refused_host_total", "Requests refused with 403 for their Host (dev mode).", self.refused_host.get()),
+            ("presence_status_snapshots_total", "Snapshots of the core taken for /readyz and /metrics.", self.status_snapshots.get()),
+        ]
     }
 }

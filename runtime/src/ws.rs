@@ -118,82 +118,25 @@ async fn serve<Io: AsyncRead + AsyncWrite + Unpin + Send>(mut ws: WebSocketStrea
     }
     debug!("open");
     let started = tokio::time::Instant::now();
-    let (rate, burst) = (ctx.limits.frame_rate, ctx.limits.frame_burst);
-    let mut frames = TokenBucket::full(burst, MonoTime::ZERO);
+    let mut frames = TokenBucket::full(ctx.limits.frame_burst, MonoTime::ZERO);
     // `Some(graceful)` once the connection ended on the client's side (or by an I/O error);
     // `None` when the server closed it (the core already knows).
     let ended: Option<bool> = loop {
-        tokio::select! {
+        let step = tokio::select! {
             // Fixed polling order, the server's own messages first (a client flooding frames
             // cannot delay its close), and the simulation replays runs exactly (tokio's random
             // branch choice is not seeded).
             biased;
-            out = rx.next() => match out {
-                Some(Outbound::Message(m)) => {
-                    let msg = match m {
-                        OutMessage::Text(t) => Message::text(t),
-                        OutMessage::Binary(b) => Message::binary(b),
-                    };
-                    if !send(&mut ws, msg, &ctx.limits).await {
-                        break Some(false);
-                    }
-                }
-                Some(Outbound::Ping) => {
-                    if !send(&mut ws, Message::Ping(Default::default()), &ctx.limits).await {
-                        break Some(false);
-                    }
-                }
-                Some(Outbound::Close(code, reason)) => {
-                    let _ = close(&mut ws, code, reason, &ctx.limits).await;
-                    break None;
-                }
-                // The driver dropped us (too slow to read, or it stopped): it already ended the session.
-                None => {
-                    let _ = close(&mut ws, close_code::GOING_AWAY, "connection closed by server", &ctx.limits).await;
-                    break None;
-                }
-            },
+            out = rx.next() => outbound(&mut ws, out, &ctx.limits).await,
             msg = ws.next() => {
-                let counted = matches!(
-                    msg,
-                    Some(Ok(Message::Text(_) | Message::Binary(_) | Message::Ping(_) | Message::Pong(_)))
-                );
                 let at = MonoTime::from_nanos(u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX));
-                if counted && !frames.try_take(1, rate, burst, at) {
-                    ctx.metrics.frame_rate_closes.inc();
-                    let _ = close(&mut ws, close_code::POLICY, "frame rate limit exceeded", &ctx.limits).await;
-                    ctx.driver.send(ToDriver::PolicyClosed { conn }).await;
-                    return;
-                }
-                match msg {
-                Some(Ok(Message::Text(t))) => {
-                    let payload = t.as_bytes().to_vec();
-                    ctx.driver.send(ToDriver::Message { conn, encoding: Encoding::Json, payload }).await;
-                }
-                Some(Ok(Message::Binary(b))) => {
-                    let payload = b.to_vec();
-                    ctx.driver.send(ToDriver::Message { conn, encoding: Encoding::Binary, payload }).await;
-                }
-                // tungstenite answers pings itself; both directions prove the peer is alive.
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
-                    ctx.driver.send(ToDriver::Alive { conn }).await;
-                }
-                Some(Ok(Message::Close(_))) | None => break Some(true),
-                Some(Ok(Message::Frame(_))) => {}
-                Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
-                    ctx.metrics.oversized_messages.inc();
-                    let _ = close(&mut ws, close_code::TOO_BIG, "message too big", &ctx.limits).await;
-                    // Server-initiated for a live client: its last_seen is now.
-                    ctx.driver.send(ToDriver::PolicyClosed { conn }).await;
-                    return;
-                }
-                Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => break Some(true),
-                Some(Err(e)) => {
-                    debug!(error = %e, "connection failed");
-                    break Some(false);
-                }
-                }
-            },
+                inbound(&mut ws, msg, &ctx, &mut frames, at).await
+            }
+        };
+        match step {
+            Step::Continue => {}
+            Step::End(ended) => break ended,
+            Step::Done => return,
         }
     };
     if let Some(graceful) = ended {
@@ -203,6 +146,102 @@ async fn serve<Io: AsyncRead + AsyncWrite + Unpin + Send>(mut ws: WebSocketStrea
         // Flush tungstenite's automatic reply to the client's Close frame, briefly.
         let _ = tokio::time::timeout(Duration::from_millis(200), ws.flush()).await;
     }
+}
+
+/// What the connection's loop does after one event.
+enum Step {
+    /// Keep serving.
+    Continue,
+    /// The loop ends: `Some(graceful)` ended by the client (or an I/O error), `None` by the server.
+    End(Option<bool>),
+    /// The task ends here: the connection was closed and the driver told (a policy close).
+    Done,
+}
+
+/// Writes one message of the outbox (or the server's close) to the socket.
+async fn outbound<Io: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<Io>,
+    out: Option<Outbound>,
+    limits: &WsLimits,
+) -> Step {
+    match out {
+        Some(Outbound::Message(m)) => {
+            let msg = match m {
+                OutMessage::Text(t) => Message::text(t),
+                OutMessage::Binary(b) => Message::binary(b),
+            };
+            if send(ws, msg, limits).await {
+                Step::Continue
+            } else {
+                Step::End(Some(false))
+            }
+        }
+        Some(Outbound::Ping) => {
+            if send(ws, Message::Ping(Default::default()), limits).await {
+                Step::Continue
+            } else {
+                Step::End(Some(false))
+            }
+        }
+        Some(Outbound::Close(code, reason)) => {
+            let _ = close(ws, code, reason, limits).await;
+            Step::End(None)
+        }
+        // The driver dropped us (too slow to read, or it stopped): it already ended the session.
+        None => {
+            let _ = close(ws, close_code::GOING_AWAY, "connection closed by server", limits).await;
+            Step::End(None)
+        }
+    }
+}
+
+/// Handles one message from the client: the frame rate (pings and pongs included) is checked
+/// here, in the connection's own task, before anything reaches the shared driver.
+async fn inbound<Io: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<Io>,
+    msg: Option<Result<Message, WsError>>,
+    ctx: &ConnContext,
+    frames: &mut TokenBucket,
+    at: MonoTime,
+) -> Step {
+    let conn = ctx.conn;
+    let counted =
+        matches!(msg, Some(Ok(Message::Text(_) | Message::Binary(_) | Message::Ping(_) | Message::Pong(_))));
+    if counted && !frames.try_take(1, ctx.limits.frame_rate, ctx.limits.frame_burst, at) {
+        ctx.metrics.frame_rate_closes.inc();
+        let _ = close(ws, close_code::POLICY, "frame rate limit exceeded", &ctx.limits).await;
+        ctx.driver.send(ToDriver::PolicyClosed { conn }).await;
+        return Step::Done;
+    }
+    match msg {
+        Some(Ok(Message::Text(t))) => {
+            let payload = t.as_bytes().to_vec();
+            ctx.driver.send(ToDriver::Message { conn, encoding: Encoding::Json, payload }).await;
+        }
+        Some(Ok(Message::Binary(b))) => {
+            let payload = b.to_vec();
+            ctx.driver.send(ToDriver::Message { conn, encoding: Encoding::Binary, payload }).await;
+        }
+        // tungstenite answers pings itself; both directions prove the peer is alive.
+        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
+            ctx.driver.send(ToDriver::Alive { conn }).await;
+        }
+        Some(Ok(Message::Close(_))) | None => return Step::End(Some(true)),
+        Some(Ok(Message::Frame(_))) => {}
+        Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
+            ctx.metrics.oversized_messages.inc();
+            let _ = close(ws, close_code::TOO_BIG, "message too big", &ctx.limits).await;
+            // Server-initiated for a live client: its last_seen is now.
+            ctx.driver.send(ToDriver::PolicyClosed { conn }).await;
+            return Step::Done;
+        }
+        Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => return Step::End(Some(true)),
+        Some(Err(e)) => {
+            debug!(error = %e, "connection failed");
+            return Step::End(Some(false));
+        }
+    }
+    Step::Continue
 }
 
 async fn send<Io: AsyncRead + AsyncWrite + Unpin>(
