@@ -45,6 +45,10 @@ mod embedded;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner};
 use redis::{ConnectionLike, Value};
 
+/// The real redis-server is shared by the tests of this binary, which the test harness runs in
+/// parallel: each flushes the script cache and counts NOSCRIPT replies, so they take turns.
+static REAL_REDIS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 const NEEDS: &str = "PRESENCE_TEST_REDIS_URL is not set: this test needs a real redis-server, \
                      e.g. PRESENCE_TEST_REDIS_URL=redis://127.0.0.1:6392 (run it via scripts/test)";
 
@@ -1143,6 +1147,7 @@ fn env_num(name: &str, default: u64) -> u64 {
 #[test]
 #[ignore = "needs redis-server: run via scripts/test"]
 fn in_sim_redis_matches_real_redis() {
+    let _turn = REAL_REDIS.lock().unwrap_or_else(|e| e.into_inner());
     let url = std::env::var("PRESENCE_TEST_REDIS_URL").unwrap_or_else(|_| panic!("{NEEDS}"));
     let cases = env_num("PRESENCE_REDIS_DIFF_CASES", 400) as u32;
     let seed = env_num("PRESENCE_REDIS_DIFF_SEED", 1);

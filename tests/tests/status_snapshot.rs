@@ -20,6 +20,17 @@ async fn status_snapshot() {
     let mut bob = server.connect("bob").await;
     // A round trip through the driver: the core holds bob's session before the next snapshot.
     bob.ping().await;
+    // /readyz may still answer from a snapshot taken before bob connected (the harness's start-up
+    // probe): it is at most a second old, so within a few seconds one shows him.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = http::get(server.addr(), "/readyz").await.expect("/readyz answered");
+        if r.json()["connections"] == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "/readyz never showed bob's connection: {}", r.json());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let before = server.metric("presence_status_snapshots_total").await;
 
     let started = Instant::now();

@@ -188,6 +188,7 @@ fn run_sequence(
 #[test]
 #[ignore = "needs redis-server: run via scripts/test"]
 fn embedded_registry_matches_real_redis() {
+    let _turn = super::REAL_REDIS.lock().unwrap_or_else(|e| e.into_inner());
     let url = std::env::var("PRESENCE_TEST_REDIS_URL").unwrap_or_else(|_| panic!("{}", super::NEEDS));
     let cases = super::env_num("PRESENCE_REDIS_DIFF_CASES", 400) as u32;
     let seed = super::env_num("PRESENCE_REDIS_DIFF_SEED", 1);
