@@ -268,7 +268,9 @@ impl PresenceServer {
                     sample(&r.body, "presence_status_snapshot_age_seconds").map(|s| s * 1000.0)
                 };
                 match age_ms {
-                    Some(age) if age <= asked.elapsed().as_secs_f64() * 1000.0 => Ok(r),
+                    // The age is shown in whole milliseconds (rounded down): a snapshot is
+                    // surely newer than the request only if `age + 1 ms` fits in the time since.
+                    Some(age) if age + 1.0 <= asked.elapsed().as_secs_f64() * 1000.0 => Ok(r),
                     Some(age) => Err(format!("snapshot {age} ms old")),
                     // No driver (shutting down): the answer is as fresh as it gets.
                     None if r.status == 503 => Ok(r),
