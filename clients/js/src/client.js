@@ -47,6 +47,13 @@ function endpoints(url) {
   };
 }
 
+/** The protocol's frames hold at most 256 users: `users` in frame-sized pieces. @param {string[]} users */
+function frames(users) {
+  const out = [];
+  for (let i = 0; i < users.length; i += MAX_USERS_PER_FRAME) out.push(users.slice(i, i + MAX_USERS_PER_FRAME));
+  return out;
+}
+
 /** @param {PresenceEntry | undefined} a @param {PresenceEntry} b */
 function sameEntry(a, b) {
   return a !== undefined && a.online === b.online && a.last_seen === b.last_seen && a.last_seen_approx === b.last_seen_approx;
@@ -145,9 +152,7 @@ export class PresenceClient {
   async query(users) {
     checkUsers(users);
     this._ensureUsable();
-    const chunks = [];
-    for (let i = 0; i < users.length; i += MAX_USERS_PER_FRAME) chunks.push(users.slice(i, i + MAX_USERS_PER_FRAME));
-    const answers = await Promise.all(chunks.map((chunk) => this._request('query', chunk)));
+    const answers = await Promise.all(frames(users).map((chunk) => this._request('query', chunk)));
     return answers.flat();
   }
 
@@ -171,10 +176,8 @@ export class PresenceClient {
       // A listener added again starts afresh: it gets the snapshot, whatever others saw.
       listeners.set(onChange, undefined);
     }
-    const chunks = [];
-    for (let i = 0; i < users.length; i += MAX_USERS_PER_FRAME) chunks.push(users.slice(i, i + MAX_USERS_PER_FRAME));
     try {
-      const answers = await Promise.all(chunks.map((chunk) => this._request('subscribe', chunk)));
+      const answers = await Promise.all(frames(users).map((chunk) => this._request('subscribe', chunk)));
       return answers.flat();
     } catch (e) {
       for (const u of users) {
@@ -193,9 +196,7 @@ export class PresenceClient {
   unsubscribe(users) {
     checkUsers(users);
     const gone = users.filter((u) => this._watched.delete(u));
-    for (let i = 0; i < gone.length; i += MAX_USERS_PER_FRAME) {
-      this._send({ type: 'unsubscribe', users: gone.slice(i, i + MAX_USERS_PER_FRAME) });
-    }
+    for (const chunk of frames(gone)) this._send({ type: 'unsubscribe', users: chunk });
   }
 
   /**
@@ -432,8 +433,8 @@ export class PresenceClient {
       this._submit(req);
     }
     const rest = [...this._watched.keys()].filter((u) => !requested.has(u));
-    for (let i = 0; i < rest.length; i += MAX_USERS_PER_FRAME) {
-      this._submit({ type: 'subscribe', users: rest.slice(i, i + MAX_USERS_PER_FRAME), resolve: () => {}, reject: (e) => this._emit('error', e), tries: 0 });
+    for (const chunk of frames(rest)) {
+      this._submit({ type: 'subscribe', users: chunk, resolve: () => {}, reject: (e) => this._emit('error', e), tries: 0 });
     }
   }
 
@@ -514,7 +515,8 @@ export class PresenceClient {
     if (this._state === 'ended') return;
     this._state = 'waiting';
     this._attempt += 1;
-    const base = Math.min(this._opt.backoffMaxMs, this._opt.backoffFirstMs * 2 ** (this._attempt - 1));
+    // The first retry at once, then backoffFirstMs doubling up to backoffMaxMs, with jitter.
+    const base = Math.min(this._opt.backoffMaxMs, this._opt.backoffFirstMs * 2 ** (this._attempt - 2));
     const delay = this._attempt === 1 ? 0 : Math.round(base * (0.5 + this._random()));
     clearTimeout(this._timers.reconnect);
     this._timers.reconnect = setTimeout(() => this._open(), delay);
