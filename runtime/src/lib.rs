@@ -7,6 +7,7 @@
 //! | `status`    | the core's snapshot behind `/readyz` and `/metrics`, refreshed at most 1/s    |
 //! | [`ws`]      | one WebSocket connection: socket on one side, the driver on the other         |
 //! | [`driver`]  | the one task that owns the core: feeds it inputs, executes its effects        |
+//! | [`privacy`] | privacy settings and contact lists: backends, the per-server cache, the API JSON |
 //! | [`store`]   | executors for Redis, Redis Cluster, DynamoDB and the embedded defaults        |
 //! | [`auth`]    | HS256 JWT verification and issuing                                            |
 //! | [`client`]  | the command-line client: `query` and `watch` a running deployment             |
@@ -26,6 +27,7 @@ pub mod demo;
 pub mod driver;
 pub mod edge;
 pub mod metrics;
+pub mod privacy;
 pub mod server;
 pub(crate) mod status;
 pub mod store;

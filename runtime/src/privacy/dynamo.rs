@@ -1,0 +1,1 @@
+//! The DynamoDB privacy backend (to be written).

@@ -1,0 +1,1 @@
+//! The redb privacy backend (to be written).
