@@ -35,7 +35,10 @@ fn with_sessions(n: u64) -> Presence {
     let users: Vec<UserId> = (0..n).map(|i| UserId::new(&format!("user{i}")).unwrap()).collect();
     for (i, user) in users.into_iter().enumerate() {
         let session = SessionId::new(format!("s-{i}"));
-        p.handle(at(1), Input::Open { conn: ConnId(i as u64), user, session, expires: None });
+        p.handle(
+            at(1),
+            Input::Open { conn: ConnId(i as u64), user, session, expires: None, scopes: Default::default() },
+        );
     }
     ack_all(&mut p, at(1));
     p
@@ -87,7 +90,13 @@ fn churn(c: &mut Criterion) {
             let user = users[(next % 1_000) as usize].clone();
             p.handle(
                 at(t),
-                Input::Open { conn, user, session: SessionId::new(format!("c-{next}")), expires: None },
+                Input::Open {
+                    conn,
+                    user,
+                    session: SessionId::new(format!("c-{next}")),
+                    expires: None,
+                    scopes: Default::default(),
+                },
             );
             ack_all(&mut p, at(t));
             p.handle(at(t), Input::Closed { conn, graceful: true });

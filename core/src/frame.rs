@@ -96,8 +96,62 @@ pub struct PresenceEntry {
     pub user: UserId,
     /// Whether any session of the user is live.
     pub online: bool,
-    /// The latest recorded session end, if any.
+    /// The latest recorded session end, if any (`None` also when the viewer may not see it).
     pub last_seen: Option<UnixMillis>,
+    /// `last_seen_approx`: the coarse bucket shown instead of a last seen the viewer may not see
+    /// (docs/PRIVACY.md); `None` whenever the last seen is shown, and for a user never seen.
+    pub last_seen_approx: Option<Approx>,
+}
+
+impl PresenceEntry {
+    /// An entry with nothing hidden.
+    pub fn new(user: UserId, online: bool, last_seen: Option<UnixMillis>) -> PresenceEntry {
+        PresenceEntry { user, online, last_seen, last_seen_approx: None }
+    }
+}
+
+/// The coarse bucket shown instead of a hidden last seen (`last_seen_approx`). The bounds are in
+/// `crate::privacy` ([`crate::privacy::approx_of`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Approx {
+    /// Online now, or seen within 3 days.
+    Recently,
+    /// Seen within 7 days.
+    WithinWeek,
+    /// Seen within 30 days.
+    WithinMonth,
+    /// Seen longer ago.
+    LongAgo,
+}
+
+impl Approx {
+    /// Every bucket, in the order of their binary codes (0, 1, 2, 3).
+    pub const ALL: [Approx; 4] = [Approx::Recently, Approx::WithinWeek, Approx::WithinMonth, Approx::LongAgo];
+
+    /// The JSON name (`"recently"`, `"within_week"`, `"within_month"`, `"long_ago"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Approx::Recently => "recently",
+            Approx::WithinWeek => "within_week",
+            Approx::WithinMonth => "within_month",
+            Approx::LongAgo => "long_ago",
+        }
+    }
+
+    /// The bucket a JSON name stands for.
+    pub fn parse(s: &str) -> Option<Approx> {
+        Approx::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+
+    /// The binary encoding's byte (docs/PROTOCOL.md).
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    /// The bucket of a binary code.
+    pub fn from_code(code: u8) -> Option<Approx> {
+        Approx::ALL.get(usize::from(code)).copied()
+    }
 }
 
 /// The `code` of an `error` frame.

@@ -37,5 +37,5 @@ pub mod user;
 pub use config::Config;
 pub use machine::{
     close_code, ConnId, Effect, EndReason, Input, LookupError, LookupId, OutMessage, Presence, Readiness,
-    Stats, TokenGrant,
+    Scopes, Stats, TokenGrant,
 };

@@ -14,12 +14,15 @@
 //! What is hidden is replaced, not left out: a hidden online state reads `false`, exactly as if T
 //! were offline, and a hidden last seen reads `null` with a coarse [`Approx`] bucket, so an
 //! online-hidden user who is online and an offline one seen a minute ago look the same.
+//! The [`Approx`] buckets themselves are wire values and live with the frames (`crate::frame`).
 //!
 //! Everything here is a pure function (no clock reads, no I/O): the core decides every answer
 //! with it, and the property tests (`core/tests/privacy.rs`) and the simulation check it.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
+pub use crate::frame::Approx;
 use crate::frame::PresenceEntry;
 use crate::time::UnixMillis;
 use crate::user::UserId;
@@ -156,19 +159,6 @@ pub fn view(viewer: &UserId, target: &UserId, viewer_side: Side<'_>, target_side
     }
 }
 
-/// The coarse bucket shown instead of a hidden last seen (`last_seen_approx`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Approx {
-    /// Online now, or seen within [`RECENTLY_MS`] (3 days).
-    Recently,
-    /// Seen within 7 days.
-    WithinWeek,
-    /// Seen within 30 days.
-    WithinMonth,
-    /// Seen longer ago.
-    LongAgo,
-}
-
 const DAY_MS: i64 = 86_400_000;
 /// "recently": online now, or seen within this long (3 days).
 pub const RECENTLY_MS: i64 = 3 * DAY_MS;
@@ -177,67 +167,73 @@ pub const WITHIN_WEEK_MS: i64 = 7 * DAY_MS;
 /// "within_month": seen within this long (30 days).
 pub const WITHIN_MONTH_MS: i64 = 30 * DAY_MS;
 
-impl Approx {
-    /// The JSON name (`"recently"`, `"within_week"`, `"within_month"`, `"long_ago"`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Approx::Recently => "recently",
-            Approx::WithinWeek => "within_week",
-            Approx::WithinMonth => "within_month",
-            Approx::LongAgo => "long_ago",
-        }
+/// The bucket of a user who is `online`, last seen at `last_seen`, as of `now`; `None` for a
+/// user never seen and not online (who gets no bucket). A value ahead of `now` (another server's
+/// clock) is "recently".
+pub fn approx_of(online: bool, last_seen: Option<UnixMillis>, now: UnixMillis) -> Option<Approx> {
+    if online {
+        return Some(Approx::Recently);
     }
-
-    /// The bucket a JSON name stands for.
-    pub fn parse(s: &str) -> Option<Approx> {
-        [Approx::Recently, Approx::WithinWeek, Approx::WithinMonth, Approx::LongAgo]
-            .into_iter()
-            .find(|a| a.as_str() == s)
-    }
-
-    /// The bucket of a user who is `online`, last seen at `last_seen`, as of `now`; `None` for a
-    /// user never seen and not online (who gets no bucket). A value ahead of `now` (another
-    /// server's clock) is "recently".
-    pub fn of(online: bool, last_seen: Option<UnixMillis>, now: UnixMillis) -> Option<Approx> {
-        if online {
-            return Some(Approx::Recently);
-        }
-        let age = now.0.saturating_sub(last_seen?.0);
-        Some(if age <= RECENTLY_MS {
-            Approx::Recently
-        } else if age <= WITHIN_WEEK_MS {
-            Approx::WithinWeek
-        } else if age <= WITHIN_MONTH_MS {
-            Approx::WithinMonth
-        } else {
-            Approx::LongAgo
-        })
-    }
+    let age = now.0.saturating_sub(last_seen?.0);
+    Some(if age <= RECENTLY_MS {
+        Approx::Recently
+    } else if age <= WITHIN_WEEK_MS {
+        Approx::WithinWeek
+    } else if age <= WITHIN_MONTH_MS {
+        Approx::WithinMonth
+    } else {
+        Approx::LongAgo
+    })
 }
 
-/// An entry as a viewer may see it: the true entry with what the view hides replaced.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct VisibleEntry {
-    /// The entry's `user`, `online` and `last_seen` members, hidden parts already replaced.
-    pub entry: PresenceEntry,
-    /// `last_seen_approx`: present only when the last seen is hidden and the user was seen.
-    pub approx: Option<Approx>,
-}
-
-/// Applies `view` to the true entry at `now`. A hidden online state reads offline; a hidden last
-/// seen reads `None` with its bucket (computed from the true state, so an online user whose
-/// online state is hidden reads "recently", as a user who just left).
-pub fn apply(entry: &PresenceEntry, view: View, now: UnixMillis) -> VisibleEntry {
+/// Applies `view` to the true entry at `now`: the entry the viewer may see. A hidden online state
+/// reads offline; a hidden last seen reads `None` with its bucket (computed from the true state,
+/// so an online user whose online state is hidden reads "recently", as a user who just left).
+pub fn apply(entry: &PresenceEntry, view: View, now: UnixMillis) -> PresenceEntry {
     if view.last_seen && view.online {
-        return VisibleEntry { entry: entry.clone(), approx: None };
+        return entry.clone();
     }
-    let approx = if view.last_seen { None } else { Approx::of(entry.online, entry.last_seen, now) };
-    VisibleEntry {
-        entry: PresenceEntry {
-            user: entry.user.clone(),
-            online: entry.online && view.online,
-            last_seen: if view.last_seen { entry.last_seen } else { None },
-        },
-        approx,
+    PresenceEntry {
+        user: entry.user.clone(),
+        online: entry.online && view.online,
+        last_seen: if view.last_seen { entry.last_seen } else { None },
+        last_seen_approx: if view.last_seen { None } else { approx_of(entry.online, entry.last_seen, now) },
+    }
+}
+
+/// One target's part of a [`PrivacyAnswer`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetPrivacy {
+    /// The target's settings (the default ones if never set).
+    pub settings: Arc<Settings>,
+    /// Whether the viewer is in the target's contact list.
+    pub has_viewer: bool,
+    /// Whether the target is in the viewer's contact list.
+    pub viewer_has: bool,
+}
+
+/// The store's answer to a privacy read for one viewer and its targets
+/// ([`crate::store::PrivacyOp::Read`]): everything [`view`] needs, nothing more (a membership
+/// the rule does not need, because the audience is not `contacts`, may read `false`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrivacyAnswer {
+    /// The viewer's settings.
+    pub viewer: Arc<Settings>,
+    /// One per target, in the request's order.
+    pub targets: Vec<TargetPrivacy>,
+}
+
+impl PrivacyAnswer {
+    /// The view of `viewer` on each of `targets` (the targets of the read, in order).
+    pub fn views(&self, viewer: &UserId, targets: &[UserId]) -> Vec<View> {
+        targets
+            .iter()
+            .zip(&self.targets)
+            .map(|(target, t)| {
+                let viewer_side = Side { settings: &self.viewer, has_other_as_contact: t.viewer_has };
+                let target_side = Side { settings: &t.settings, has_other_as_contact: t.has_viewer };
+                view(viewer, target, viewer_side, target_side)
+            })
+            .collect()
     }
 }

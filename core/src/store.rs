@@ -157,6 +157,21 @@ pub enum DurableOp {
     },
 }
 
+/// A read of privacy settings and contact memberships (docs/PRIVACY.md), for the privacy
+/// executor (a per-server cache over the durable store).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PrivacyOp {
+    /// The settings of `viewer` and of each target, and for each target the two memberships the
+    /// rule needs (viewer in the target's list, target in the viewer's). Answered with
+    /// [`StoreOutput::Privacy`], one entry per target, same order.
+    Read {
+        /// Who asks (a user; services with `presence:read_all` never need a read).
+        viewer: UserId,
+        /// Whom it asks about.
+        targets: Vec<UserId>,
+    },
+}
+
 /// A store operation as the core emits it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StoreOp {
@@ -164,6 +179,8 @@ pub enum StoreOp {
     Registry(RegistryOp),
     /// For the durable executor.
     Durable(DurableOp),
+    /// For the privacy executor.
+    Privacy(PrivacyOp),
 }
 
 /// One user's state in the registry.
@@ -193,6 +210,8 @@ pub enum StoreOutput {
     Durable(Vec<Option<UnixMillis>>),
     /// Answer to `RegistryOp::RenewLease`.
     Lease(LeaseView),
+    /// Answer to `PrivacyOp::Read`.
+    Privacy(crate::privacy::PrivacyAnswer),
     /// Answer to `RegistryOp::ClaimReap`: `None` when there is nothing (more) for us to reap (the
     /// lease is claimed by another server, is live again, or its index is empty and it was dropped).
     Reap(Option<ReapBatch>),

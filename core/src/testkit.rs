@@ -8,8 +8,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use std::sync::Arc;
+
+use crate::privacy::{LastSeenAudience, PrivacyAnswer, Settings, TargetPrivacy};
 use crate::store::{
-    DurableOp, LeaseToken, LeaseView, ReapBatch, RegistryEntry, RegistryOp, StoreOp, StoreOutput,
+    DurableOp, LeaseToken, LeaseView, PrivacyOp, ReapBatch, RegistryEntry, RegistryOp, StoreOp, StoreOutput,
 };
 use crate::time::UnixMillis;
 use crate::user::{SessionId, UserId};
@@ -35,6 +38,10 @@ pub struct MemoryStores {
     pub registry_pending: BTreeMap<UserId, UnixMillis>,
     /// `last_seen` in the durable store.
     pub durable_last_seen: BTreeMap<UserId, UnixMillis>,
+    /// Privacy settings set by users (others have the defaults: everyone may see them).
+    pub settings: BTreeMap<UserId, Settings>,
+    /// Contact lists.
+    pub contacts: BTreeMap<UserId, BTreeSet<UserId>>,
 }
 
 /// Max-register: keeps the larger of the stored and the new value.
@@ -122,6 +129,34 @@ impl MemoryStores {
             StoreOp::Durable(DurableOp::Read { users }) => {
                 StoreOutput::Durable(users.iter().map(|u| self.durable_last_seen.get(u).copied()).collect())
             }
+            StoreOp::Privacy(PrivacyOp::Read { viewer, targets }) => {
+                StoreOutput::Privacy(self.privacy(viewer, targets))
+            }
+        }
+    }
+
+    /// `PrivacyOp::Read` over [`MemoryStores::settings`] and [`MemoryStores::contacts`].
+    pub fn privacy(&self, viewer: &UserId, targets: &[UserId]) -> PrivacyAnswer {
+        let settings = |u: &UserId| {
+            Arc::new(
+                self.settings
+                    .get(u)
+                    .cloned()
+                    .unwrap_or_else(|| Settings::default_with(LastSeenAudience::Everyone)),
+            )
+        };
+        let has =
+            |owner: &UserId, member: &UserId| self.contacts.get(owner).is_some_and(|c| c.contains(member));
+        PrivacyAnswer {
+            viewer: settings(viewer),
+            targets: targets
+                .iter()
+                .map(|t| TargetPrivacy {
+                    settings: settings(t),
+                    has_viewer: has(t, viewer),
+                    viewer_has: has(viewer, t),
+                })
+                .collect(),
         }
     }
 

@@ -104,8 +104,18 @@ fn examples() -> Vec<(Frame, &'static str, Vec<u8>)> {
             Frame::Presence {
                 id: Some(7),
                 users: vec![
-                    PresenceEntry { user: user("bob"), online: false, last_seen: Some(T) },
-                    PresenceEntry { user: user("carol"), online: true, last_seen: None },
+                    PresenceEntry {
+                        user: user("bob"),
+                        online: false,
+                        last_seen: Some(T),
+                        last_seen_approx: None,
+                    },
+                    PresenceEntry {
+                        user: user("carol"),
+                        online: true,
+                        last_seen: None,
+                        last_seen_approx: None,
+                    },
                 ],
             },
             r#"{"type":"presence","id":7,"users":[{"user":"bob","online":false,"last_seen":"2024-01-15T09:42:00.000Z"},{"user":"carol","online":true,"last_seen":null}]}"#,
@@ -116,7 +126,12 @@ fn examples() -> Vec<(Frame, &'static str, Vec<u8>)> {
         (
             Frame::Presence {
                 id: None,
-                users: vec![PresenceEntry { user: user("bob"), online: true, last_seen: Some(T) }],
+                users: vec![PresenceEntry {
+                    user: user("bob"),
+                    online: true,
+                    last_seen: Some(T),
+                    last_seen_approx: None,
+                }],
             },
             r#"{"type":"presence","users":[{"user":"bob","online":true,"last_seen":"2024-01-15T09:42:00.000Z"}]}"#,
             hex("07 00 00 01 03 62 6f 62 03 00 00 01 8d 0c 7f d2 40"),
@@ -124,7 +139,12 @@ fn examples() -> Vec<(Frame, &'static str, Vec<u8>)> {
         (
             Frame::Presence {
                 id: None,
-                users: vec![PresenceEntry { user: user("dave"), online: false, last_seen: None }],
+                users: vec![PresenceEntry {
+                    user: user("dave"),
+                    online: false,
+                    last_seen: None,
+                    last_seen_approx: None,
+                }],
             },
             r#"{"type":"presence","users":[{"user":"dave","online":false,"last_seen":null}]}"#,
             hex("07 00 00 01 04 64 61 76 65 00"),
@@ -241,7 +261,12 @@ fn json_decoding_is_liberal_in_layout_and_ignores_unknown_members() {
         dec_json(r#"{"type":"presence","users":[{"last_seen":null,"x":1,"online":true,"user":"a"}]}"#),
         Ok(Frame::Presence {
             id: None,
-            users: vec![PresenceEntry { user: user("a"), online: true, last_seen: None }]
+            users: vec![PresenceEntry {
+                user: user("a"),
+                online: true,
+                last_seen: None,
+                last_seen_approx: None
+            }]
         })
     );
     // A repeated member: the last occurrence wins.
@@ -278,7 +303,12 @@ fn last_seen_bounds_of_the_wire_range() {
     for ms in [0, MAX_WIRE_MILLIS] {
         let frame = Frame::Presence {
             id: None,
-            users: vec![PresenceEntry { user: user("a"), online: false, last_seen: Some(UnixMillis(ms)) }],
+            users: vec![PresenceEntry {
+                user: user("a"),
+                online: false,
+                last_seen: Some(UnixMillis(ms)),
+                last_seen_approx: None,
+            }],
         };
         assert_eq!(dec_json(&encode_json(&frame)), Ok(frame.clone()));
         assert_eq!(dec_bin(&encode_binary(&frame)), Ok(frame));
@@ -289,6 +319,7 @@ fn last_seen_bounds_of_the_wire_range() {
             user: user("a"),
             online: false,
             last_seen: Some(UnixMillis(MAX_WIRE_MILLIS)),
+            last_seen_approx: None,
         }],
     });
     assert_eq!(
@@ -312,7 +343,12 @@ fn last_seen_bounds_of_the_wire_range() {
 
 #[test]
 fn out_of_range_last_seen_is_clamped_identically_by_both_encoders() {
-    let entry = |ms| PresenceEntry { user: user("a"), online: true, last_seen: Some(UnixMillis(ms)) };
+    let entry = |ms| PresenceEntry {
+        user: user("a"),
+        online: true,
+        last_seen: Some(UnixMillis(ms)),
+        last_seen_approx: None,
+    };
     let frame = Frame::Presence { id: None, users: vec![entry(-5), entry(i64::MAX), entry(i64::MIN)] };
     let clamped = Frame::Presence { id: None, users: vec![entry(0), entry(MAX_WIRE_MILLIS), entry(0)] };
     assert_eq!(dec_json(&encode_json(&frame)), Ok(clamped.clone()));
@@ -753,8 +789,10 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
 /// Every frame but `Bye`, the one whose binary form is a single byte (its tag): each of these
 /// encodes to at least two bytes, so it has a non-empty strict prefix.
 fn arb_frame_with_body() -> impl Strategy<Value = Frame> {
-    let entry = (arb_user(), any::<bool>(), prop::option::of(0..=MAX_WIRE_MILLIS))
-        .prop_map(|(user, online, t)| PresenceEntry { user, online, last_seen: t.map(UnixMillis) });
+    let entry =
+        (arb_user(), any::<bool>(), prop::option::of(0..=MAX_WIRE_MILLIS)).prop_map(|(user, online, t)| {
+            PresenceEntry { user, online, last_seen: t.map(UnixMillis), last_seen_approx: None }
+        });
     // Up to 256 chars of up to 4 bytes: at most MAX_ERROR_MESSAGE_BYTES.
     let message = prop::collection::vec(any::<char>(), 0..=MAX_ERROR_MESSAGE_BYTES / 4)
         .prop_map(|cs| cs.into_iter().collect::<String>());
@@ -773,8 +811,9 @@ fn arb_frame_with_body() -> impl Strategy<Value = Frame> {
 
 /// Frames with values the wire cannot carry (any i64 last_seen, over-long messages).
 fn arb_wild_frame() -> impl Strategy<Value = Frame> {
-    let entry = (arb_user(), any::<bool>(), prop::option::of(any::<i64>()))
-        .prop_map(|(user, online, t)| PresenceEntry { user, online, last_seen: t.map(UnixMillis) });
+    let entry = (arb_user(), any::<bool>(), prop::option::of(any::<i64>())).prop_map(|(user, online, t)| {
+        PresenceEntry { user, online, last_seen: t.map(UnixMillis), last_seen_approx: None }
+    });
     prop_oneof![
         (any::<Option<u64>>(), prop::collection::vec(entry, 0..8))
             .prop_map(|(id, users)| Frame::Presence { id, users }),

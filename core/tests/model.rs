@@ -357,6 +357,7 @@ impl Harness {
             lookup: presence_core::LookupId(77),
             user: UserId::new("viewer").unwrap(),
             users,
+            read_all: false,
         })?;
         self.complete_all()?;
         prop_assert_eq!(self.lookups.len(), 1, "the lookup was not answered");
@@ -435,7 +436,7 @@ impl Harness {
                     self.live.insert(conn, c);
                 }
                 self.all_conns.push(conn);
-                self.feed(Input::Open { conn, user, session, expires: None })
+                self.feed(Input::Open { conn, user, session, expires: None, scopes: Default::default() })
             }
             Step::Ping(c) => self.message(c, Encoding::Json, br#"{"type":"ping","seq":1}"#),
             Step::Query(c, users) => {

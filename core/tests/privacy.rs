@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use presence_core::frame::PresenceEntry;
 use presence_core::privacy::{
-    apply, view, Approx, LastSeenAudience, OnlineAudience, Settings, Side, View, RECENTLY_MS,
+    apply, approx_of, view, Approx, LastSeenAudience, OnlineAudience, Settings, Side, View, RECENTLY_MS,
     WITHIN_MONTH_MS, WITHIN_WEEK_MS,
 };
 use presence_core::time::UnixMillis;
@@ -37,7 +37,7 @@ fn settings() -> impl Strategy<Value = Settings> {
 
 fn entry() -> impl Strategy<Value = PresenceEntry> {
     (any::<bool>(), proptest::option::of(0i64..2_000_000_000_000)).prop_map(|(online, last_seen)| {
-        PresenceEntry { user: uid("t"), online, last_seen: last_seen.map(UnixMillis) }
+        PresenceEntry { user: uid("t"), online, last_seen: last_seen.map(UnixMillis), last_seen_approx: None }
     })
 }
 
@@ -76,24 +76,24 @@ proptest! {
     #[test]
     fn a_hidden_entry_never_carries_the_exact_time(e in entry(), online_visible: bool, now in 0i64..3_000_000_000_000) {
         let got = apply(&e, View { last_seen: false, online: online_visible }, UnixMillis(now));
-        prop_assert_eq!(got.entry.last_seen, None);
-        prop_assert_eq!(got.approx, Approx::of(e.online, e.last_seen, UnixMillis(now)));
-        prop_assert_eq!(got.entry.online, e.online && online_visible);
-        prop_assert_eq!(&got.entry.user, &e.user);
+        prop_assert_eq!(got.last_seen, None);
+        prop_assert_eq!(got.last_seen_approx, approx_of(e.online, e.last_seen, UnixMillis(now)));
+        prop_assert_eq!(got.online, e.online && online_visible);
+        prop_assert_eq!(&got.user, &e.user);
     }
 
     #[test]
     fn a_full_view_changes_nothing(e in entry(), now in 0i64..3_000_000_000_000) {
         let got = apply(&e, View::FULL, UnixMillis(now));
-        prop_assert_eq!(got.entry, e);
-        prop_assert_eq!(got.approx, None);
+        prop_assert_eq!(got.last_seen_approx, None);
+        prop_assert_eq!(got, e);
     }
 
     #[test]
     fn online_hidden_and_online_reads_as_offline_and_just_seen(seen_ago in 0i64..=RECENTLY_MS, now in RECENTLY_MS..3_000_000_000_000, prior: Option<i64>) {
         let hidden = View { last_seen: false, online: false };
-        let online = PresenceEntry { user: uid("t"), online: true, last_seen: prior.map(|p| UnixMillis(p.rem_euclid(now))) };
-        let offline = PresenceEntry { user: uid("t"), online: false, last_seen: Some(UnixMillis(now - seen_ago)) };
+        let online = PresenceEntry { user: uid("t"), online: true, last_seen: prior.map(|p| UnixMillis(p.rem_euclid(now))), last_seen_approx: None };
+        let offline = PresenceEntry { user: uid("t"), online: false, last_seen: Some(UnixMillis(now - seen_ago)), last_seen_approx: None };
         prop_assert_eq!(apply(&online, hidden, UnixMillis(now)), apply(&offline, hidden, UnixMillis(now)));
     }
 }
@@ -125,9 +125,9 @@ fn the_rule_on_named_cases() {
 #[test]
 fn buckets_at_their_edges() {
     let now = UnixMillis(100 * 86_400_000);
-    let at = |ago: i64| Approx::of(false, Some(UnixMillis(now.0 - ago)), now);
-    assert_eq!(Approx::of(true, None, now), Some(Approx::Recently));
-    assert_eq!(Approx::of(false, None, now), None);
+    let at = |ago: i64| approx_of(false, Some(UnixMillis(now.0 - ago)), now);
+    assert_eq!(approx_of(true, None, now), Some(Approx::Recently));
+    assert_eq!(approx_of(false, None, now), None);
     assert_eq!(at(-5_000), Some(Approx::Recently));
     assert_eq!(at(RECENTLY_MS), Some(Approx::Recently));
     assert_eq!(at(RECENTLY_MS + 1), Some(Approx::WithinWeek));

@@ -203,7 +203,7 @@ fuzz_target!(|ops: Vec<Op>| {
                     .map(|&n| UserId::new(USERS[usize::from(n) % USERS.len()]).unwrap())
                     .collect();
                 let user = UserId::new(USERS[usize::from(asker) % USERS.len()]).unwrap();
-                r.feed(Input::Lookup { lookup: LookupId(1), user, users });
+                r.feed(Input::Lookup { lookup: LookupId(1), user, users, read_all: false });
             }
             Op::TokenChecked(c, u, ttl, ok) => {
                 let conn = pick(&r, c);

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use presence_core::time::UnixMillis;
 use presence_core::user::UserId;
-use presence_core::TokenGrant;
+use presence_core::{Scopes, TokenGrant};
 use serde::{Deserialize, Serialize};
 
 /// Shortest HS256 secret accepted, in bytes: RFC 7518, section 3.2 requires a key at least as
@@ -30,6 +30,8 @@ struct IssuedClaims<'a> {
     iss: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     aud: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scope: Option<&'a str>,
 }
 
 /// The claims the server reads itself (the user, and `exp` for the connection's deadline); the
@@ -38,6 +40,29 @@ struct IssuedClaims<'a> {
 struct Claims {
     sub: String,
     exp: u64,
+    /// OAuth's space-separated scopes (RFC 8693, 4.2): [`SCOPE_ADMIN`], [`SCOPE_READ_ALL`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    scope: Option<String>,
+}
+
+/// The scope of a service token that may read and set any user's settings and contacts.
+pub const SCOPE_ADMIN: &str = "presence:admin";
+/// The scope of a service token whose queries and subscriptions answer the true state.
+pub const SCOPE_READ_ALL: &str = "presence:read_all";
+
+/// The scopes of a `scope` claim. Unknown scopes are ignored (a token may carry the app's own);
+/// a token with either of ours is a service token.
+pub fn parse_scopes(scope: Option<&str>) -> Scopes {
+    let mut s = Scopes::default();
+    for word in scope.unwrap_or("").split_ascii_whitespace() {
+        match word {
+            SCOPE_ADMIN => s.admin = true,
+            SCOPE_READ_ALL => s.read_all = true,
+            _ => {}
+        }
+    }
+    s.service = s.admin || s.read_all;
+    s
 }
 
 /// The optional claims a deployment requires (`--jwt-issuer`, `--jwt-audience`). When one is
@@ -137,17 +162,24 @@ impl Auth {
         let user = UserId::new(&data.claims.sub).map_err(|_| AuthError::BadSubject)?;
         let end_secs = data.claims.exp.saturating_add(self.validation.leeway).saturating_add(1);
         let expires = i64::try_from(end_secs).ok().and_then(|s| s.checked_mul(1_000)).map(UnixMillis);
-        Ok(TokenGrant { user, expires })
+        let scopes = parse_scopes(data.claims.scope.as_deref());
+        Ok(TokenGrant { user, expires, scopes })
     }
 
     /// Issues a token for `user`, valid for `ttl` from now, with this deployment's `iss` and `aud`.
     pub fn issue(&self, user: &UserId, ttl: Duration) -> String {
+        self.issue_with_scope(user, ttl, None)
+    }
+
+    /// [`Auth::issue`] with a `scope` claim (a service token: `"presence:admin presence:read_all"`).
+    pub fn issue_with_scope(&self, user: &UserId, ttl: Duration, scope: Option<&str>) -> String {
         let exp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default() + ttl;
         let claims = IssuedClaims {
             sub: user.as_str(),
             exp: exp.as_secs(),
             iss: self.rules.issuer.as_deref(),
             aud: self.rules.audience.as_deref(),
+            scope,
         };
         // HS256 signing with an in-memory key cannot fail.
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).unwrap_or_default()
@@ -299,7 +331,7 @@ mod tests {
 
     #[test]
     fn grant_expires_when_the_verifier_would_refuse_the_token() {
-        let claims = Claims { sub: "bob".into(), exp: 4_000_000_000 };
+        let claims = Claims { sub: "bob".into(), exp: 4_000_000_000, scope: None };
         let key = EncodingKey::from_secret(b"secret");
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap();
         let grant = Auth::new(b"secret").verify_grant(&token).unwrap();
@@ -311,11 +343,28 @@ mod tests {
         let claims = Claims {
             sub: "bob".into(),
             exp: SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() - 2,
+            scope: None,
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap();
         let strict = Auth::new(b"secret").with_leeway(Duration::ZERO);
         assert_eq!(strict.verify(&token), Err(AuthError::Invalid("expired".into())));
         assert!(Auth::new(b"secret").verify(&token).is_ok());
+    }
+
+    #[test]
+    fn reads_the_service_scopes() {
+        let auth = Auth::new(SECRET);
+        let svc = UserId::new("backend").unwrap();
+        let ttl = Duration::from_secs(60);
+        let both = auth.issue_with_scope(&svc, ttl, Some("presence:admin openid presence:read_all"));
+        let g = auth.verify_grant(&both).unwrap();
+        assert_eq!(g.scopes, Scopes { service: true, read_all: true, admin: true });
+        let admin = auth.verify_grant(&auth.issue_with_scope(&svc, ttl, Some("presence:admin"))).unwrap();
+        assert_eq!(admin.scopes, Scopes { service: true, read_all: false, admin: true });
+        // Someone else's scopes make no service token; no scope claim is a user token.
+        let other = auth.verify_grant(&auth.issue_with_scope(&svc, ttl, Some("openid profile"))).unwrap();
+        assert_eq!(other.scopes, Scopes::default());
+        assert_eq!(auth.verify_grant(&auth.issue(&svc, ttl)).unwrap().scopes, Scopes::default());
     }
 
     #[test]

@@ -14,7 +14,7 @@ use presence_core::frame::{Encoding, ErrorCode, PresenceEntry};
 use presence_core::store::{EffectId, RegistryOp, StoreError, StoreOp, StoreOutput};
 use presence_core::time::UnixMillis;
 use presence_core::user::{SessionId, UserId};
-use presence_core::{ConnId, Effect, Input, LookupError, LookupId, OutMessage, Presence};
+use presence_core::{ConnId, Effect, Input, LookupError, LookupId, OutMessage, Presence, Scopes};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument};
@@ -22,6 +22,7 @@ use tracing::{debug, info, warn, Instrument};
 use crate::auth::Auth;
 use crate::clock::{MonoOrigin, WallClock};
 use crate::metrics::Metrics;
+use crate::privacy::PrivacyCache;
 use crate::store::{DurableStore, Notice, RegistryStore};
 
 /// What a connection task is told to do.
@@ -43,6 +44,7 @@ pub(crate) enum ToDriver {
         user: UserId,
         session: SessionId,
         expires: Option<UnixMillis>,
+        scopes: Scopes,
         outbox: futures_channel::mpsc::Sender<Outbound>,
     },
     Message {
@@ -64,8 +66,11 @@ pub(crate) enum ToDriver {
     Lookup {
         user: UserId,
         users: Vec<UserId>,
+        read_all: bool,
         reply: oneshot::Sender<LookupResult>,
     },
+    /// `user`'s privacy settings or contacts changed (this server's API took the change).
+    PrivacyChanged(UserId),
     Status(oneshot::Sender<Status>),
     Shutdown,
 }
@@ -102,6 +107,8 @@ pub struct Stores {
     pub registry: Arc<dyn RegistryStore>,
     /// The durable store (DynamoDB, or redb).
     pub durable: Arc<dyn DurableStore>,
+    /// Privacy settings and contacts, through this server's cache.
+    pub privacy: Arc<PrivacyCache>,
 }
 
 /// A cloneable handle to the driver.
@@ -123,15 +130,16 @@ impl DriverHandle {
         rx.await.ok()
     }
 
-    /// Presence of `users` from outside any connection, asked by `user` (whose budget pays).
-    pub(crate) async fn lookup(&self, user: UserId, users: Vec<UserId>) -> LookupResult {
+    /// Presence of `users` from outside any connection, asked by `user` (whose budget pays; the
+    /// answer is `user`'s view unless `read_all`).
+    pub(crate) async fn lookup(&self, user: UserId, users: Vec<UserId>, read_all: bool) -> LookupResult {
         let (reply, rx) = oneshot::channel();
         let down = || LookupError {
             code: ErrorCode::Unavailable,
             message: "server is shutting down".to_owned(),
             retry_after: None,
         };
-        if !self.send(ToDriver::Lookup { user, users, reply }).await {
+        if !self.send(ToDriver::Lookup { user, users, read_all, reply }).await {
             return Err(down());
         }
         rx.await.unwrap_or_else(|_| Err(down()))
@@ -152,6 +160,8 @@ pub(crate) struct Driver {
     stores: Stores,
     registry_slots: Arc<Semaphore>,
     durable_slots: Arc<Semaphore>,
+    /// Privacy reads (mostly cache hits) never wait behind a durable-write backlog.
+    privacy_slots: Arc<Semaphore>,
     outboxes: HashMap<ConnId, futures_channel::mpsc::Sender<Outbound>>,
     lookups: HashMap<LookupId, oneshot::Sender<LookupResult>>,
     next_lookup: u64,
@@ -190,6 +200,7 @@ impl Driver {
             clock,
             registry_slots: Arc::new(Semaphore::new(config.registry_concurrency)),
             durable_slots: Arc::new(Semaphore::new(config.durable_concurrency)),
+            privacy_slots: Arc::new(Semaphore::new(config.durable_concurrency)),
             stores,
             outboxes: HashMap::new(),
             lookups: HashMap::new(),
@@ -227,7 +238,12 @@ impl Driver {
                 },
                 notice = recv_opt(&mut self.notices) => match notice {
                     Some(Notice::Changed(user)) => self.feed(Input::Changed { user }),
-                    Some(Notice::Resync) => self.feed(Input::Resync),
+                    Some(Notice::PrivacyChanged(user)) => self.privacy_changed(user),
+                    Some(Notice::Resync) => {
+                        // Privacy notices may be among the lost: nothing cached may be kept.
+                        self.stores.privacy.invalidate_all();
+                        self.feed(Input::Resync);
+                    }
                     None => self.notices = None,
                 },
                 msg = self.inbox.recv() => match msg {
@@ -264,9 +280,9 @@ impl Driver {
 
     fn on_message(&mut self, msg: ToDriver) {
         match msg {
-            ToDriver::Open { conn, user, session, expires, outbox } => {
+            ToDriver::Open { conn, user, session, expires, scopes, outbox } => {
                 self.outboxes.insert(conn, outbox);
-                self.feed(Input::Open { conn, user, session, expires });
+                self.feed(Input::Open { conn, user, session, expires, scopes });
             }
             ToDriver::Message { conn, encoding, payload } => {
                 self.feed(Input::Message { conn, encoding, payload: &payload })
@@ -280,18 +296,26 @@ impl Driver {
                 self.outboxes.remove(&conn);
                 self.feed(Input::PolicyClosed { conn });
             }
-            ToDriver::Lookup { user, users, reply } => {
+            ToDriver::Lookup { user, users, read_all, reply } => {
                 self.next_lookup += 1;
                 let lookup = LookupId(self.next_lookup);
                 self.lookups.insert(lookup, reply);
-                self.feed(Input::Lookup { lookup, user, users });
+                self.feed(Input::Lookup { lookup, user, users, read_all });
             }
+            ToDriver::PrivacyChanged(user) => self.privacy_changed(user),
             ToDriver::Status(reply) => {
                 self.metrics.status_snapshots.inc();
                 let _ = reply.send(self.status());
             }
             ToDriver::Shutdown => self.start_shutdown(),
         }
+    }
+
+    /// Drops what the cache holds of `user`, then lets the core re-read what depends on it (in
+    /// this order: the core's reads must not be answered from the old entries).
+    fn privacy_changed(&mut self, user: UserId) {
+        self.stores.privacy.invalidate(&user);
+        self.feed(Input::PrivacyChanged { user });
     }
 
     fn start_shutdown(&mut self) {
@@ -375,12 +399,14 @@ impl Driver {
         let (label, slots) = match &op {
             StoreOp::Registry(_) => (self.stores.registry.kind(), self.registry_slots.clone()),
             StoreOp::Durable(_) => (self.stores.durable.kind(), self.durable_slots.clone()),
+            StoreOp::Privacy(_) => ("privacy", self.privacy_slots.clone()),
         };
         let kind = op_kind(&op);
         if let StoreOp::Registry(RegistryOp::Read { users }) = &op {
             metrics.registry_users_read.add(users.len() as u64);
         }
         let (registry, durable) = (self.stores.registry.clone(), self.stores.durable.clone());
+        let privacy = self.stores.privacy.clone();
         let span = tracing::debug_span!("store", id = id.0, store = label, op = kind);
         metrics.store_started();
         tokio::spawn(
@@ -391,6 +417,7 @@ impl Driver {
                 let result = match op {
                     StoreOp::Registry(op) => registry.execute(op).await,
                     StoreOp::Durable(op) => durable.execute(op).await,
+                    StoreOp::Privacy(op) => privacy.execute(op).await,
                 };
                 metrics.store_finished(label, kind, started.elapsed(), result.is_ok());
                 if let Err(e) = &result {
@@ -417,6 +444,7 @@ fn op_kind(op: &StoreOp) -> &'static str {
         StoreOp::Registry(RegistryOp::Reap { .. }) => "reap",
         StoreOp::Durable(DurableOp::Write { .. }) => "write",
         StoreOp::Durable(DurableOp::Read { .. }) => "read",
+        StoreOp::Privacy(_) => "read",
     }
 }
 

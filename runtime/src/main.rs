@@ -16,6 +16,7 @@ use presence_runtime::clock::{SystemClock, WallClock};
 use presence_runtime::config::{Cli, ClientArgs, Command, LogFormat, ServeArgs, TokenArgs};
 use presence_runtime::driver::{DriverConfig, Stores};
 use presence_runtime::edge::EdgeLimits;
+use presence_runtime::privacy::{MemoryPrivacy, PrivacyCache, PrivacyCacheConfig};
 use presence_runtime::server::{serve_with_admin, ServerConfig};
 use presence_runtime::store::{
     open_redis, DurableStore, DynamoConfig, DynamoDurable, MemoryRegistry, RedbDurable, RedisConfig,
@@ -85,7 +86,7 @@ fn token(t: &TokenArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let token = auth.issue(&user, t.ttl);
+    let token = auth.issue_with_scope(&user, t.ttl, t.scope.as_deref());
     if t.json {
         let expires = SystemClock.wall().saturating_add(t.ttl);
         let v =
@@ -270,6 +271,7 @@ async fn run(args: ServeArgs) -> Result<bool, String> {
             max_connections_per_ip: args.edge.max_connections_per_ip,
         },
         status_refresh: Duration::from_secs(1),
+        max_contacts: args.privacy.max_contacts,
     };
     let flushed =
         serve_with_admin(listener, admin, config, stores, Arc::new(SystemClock), shutdown_signal()).await;
@@ -312,7 +314,19 @@ async fn open_stores(args: &ServeArgs, server_id: &str) -> Result<Stores, String
             Arc::new(store.with_op_timeout(args.store_timeout))
         }
     };
-    Ok(Stores { registry, durable })
+    // PLACEHOLDER until the redb and DynamoDB backends land: in-process settings.
+    let backend: Arc<dyn presence_runtime::privacy::PrivacyBackend> = Arc::new(MemoryPrivacy::new());
+    let privacy = PrivacyCache::new(backend, privacy_cache_config(args));
+    Ok(Stores { registry, durable, privacy })
+}
+
+fn privacy_cache_config(args: &ServeArgs) -> PrivacyCacheConfig {
+    PrivacyCacheConfig {
+        default_last_seen: args.privacy.default_privacy.audience(),
+        ttl: args.privacy.privacy_cache_ttl,
+        op_timeout: args.store_timeout,
+        ..PrivacyCacheConfig::default()
+    }
 }
 
 /// Binds the listener with a deep accept backlog: tokio's default (1,024) overflows when thousands

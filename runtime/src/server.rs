@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
@@ -33,6 +33,7 @@ use crate::clock::WallClock;
 use crate::driver::{Driver, DriverConfig, DriverHandle, Stores};
 use crate::edge::{self, Counts, EdgeLimits, Slot};
 use crate::metrics::{Live, Metrics};
+use crate::privacy::api::{self as privacy_api, PrivacyApi};
 use crate::status::StatusCache;
 use crate::ws::{self, WsLimits};
 
@@ -94,6 +95,8 @@ pub struct ServerConfig {
     /// How long one snapshot of the core serves `/readyz` and `/metrics` (zero: every request
     /// takes its own, as the simulation does).
     pub status_refresh: Duration,
+    /// Most ids in one user's contact list (`--max-contacts`).
+    pub max_contacts: usize,
 }
 
 /// State shared by every connection's handlers.
@@ -116,6 +119,8 @@ struct Shared {
     status: StatusCache,
     /// `/readyz` and `/metrics` are on the public listener (no admin listener).
     public_health: bool,
+    /// The privacy routes.
+    privacy: PrivacyApi,
 }
 
 /// Runs the server until `shutdown` resolves, then closes every connection with 1001, records every
@@ -142,6 +147,7 @@ pub async fn serve_with_admin<L: Listener, A: Listener>(
     shutdown: impl Future<Output = ()> + Send,
 ) -> bool {
     let metrics = Arc::new(Metrics::default());
+    let (privacy_cache, registry) = (stores.privacy.clone(), stores.registry.clone());
     let (driver, handle) = Driver::new(
         config.core.clone(),
         config.driver.clone(),
@@ -153,6 +159,7 @@ pub async fn serve_with_admin<L: Listener, A: Listener>(
     let driver = tokio::spawn(driver.run());
     let boot = format!("{:08x}", rand::random::<u32>());
     let limits = config.edge.clone();
+    let limits_contacts = config.max_contacts;
     let shared = Arc::new(Shared {
         status: StatusCache::new(config.status_refresh),
         config,
@@ -165,6 +172,12 @@ pub async fn serve_with_admin<L: Listener, A: Listener>(
         per_user: Counts::new(limits.max_sessions_per_user),
         per_ip: (limits.max_connections_per_ip > 0).then(|| Counts::new(limits.max_connections_per_ip)),
         public_health: admin.is_none(),
+        privacy: PrivacyApi {
+            cache: privacy_cache,
+            registry,
+            driver: handle.clone(),
+            max_contacts: limits_contacts,
+        },
     });
     let admin_sockets = Arc::new(Semaphore::new(ADMIN_MAX_SOCKETS));
     tokio::pin!(shutdown);
@@ -291,8 +304,38 @@ async fn route_public(shared: &Arc<Shared>, req: Request<Incoming>, peer: Option
         (&Method::GET, "/metrics") if shared.public_health => metrics(shared).await,
         (&Method::POST, "/v1/dev/token") if shared.config.dev_tokens => dev_token(shared, req).await,
         (&Method::GET, p) if p == "/" || p.starts_with("/demo") => demo(shared, p),
-        _ => not_found(),
+        (_, p) => match privacy_api::route(p) {
+            Some((whose, resource)) => privacy(shared, req, whose.map(str::to_owned), resource).await,
+            None => not_found(),
+        },
     }
+}
+
+/// The privacy routes (`crate::privacy::api`): authenticated, body bounded (413 beyond).
+async fn privacy(
+    shared: &Shared,
+    req: Request<Incoming>,
+    whose: Option<String>,
+    resource: privacy_api::Resource,
+) -> Response<Body> {
+    let grant = match authenticate(shared, &req) {
+        Ok(g) => g,
+        Err(reason) => return unauthorized(&reason),
+    };
+    let method = req.method().clone();
+    let body = match Limited::new(req.into_body(), privacy_api::MAX_BODY_BYTES).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            let msg = format!("the body exceeds {} bytes", privacy_api::MAX_BODY_BYTES);
+            return json(StatusCode::PAYLOAD_TOO_LARGE, &error_body("too_large", &msg));
+        }
+        Err(_) => {
+            return json(StatusCode::BAD_REQUEST, &error_body("bad_request", "could not read the body"))
+        }
+    };
+    let (status, v) =
+        privacy_api::handle(&shared.privacy, &grant, &method, whose.as_deref(), resource, &body).await;
+    json(status, &v)
 }
 
 async fn route_admin(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
@@ -439,6 +482,7 @@ fn upgrade(shared: &Arc<Shared>, mut req: Request<Incoming>, peer: Option<IpAddr
                     conn: presence_core::ConnId(n),
                     user: grant.user,
                     expires: grant.expires,
+                    scopes: grant.scopes,
                     session: presence_core::user::SessionId::new(session),
                     driver: shared.driver.clone(),
                     metrics: shared.metrics.clone(),
@@ -467,8 +511,8 @@ fn upgrade(shared: &Arc<Shared>, mut req: Request<Incoming>, peer: Option<IpAddr
 /// Lookups are paid from the asking user's budget, shared with its WebSocket connections; over
 /// it: 429 with `Retry-After` (whole seconds, at least 1).
 async fn presence(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
-    let asker = match authenticate(shared, req) {
-        Ok(g) => g.user,
+    let (asker, read_all) = match authenticate(shared, req) {
+        Ok(g) => (g.user, g.scopes.read_all),
         Err(reason) => return unauthorized(&reason),
     };
     let list = req.uri().query().and_then(|q| query_param(q, "users")).unwrap_or_default();
@@ -488,7 +532,7 @@ async fn presence(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
             }
         }
     }
-    match shared.driver.lookup(asker, users).await {
+    match shared.driver.lookup(asker, users, read_all).await {
         Ok(entries) => json(StatusCode::OK, &serde_json::json!({ "users": entries_json(&entries) })),
         Err(e) if e.code == ErrorCode::RateLimited => {
             let mut r = json(StatusCode::TOO_MANY_REQUESTS, &error_body(e.code.as_str(), &e.message));
@@ -517,11 +561,16 @@ fn entries_json(entries: &[PresenceEntry]) -> Vec<serde_json::Value> {
     entries
         .iter()
         .map(|e| {
-            serde_json::json!({
+            let mut v = serde_json::json!({
                 "user": e.user.as_str(),
                 "online": e.online,
                 "last_seen": e.last_seen.map(|t| t.to_rfc3339()),
-            })
+            });
+            // Only when the last seen is hidden: other entries read exactly as before privacy.
+            if let Some(a) = e.last_seen_approx {
+                v["last_seen_approx"] = a.as_str().into();
+            }
+            v
         })
         .collect()
 }

@@ -83,6 +83,8 @@ pub(crate) struct ConnContext {
     pub(crate) session: SessionId,
     /// When the token stops being valid (`presence_core::Input::Open`).
     pub(crate) expires: Option<UnixMillis>,
+    /// The token's scopes (a service connection registers no session).
+    pub(crate) scopes: presence_core::Scopes,
     pub(crate) driver: DriverHandle,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) limits: WsLimits,
@@ -110,6 +112,7 @@ async fn serve<Io: AsyncRead + AsyncWrite + Unpin + Send>(mut ws: WebSocketStrea
         user: ctx.user.clone(),
         session: ctx.session.clone(),
         expires: ctx.expires,
+        scopes: ctx.scopes,
         outbox,
     };
     if !ctx.driver.send(open).await {

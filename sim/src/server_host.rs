@@ -11,6 +11,7 @@ use presence_runtime::auth::Auth;
 use presence_runtime::clock::WallClock;
 use presence_runtime::driver::{DriverConfig, Stores};
 use presence_runtime::edge::EdgeLimits;
+use presence_runtime::privacy::{PrivacyCache, PrivacyCacheConfig};
 use presence_runtime::server::{serve, Listener, ServerConfig};
 use presence_runtime::store::{AsyncStream, ConnectFuture, RedisConfig, RedisConnector, RedisRegistry};
 use presence_runtime::ws::WsLimits;
@@ -84,7 +85,8 @@ pub async fn server_main(w: Arc<World>, i: usize) -> turmoil::Result {
         redis::RedisConnectionInfo::default(),
         redis_config,
     );
-    let stores = Stores { registry: Arc::new(registry), durable: Arc::new(w.dynamo.clone()) };
+    let privacy = PrivacyCache::new(Arc::new(w.privacy.clone()), PrivacyCacheConfig::default());
+    let stores = Stores { registry: Arc::new(registry), durable: Arc::new(w.dynamo.clone()), privacy };
     let config = ServerConfig {
         server_id: name.clone(),
         core: core_config(w.params.plant.and_then(crate::Plant::in_core)),
@@ -103,6 +105,7 @@ pub async fn server_main(w: Arc<World>, i: usize) -> turmoil::Result {
         edge: EdgeLimits::default(),
         // Every probe sees the core as it is now (the oracles compare /readyz with the stores).
         status_refresh: Duration::ZERO,
+        max_contacts: presence_core::privacy::DEFAULT_MAX_CONTACTS,
     };
     let clock: Arc<dyn WallClock> = w.clocks[i].clone();
     let flushed = serve(SimListener(listener), config, stores, clock, std::future::pending()).await;

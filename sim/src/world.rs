@@ -61,6 +61,8 @@ pub struct World {
     pub redis: Mutex<RedisState>,
     /// The DynamoDB stand-in (data survives everything).
     pub dynamo: SimDynamo,
+    /// Privacy settings and contacts (durable like the DynamoDB stand-in; shared by the servers).
+    pub privacy: presence_runtime::privacy::MemoryPrivacy,
     /// Each server's wall clock.
     pub clocks: Vec<Arc<SimClock>>,
     /// Each server's lifecycle.
@@ -90,6 +92,7 @@ impl World {
             model: Mutex::new(Model::new(users)),
             redis: Mutex::new(RedisState::new(seed, params.plant)),
             dynamo: SimDynamo::new(seed, params.plant),
+            privacy: presence_runtime::privacy::MemoryPrivacy::new(),
             clocks,
             servers: Mutex::new(servers),
             quiet: AtomicBool::new(false),

@@ -6,8 +6,8 @@
 //! by a declared count.
 
 use crate::frame::{
-    DecodeError, DecodeErrorKind, ErrorCode, Frame, Limits, PresenceEntry, Token, MAX_ERROR_MESSAGE_BYTES,
-    MAX_TOKEN_BYTES,
+    Approx, DecodeError, DecodeErrorKind, ErrorCode, Frame, Limits, PresenceEntry, Token,
+    MAX_ERROR_MESSAGE_BYTES, MAX_TOKEN_BYTES,
 };
 use crate::time::{UnixMillis, MAX_WIRE_MILLIS, MIN_WIRE_MILLIS};
 use crate::user::{check_user_id, UserId};
@@ -35,6 +35,9 @@ pub const TAG_AUTH: u8 = 0x09;
 const FLAG_ONLINE: u8 = 0b01;
 /// Presence entry flags: an 8-byte `last_seen` follows.
 const FLAG_LAST_SEEN: u8 = 0b10;
+/// Presence entry flags: a 1-byte `last_seen_approx` code follows (after `last_seen`, which an
+/// entry with a bucket never has). Entries without a bucket are byte-identical to before.
+const FLAG_APPROX: u8 = 0b100;
 
 /// Fewest bytes one user id takes in a list (length byte + one byte).
 const MIN_USER_BYTES: usize = 2;
@@ -90,9 +93,15 @@ pub fn encode(frame: &Frame) -> Vec<u8> {
                 if e.last_seen.is_some() {
                     flags |= FLAG_LAST_SEEN;
                 }
+                if e.last_seen_approx.is_some() {
+                    flags |= FLAG_APPROX;
+                }
                 out.push(flags);
                 if let Some(t) = e.last_seen {
                     out.extend_from_slice(&t.clamp_to_wire().0.to_be_bytes());
+                }
+                if let Some(a) = e.last_seen_approx {
+                    out.push(a.code());
                 }
             }
         }
@@ -283,7 +292,7 @@ fn frame(r: &mut Reader<'_>, limits: &Limits, id: &mut Option<u64>) -> Result<Fr
 fn entry(r: &mut Reader<'_>, index: usize) -> Result<PresenceEntry, DecodeErrorKind> {
     let user = r.user(index)?;
     let flags = r.u8()?;
-    if flags & !(FLAG_ONLINE | FLAG_LAST_SEEN) != 0 {
+    if flags & !(FLAG_ONLINE | FLAG_LAST_SEEN | FLAG_APPROX) != 0 {
         return Err(DecodeErrorKind::Malformed("reserved presence flag bits set"));
     }
     let last_seen = if flags & FLAG_LAST_SEEN != 0 {
@@ -295,5 +304,10 @@ fn entry(r: &mut Reader<'_>, index: usize) -> Result<PresenceEntry, DecodeErrorK
     } else {
         None
     };
-    Ok(PresenceEntry { user, online: flags & FLAG_ONLINE != 0, last_seen })
+    let last_seen_approx = if flags & FLAG_APPROX != 0 {
+        Some(Approx::from_code(r.u8()?).ok_or(DecodeErrorKind::Malformed("unknown last_seen_approx code"))?)
+    } else {
+        None
+    };
+    Ok(PresenceEntry { user, online: flags & FLAG_ONLINE != 0, last_seen, last_seen_approx })
 }

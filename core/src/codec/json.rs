@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value};
 
 use crate::frame::{
-    DecodeError, DecodeErrorKind, ErrorCode, Frame, Limits, PresenceEntry, Token, MAX_ERROR_MESSAGE_BYTES,
-    MAX_TOKEN_BYTES,
+    Approx, DecodeError, DecodeErrorKind, ErrorCode, Frame, Limits, PresenceEntry, Token,
+    MAX_ERROR_MESSAGE_BYTES, MAX_TOKEN_BYTES,
 };
 use crate::time::UnixMillis;
 use crate::user::UserId;
@@ -162,7 +162,14 @@ fn entry(index: usize, value: &Value) -> Result<PresenceEntry, DecodeErrorKind> 
         }
         _ => return Err(DecodeErrorKind::Malformed("missing or non-string last_seen")),
     };
-    Ok(PresenceEntry { user, online: *online, last_seen })
+    let last_seen_approx = match obj.get("last_seen_approx") {
+        None => None,
+        Some(Value::String(s)) => {
+            Some(Approx::parse(s).ok_or(DecodeErrorKind::Malformed("unknown last_seen_approx"))?)
+        }
+        Some(_) => return Err(DecodeErrorKind::Malformed("non-string last_seen_approx")),
+    };
+    Ok(PresenceEntry { user, online: *online, last_seen, last_seen_approx })
 }
 
 /// The serialized shape of a frame: serde writes the tag first, then the fields in this order.
@@ -237,12 +244,16 @@ impl Serialize for Users<'_> {
 
 struct Entries<'a>(&'a [PresenceEntry]);
 
-/// One presence entry; `last_seen` is always written (`null` when unknown).
+/// One presence entry; `last_seen` is always written (`null` when unknown or hidden), and
+/// `last_seen_approx` only when there is a bucket (so an entry with nothing hidden is
+/// byte-identical to one from before privacy).
 #[derive(Serialize)]
 struct EntryWire<'a> {
     user: &'a str,
     online: bool,
     last_seen: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_seen_approx: Option<&'static str>,
 }
 
 impl Serialize for Entries<'_> {
@@ -251,6 +262,7 @@ impl Serialize for Entries<'_> {
             user: e.user.as_str(),
             online: e.online,
             last_seen: e.last_seen.map(UnixMillis::to_rfc3339),
+            last_seen_approx: e.last_seen_approx.map(Approx::as_str),
         }))
     }
 }

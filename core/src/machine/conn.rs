@@ -18,8 +18,8 @@ use crate::user::{SessionId, UserId};
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::io::{close_code, ConnId, Effect, EndReason, OutMessage, TokenGrant};
-use super::watch::View;
+use super::io::{close_code, ConnId, Effect, EndReason, OutMessage, Scopes, TokenGrant};
+use super::watch::{SeenView, Shown};
 use super::writes::{Session, Sid};
 use super::Presence;
 
@@ -42,10 +42,16 @@ pub(super) struct Conn {
     frames: TokenBucket,
     /// When the token stops being valid (monotonic; armed in `Presence::expiries`).
     expires: Option<MonoTime>,
+    /// The token's scopes. A service connection (`scopes.service`) has no session: `sid` names
+    /// no entry of `Presence::sessions`, and its end records nothing.
+    pub(super) scopes: Scopes,
     /// Users this connection subscribed to.
     pub(super) watching: BTreeSet<UserId>,
     /// What this connection was last shown of each of them (snapshot, then pushes).
-    pub(super) shown: BTreeMap<UserId, View>,
+    pub(super) shown: BTreeMap<UserId, Shown>,
+    /// What this connection's user may see of each watched user (from the latest privacy read
+    /// answered; absent until one is: then nothing is pushed, failing closed).
+    pub(super) views: BTreeMap<UserId, SeenView>,
 }
 
 impl Presence {
@@ -55,6 +61,7 @@ impl Presence {
         user: UserId,
         session: SessionId,
         expires: Option<UnixMillis>,
+        scopes: Scopes,
     ) {
         if self.conns.contains_key(&conn) {
             // A reused id is a driver bug; keep the existing session rather than corrupt it.
@@ -82,13 +89,19 @@ impl Presence {
                 encoding: Encoding::Json,
                 frames: TokenBucket::full(self.config.frame_burst, self.now),
                 expires,
+                scopes,
                 watching: BTreeSet::new(),
                 shown: BTreeMap::new(),
+                views: BTreeMap::new(),
             },
         );
         self.timers.insert((timer_at, conn));
         if let Some(at) = expires {
             self.expiries.insert((at, conn));
+        }
+        if scopes.service {
+            // A service is never online and has no last_seen: no session to register.
+            return;
         }
         self.sessions.insert(sid, Session::new(user.clone(), session));
         self.users.entry(user.clone()).or_default().live += 1;
@@ -167,7 +180,11 @@ impl Presence {
     pub(super) fn on_token_checked(&mut self, conn: ConnId, result: Result<TokenGrant, String>) {
         let Some(c) = self.conns.get(&conn) else { return };
         let grant = match result {
-            Ok(g) if g.user == c.user => g,
+            Ok(g) if g.user == c.user && g.scopes == c.scopes => g,
+            Ok(g) if g.user == c.user => {
+                let msg = "the token's scopes differ from the connection's";
+                return self.send_error(conn, None, ErrorCode::BadToken, msg);
+            }
             Ok(_) => {
                 return self.send_error(conn, None, ErrorCode::BadToken, "the token is for another user")
             }
@@ -254,6 +271,9 @@ impl Presence {
             self.expiries.remove(&(at, conn));
         }
         self.unwatch_all(conn, c.watching);
+        if c.scopes.service {
+            return true;
+        }
         // Graceful and server-initiated ends happen now; a timeout or a reset means the peer may have
         // been gone since its last proof of life, which is the more accurate last_seen.
         let at = match why {

@@ -31,6 +31,9 @@ pub enum Input<'a> {
         /// turns it into a monotonic deadline once, at this input (`expires - now.wall` from
         /// `now.mono`), so a later wall-clock step does not move it.
         expires: Option<UnixMillis>,
+        /// The token's scopes: a service token ([`Scopes::service`]) opens a connection that
+        /// registers no session (a service is never online and has no last_seen).
+        scopes: Scopes,
     },
     /// A data message arrived: text (JSON) or binary.
     Message {
@@ -75,10 +78,12 @@ pub enum Input<'a> {
     Lookup {
         /// Correlates the answer.
         lookup: LookupId,
-        /// Who asks (from a verified token): whose lookup budget pays.
+        /// Who asks (from a verified token): whose lookup budget pays, and whose view is answered.
         user: UserId,
         /// The users (at most `Config::max_query_users`).
         users: Vec<UserId>,
+        /// The asker's token has `presence:read_all`: the true state, without a privacy read.
+        read_all: bool,
     },
     /// Time passed (the deadline from `poll_timeout` was reached, or any wake-up).
     Timeout,
@@ -101,8 +106,28 @@ pub enum Input<'a> {
         user: UserId,
     },
     /// Change notices may have been lost (the change channel reconnected): every watched user is
-    /// read again and differences are pushed.
+    /// read again and differences are pushed, and every subscription's privacy is read again
+    /// (the driver has dropped its privacy cache).
     Resync,
+    /// `user`'s privacy settings or contact list changed (a notice on the change feed, or this
+    /// server's own API): the driver has dropped what it cached of `user`; every subscription
+    /// with `user` on either side reads its privacy again and is pushed what its view now shows.
+    PrivacyChanged {
+        /// Whose settings or contacts changed.
+        user: UserId,
+    },
+}
+
+/// What a verified token may do beyond being its user (its `scope` claim, docs/PRIVACY.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Scopes {
+    /// A service token (its `scope` holds a `presence:` scope): its connections register no
+    /// session.
+    pub service: bool,
+    /// `presence:read_all`: queries and subscriptions answer the true state.
+    pub read_all: bool,
+    /// `presence:admin`: may read and set any user's settings and contacts (HTTP only).
+    pub admin: bool,
 }
 
 /// WebSocket close codes the core uses (RFC 6455 section 7.4.1).
@@ -129,6 +154,9 @@ pub struct TokenGrant {
     pub user: UserId,
     /// As in [`Input::Open`]: the first wall-clock instant it is no longer valid; `None`: never.
     pub expires: Option<UnixMillis>,
+    /// Its scopes. An `auth` frame must keep the connection's scopes (a different set is
+    /// refused with `bad_token`).
+    pub scopes: Scopes,
 }
 
 /// Why a lookup ([`Input::Lookup`]) got no answer.

@@ -32,8 +32,8 @@ use crate::time::{MonoTime, Now, UnixMillis};
 use crate::user::UserId;
 
 pub use io::{
-    close_code, ConnId, Effect, EndReason, Input, LookupError, LookupId, OutMessage, Readiness, Stats,
-    TokenGrant,
+    close_code, ConnId, Effect, EndReason, Input, LookupError, LookupId, OutMessage, Readiness, Scopes,
+    Stats, TokenGrant,
 };
 
 use budget::Budgets;
@@ -119,12 +119,16 @@ enum InFlight {
     Durable(UserId),
     /// Registry backfill after a cache miss: best effort, the durable store still has the value.
     Backfill,
+    /// A query waiting for the privacy read of its asker and targets.
+    QueryPrivacy(Box<QueryState>),
     /// A query waiting for the registry read.
     QueryRegistry(Box<QueryState>),
     /// A query waiting for the durable read of the users the registry had no last_seen for.
     QueryDurable(Box<QueryState>, Vec<usize>),
     /// Our lease renewal, sent at this time.
     RenewLease { sent: MonoTime },
+    /// A subscription's privacy re-read after a settings change (`watch.rs`).
+    WatchPrivacy { conn: ConnId, targets: Vec<UserId> },
     /// The reaper's claim of an expired lease (and its next batch).
     ReapClaim,
     /// The reaper's registry record of its batch's last_seen.
@@ -181,19 +185,24 @@ impl Presence {
         self.now = mono;
         self.wall = wall;
         match input {
-            Input::Open { conn, user, session, expires } => self.on_open(conn, user, session, expires),
+            Input::Open { conn, user, session, expires, scopes } => {
+                self.on_open(conn, user, session, expires, scopes)
+            }
             Input::Message { conn, encoding, payload } => self.on_message(conn, encoding, payload),
             Input::Alive { conn } => self.on_alive(conn),
             Input::Closed { conn, graceful } => self.on_closed(conn, graceful),
             Input::PolicyClosed { conn } => self.on_policy_closed(conn),
             Input::TokenChecked { conn, result } => self.on_token_checked(conn, result),
-            Input::Lookup { lookup, user, users } => self.start_lookup(lookup, user, users),
+            Input::Lookup { lookup, user, users, read_all } => {
+                self.start_lookup(lookup, user, users, read_all)
+            }
             Input::Timeout => {}
             Input::StoreDone { id, result } => self.on_store_done(id, result),
             Input::RegistryRestarted => self.on_registry_restarted(),
             Input::Shutdown => self.on_shutdown(),
             Input::Changed { user } => self.on_changed(user),
             Input::Resync => self.on_resync(),
+            Input::PrivacyChanged { user } => self.on_privacy_changed(&user),
         }
         // Deadlines are checked on every input, not only on `Timeout`: a driver that wakes late
         // still gets the same decisions, and a late `Timeout` is never required for progress.
@@ -211,9 +220,10 @@ impl Presence {
         let hb = self.timers.first().map(|(t, _)| *t);
         let retry = self.retries.first().map(|(t, _)| *t);
         let grace = self.watches.grace.first().map(|(t, _)| *t);
+        let privacy = self.watches.privacy_retry.first().map(|(t, _)| *t);
         let expiry = self.expiries.first().map(|(t, _)| *t);
         let sweep = self.budgets.sweep.first().map(|(t, _)| *t);
-        [hb, retry, grace, expiry, sweep, self.lease_deadline()].into_iter().flatten().min()
+        [hb, retry, grace, privacy, expiry, sweep, self.lease_deadline()].into_iter().flatten().min()
     }
 
     /// Counters for metrics.
@@ -280,9 +290,14 @@ impl Presence {
 
     fn emit_store(&mut self, op: StoreOp, what: InFlight) -> EffectId {
         let id = self.next_effect_id();
+        self.emit_store_as(id, op, what);
+        id
+    }
+
+    /// [`Presence::emit_store`] with an id taken before (for state that records its own id).
+    fn emit_store_as(&mut self, id: EffectId, op: StoreOp, what: InFlight) {
         self.in_flight.insert(id, what);
         self.effects.push_back(Effect::Store { id, op });
-        id
     }
 
     /// Raises a user's recorded maximum and returns the value to record: never below a value this
@@ -321,6 +336,8 @@ impl Presence {
             }
             InFlight::Durable(user) => self.durable_done(user, result),
             InFlight::Backfill => self.registry_failing = result.is_err(),
+            InFlight::QueryPrivacy(q) => self.query_privacy_done(*q, result),
+            InFlight::WatchPrivacy { conn, targets } => self.watch_privacy_done(conn, id, targets, result),
             InFlight::QueryRegistry(q) => {
                 self.registry_failing = result.is_err();
                 self.query_registry_done(*q, result);
@@ -383,6 +400,13 @@ impl Presence {
             let user = user.clone();
             self.watches.grace.pop_first();
             self.grace_due(user);
+        }
+        while let Some(&(at, conn)) = self.watches.privacy_retry.first() {
+            if at > self.now {
+                break;
+            }
+            self.watches.privacy_retry.pop_first();
+            self.privacy_retry_due(conn);
         }
         self.lease_tick();
     }

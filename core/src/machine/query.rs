@@ -5,11 +5,18 @@
 //!
 //! A request naming a user more than once is answered in order, one entry per position, but
 //! each distinct user is read (and paid for from the asker's budget, `budget.rs`) once.
+//!
+//! Privacy (docs/PRIVACY.md): a request by a user first reads the privacy of the asker and its
+//! targets ([`PrivacyOp::Read`]), and every entry is answered as the asker may see it
+//! ([`privacy::apply`]). If that read fails, the request fails (`unavailable`), never showing
+//! more than the rule allows. Oneself, a `presence:read_all` service and the re-reads of
+//! watched users (`watch.rs`, which applies each watcher's view itself) skip the read.
 
 use std::collections::BTreeMap;
 
 use crate::frame::{ErrorCode, Frame, PresenceEntry};
-use crate::store::{DurableOp, RegistryEntry, RegistryOp, StoreError, StoreOp, StoreOutput};
+use crate::privacy::{self, View};
+use crate::store::{DurableOp, PrivacyOp, RegistryEntry, RegistryOp, StoreError, StoreOp, StoreOutput};
 use crate::time::UnixMillis;
 use crate::user::UserId;
 
@@ -30,6 +37,13 @@ pub(super) struct QueryState {
     entries: Vec<RegistryEntry>,
     /// Per user: a registry entry under a live lease.
     online: Vec<bool>,
+    /// Whose view is answered: `None` for the true state (a `read_all` service, or a re-read of
+    /// watched users).
+    viewer: Option<UserId>,
+    /// Per user, what the viewer may see (from the privacy read); `None`: everything.
+    views: Option<Vec<View>>,
+    /// The privacy read's id: orders it against later ones (`watch.rs`, `SeenView`).
+    privacy_read: u64,
 }
 
 /// Who gets the answer.
@@ -70,7 +84,7 @@ impl Presence {
         let Some(c) = self.conns.get(&conn) else {
             return false;
         };
-        let (user, sid) = (c.user.clone(), c.sid);
+        let (user, sid, read_all) = (c.user.clone(), c.sid, c.scopes.read_all);
         if users.is_empty() {
             self.stats.queries += 1;
             self.send(conn, &Frame::Presence { id: request, users: Vec::new() });
@@ -82,18 +96,25 @@ impl Presence {
             return false;
         }
         self.stats.queries += 1;
-        self.read_registry(Asker::Conn { conn, sid, request, subscribe }, Some(user), users, order);
+        let viewer = (!read_all).then(|| user.clone());
+        self.start_read(Asker::Conn { conn, sid, request, subscribe }, Some(user), viewer, users, order);
         true
     }
 
     /// Re-reads watched users (`watch.rs`); answered with `watched_read`.
     pub(super) fn read_watched(&mut self, users: Vec<UserId>) {
-        self.read_registry(Asker::Watch, None, users, None);
+        self.start_read(Asker::Watch, None, None, users, None);
     }
 
     /// A lookup by `user` from outside any connection: validated by the caller (the HTTP front
     /// end), paid from `user`'s budget; answered with [`Effect::LookupDone`].
-    pub(super) fn start_lookup(&mut self, lookup: LookupId, user: UserId, users: Vec<UserId>) {
+    pub(super) fn start_lookup(
+        &mut self,
+        lookup: LookupId,
+        user: UserId,
+        users: Vec<UserId>,
+        read_all: bool,
+    ) {
         let refuse = |code, message: String, retry_after| Effect::LookupDone {
             lookup,
             result: Err(LookupError { code, message, retry_after }),
@@ -110,19 +131,52 @@ impl Presence {
             let effect = refuse(ErrorCode::RateLimited, refusal.message(), refusal.retry_after());
             return self.effects.push_back(effect);
         }
-        self.read_registry(Asker::Lookup(lookup), Some(user), users, order);
+        let viewer = (!read_all).then(|| user.clone());
+        self.start_read(Asker::Lookup(lookup), Some(user), viewer, users, order);
     }
 
-    fn read_registry(
+    /// Starts a request: the privacy read first if a viewer may be refused anything, else the
+    /// registry read.
+    fn start_read(
         &mut self,
         asker: Asker,
         payer: Option<UserId>,
+        viewer: Option<UserId>,
         users: Vec<UserId>,
         order: Option<Vec<usize>>,
     ) {
-        let op = StoreOp::Registry(RegistryOp::Read { users: users.clone() });
-        let state = QueryState { asker, payer, users, order, entries: Vec::new(), online: Vec::new() };
-        self.emit_store(op, InFlight::QueryRegistry(Box::new(state)));
+        // Oneself is always seen whole: no read when every target is the viewer.
+        let viewer = viewer.filter(|v| users.iter().any(|u| u != v));
+        let (entries, online, views) = (Vec::new(), Vec::new(), None);
+        let mut q =
+            QueryState { asker, payer, users, order, entries, online, viewer, views, privacy_read: 0 };
+        match &q.viewer {
+            Some(viewer) => {
+                let op = PrivacyOp::Read { viewer: viewer.clone(), targets: q.users.clone() };
+                let id = self.next_effect_id();
+                q.privacy_read = id.0;
+                self.emit_store_as(id, StoreOp::Privacy(op), InFlight::QueryPrivacy(Box::new(q)));
+            }
+            None => self.read_registry(q),
+        }
+    }
+
+    fn read_registry(&mut self, q: QueryState) {
+        let op = StoreOp::Registry(RegistryOp::Read { users: q.users.clone() });
+        self.emit_store(op, InFlight::QueryRegistry(Box::new(q)));
+    }
+
+    pub(super) fn query_privacy_done(&mut self, mut q: QueryState, result: Result<StoreOutput, StoreError>) {
+        let answer = match result {
+            Ok(StoreOutput::Privacy(a)) if a.targets.len() == q.users.len() => a,
+            Ok(_) => return self.fail_query(q, "privacy store answered with the wrong shape"),
+            // Fail closed: without the settings nothing may be shown.
+            Err(e) => return self.fail_query(q, &format!("privacy settings: {e}")),
+        };
+        if let Some(viewer) = &q.viewer {
+            q.views = Some(answer.views(viewer, &q.users));
+        }
+        self.read_registry(q);
     }
 
     pub(super) fn query_registry_done(&mut self, mut q: QueryState, result: Result<StoreOutput, StoreError>) {
@@ -226,9 +280,15 @@ impl Presence {
                 let online = registered || local.is_some_and(|u| u.live > 0);
                 let recorded = local.and_then(|u| u.max_recorded);
                 let last_seen = max_opt(max_opt(e.last_seen, e.pending), recorded).map(|v| v.min(ceiling));
-                PresenceEntry { user: user.clone(), online, last_seen }
+                PresenceEntry::new(user.clone(), online, last_seen)
             })
             .collect();
+        // What the viewer may see of each (the true state for the watch re-reads and services).
+        let truth = users;
+        let users = match &q.views {
+            Some(views) => truth.iter().zip(views).map(|(e, v)| privacy::apply(e, *v, self.wall)).collect(),
+            None => truth.clone(),
+        };
         // Repeated ids get the entry of their one read, at every position they were asked.
         let answer = |users: &[PresenceEntry]| match &q.order {
             Some(order) => order.iter().filter_map(|&i| users.get(i).cloned()).collect(),
@@ -237,7 +297,7 @@ impl Presence {
         match q.asker {
             Asker::Conn { conn, request, subscribe, .. } => {
                 if subscribe {
-                    self.snapshot_shown(conn, &users);
+                    self.snapshot_shown(conn, &truth, &users, q.views.as_deref(), q.privacy_read);
                 }
                 let users = if q.order.is_some() { answer(&users) } else { users };
                 self.send(conn, &Frame::Presence { id: request, users });

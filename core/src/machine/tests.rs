@@ -21,18 +21,31 @@ struct Rig {
     ms: u64,
     /// Answer lease renewals at once with [`LEASE`] (and no other lease), hiding them from the test.
     auto_lease: bool,
+    /// Privacy reads are answered at once from these settings and contacts (everyone sees
+    /// everyone unless a test sets some), hidden from the test unless `manual_privacy`.
+    privacy: crate::testkit::MemoryStores,
+    manual_privacy: bool,
 }
 
 impl Rig {
     /// A core that holds [`LEASE`]; renewals are answered behind the test's back.
     fn new(config: Config) -> Self {
-        let mut r = Rig { p: Presence::new(config, 7), ms: 0, auto_lease: true };
+        let mut r = Rig { p: Presence::new(config, 7), ms: 0, auto_lease: true, ..Rig::base() };
         assert!(r.input(Input::Timeout).is_empty());
         r
     }
     /// A core whose lease renewals the test answers itself.
     fn manual_lease(config: Config) -> Self {
-        Rig { p: Presence::new(config, 7), ms: 0, auto_lease: false }
+        Rig { p: Presence::new(config, 7), ms: 0, auto_lease: false, ..Rig::base() }
+    }
+    fn base() -> Self {
+        Rig {
+            p: Presence::new(Config::default(), 7),
+            ms: 0,
+            auto_lease: true,
+            privacy: Default::default(),
+            manual_privacy: false,
+        }
     }
     fn now(&self) -> Now {
         Now { mono: MonoTime::from_nanos(self.ms * 1_000_000), wall: UnixMillis(T0 + self.ms as i64) }
@@ -44,6 +57,12 @@ impl Rig {
     fn input(&mut self, input: Input<'_>) -> Vec<Effect> {
         let now = self.now();
         self.p.handle(now, input);
+        self.drain(now)
+    }
+    /// The effects queued, with the hidden ones answered. The effects an auto-answered privacy
+    /// read leads to take its place in the list (as if the privacy read were not there), so the
+    /// scenarios read the same with privacy as before it.
+    fn drain(&mut self, now: Now) -> Vec<Effect> {
         let mut out = Vec::new();
         while let Some(e) = self.p.poll_effect() {
             match e {
@@ -52,6 +71,13 @@ impl Rig {
                 {
                     let view = LeaseView { token: LEASE, live: vec![LEASE], expired: Vec::new() };
                     self.p.handle(now, Input::StoreDone { id, result: Ok(StoreOutput::Lease(view)) });
+                }
+                Effect::Store { id, op: op @ StoreOp::Privacy(_) } if !self.manual_privacy => {
+                    let held: Vec<Effect> = std::iter::from_fn(|| self.p.poll_effect()).collect();
+                    let result = Ok(self.privacy.apply(&op));
+                    self.p.handle(now, Input::StoreDone { id, result });
+                    out.extend(self.drain(now));
+                    out.extend(held);
                 }
                 e => out.push(e),
             }
@@ -64,6 +90,7 @@ impl Rig {
             user: uid(user),
             session: SessionId::new(format!("s{conn}")),
             expires: None,
+            scopes: Default::default(),
         })
     }
     fn text(&mut self, conn: u64, s: &str) -> Vec<Effect> {
@@ -586,6 +613,7 @@ fn readers_count_only_entries_under_live_leases() {
         lookup: crate::LookupId(1),
         user: uid("viewer"),
         users: vec![uid("a"), uid("b"), uid("c"), uid("d")],
+        read_all: false,
     });
     let (q, _) = store(&e[0]);
     let entry = |leases: &[u64]| RegistryEntry {

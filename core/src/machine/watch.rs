@@ -21,6 +21,13 @@
 //!   unsubscribed.
 //! - After the change channel may have lost messages (a registry restart or pub/sub reconnect:
 //!   [`Input::Resync`]), every watched user is read again and differences pushed.
+//! - Privacy: each connection keeps, per watched user, what its user may see ([`SeenView`], from
+//!   the snapshot's privacy read, then from re-reads), and every push is the entry as that view
+//!   shows it. A connection whose view shows nothing new gets nothing, so no push (nor its
+//!   timing) reveals a change the viewer may not see. A settings change ([`Input::PrivacyChanged`])
+//!   re-reads the privacy of every subscription with that user on either side, and a connection
+//!   whose view changed is pushed the entry as it now shows. Until a connection's view of a user
+//!   is known, nothing about that user is pushed to it (fail closed).
 //!
 //! Limits: `Config::max_watched_users` per connection and `Config::max_watched_users_total`
 //! distinct users for the whole server (`too_many_users` past either); everything a connection
@@ -30,32 +37,54 @@
 //! [`Effect::Unwatch`]: super::Effect::Unwatch
 //! [`Input::Changed`]: super::Input::Changed
 //! [`Input::Resync`]: super::Input::Resync
+//! [`Input::PrivacyChanged`]: super::Input::PrivacyChanged
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::frame::{ErrorCode, Frame, PresenceEntry};
+use crate::frame::{Approx, ErrorCode, Frame, PresenceEntry};
+use crate::privacy::{self, View};
+use crate::store::{EffectId, PrivacyOp, StoreError, StoreOp, StoreOutput};
 use crate::time::{MonoTime, UnixMillis};
 use crate::user::UserId;
 
 use super::io::{ConnId, Effect};
-use super::Presence;
+use super::{InFlight, Presence};
 
-/// A user's presence as shown to watchers.
+/// A user's presence as evaluated (the true state) or as shown to one watcher (its view of it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct View {
+pub(super) struct Shown {
     pub(super) online: bool,
     pub(super) last_seen: Option<UnixMillis>,
+    pub(super) approx: Option<Approx>,
 }
 
-impl View {
-    pub(super) fn of(e: &PresenceEntry) -> View {
-        View { online: e.online, last_seen: e.last_seen }
+impl Shown {
+    pub(super) fn of(e: &PresenceEntry) -> Shown {
+        Shown { online: e.online, last_seen: e.last_seen, approx: e.last_seen_approx }
     }
 
-    /// Whether a watcher shown `self` should be told about `new`.
-    fn differs(&self, new: &View) -> bool {
-        self.online != new.online || (!new.online && new.last_seen > self.last_seen)
+    fn entry(&self, user: &UserId) -> PresenceEntry {
+        let mut e = PresenceEntry::new(user.clone(), self.online, self.last_seen);
+        e.last_seen_approx = self.approx;
+        e
     }
+
+    /// Whether a watcher shown `self` should be told about `new` (the same view): online/offline
+    /// flipped, a newer last_seen while offline, or another bucket.
+    fn differs(&self, new: &Shown) -> bool {
+        self.online != new.online
+            || (!new.online && new.last_seen > self.last_seen)
+            || self.approx != new.approx
+    }
+}
+
+/// What a connection's user may see of a watched user, and the id of the privacy read it came
+/// from: an answer replaces the view only if its read was issued after the one in force, so a
+/// slow answer never undoes a newer one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct SeenView {
+    pub(super) view: View,
+    pub(super) read: u64,
 }
 
 /// One watched user.
@@ -65,8 +94,8 @@ pub(super) struct Watched {
     watchers: BTreeSet<ConnId>,
     /// Connections whose snapshot is not answered yet: no push before it.
     pending: BTreeSet<ConnId>,
-    /// The state last evaluated and pushed (`None` until the first read answers).
-    state: Option<View>,
+    /// The true state last evaluated and pushed (`None` until the first read answers).
+    state: Option<Shown>,
     /// A read for this user is in flight.
     reading: bool,
     /// A hint came while reading: read once more when it answers.
@@ -82,6 +111,8 @@ pub(super) struct Watches {
     /// Deadlines to read a user again, (when, user): a held-back offline's grace, or a retry
     /// after a failed read.
     pub(super) grace: BTreeSet<(MonoTime, UserId)>,
+    /// Deadlines to read a connection's privacy again after a failed read, (when, conn).
+    pub(super) privacy_retry: BTreeSet<(MonoTime, ConnId)>,
 }
 
 impl Presence {
@@ -121,6 +152,7 @@ impl Presence {
             let Some(c) = self.conns.get_mut(&conn) else { return };
             if c.watching.remove(&user) {
                 c.shown.remove(&user);
+                c.views.remove(&user);
                 self.drop_watcher(&user, conn);
             }
         }
@@ -157,31 +189,43 @@ impl Presence {
         self.read_watched(vec![user]);
     }
 
-    /// Notices may have been lost: read every watched user again.
+    /// Notices may have been lost: read every watched user again, and every subscription's
+    /// privacy.
     pub(super) fn on_resync(&mut self) {
         let users: Vec<UserId> = self.watches.users.keys().cloned().collect();
         for user in users {
             self.on_changed(user);
         }
+        self.reread_all_privacy();
     }
 
-    /// A connection's snapshot answered: it was shown these states, and it gets pushes from now
-    /// on. Each user is read once more: a change made after the snapshot's read, whose push went
-    /// only to the other watchers, reaches this one too.
-    pub(super) fn snapshot_shown(&mut self, conn: ConnId, entries: &[PresenceEntry]) {
+    /// A connection's snapshot answered: it was shown these entries (as its view shows them:
+    /// `views`, from privacy read `read`; `None` when it sees everything), and it gets pushes
+    /// from now on. Each user is read once more: a change made after the snapshot's read, whose
+    /// push went only to the other watchers, reaches this one too.
+    pub(super) fn snapshot_shown(
+        &mut self,
+        conn: ConnId,
+        truth: &[PresenceEntry],
+        entries: &[PresenceEntry],
+        views: Option<&[View]>,
+        read: u64,
+    ) {
         let Some(c) = self.conns.get_mut(&conn) else { return };
         let mut joined = Vec::new();
-        for e in entries {
+        for (i, (e, true_entry)) in entries.iter().zip(truth).enumerate() {
             // Unsubscribed meanwhile: not watched any more.
             if !c.watching.contains(&e.user) {
                 continue;
             }
-            c.shown.insert(e.user.clone(), View::of(e));
+            let view = views.and_then(|v| v.get(i).copied()).unwrap_or(View::FULL);
+            set_view(&mut c.views, &e.user, SeenView { view, read });
+            c.shown.insert(e.user.clone(), Shown::of(e));
             if let Some(w) = self.watches.users.get_mut(&e.user) {
                 w.pending.remove(&conn);
                 w.watchers.insert(conn);
-                // The first state of a user nobody read yet.
-                w.state.get_or_insert(View::of(e));
+                // The first state of a user nobody read yet (the true one, not this view of it).
+                w.state.get_or_insert(Shown::of(true_entry));
             }
             // Read once more, also for a user this connection watched already: this snapshot
             // may be older than a push it got meanwhile.
@@ -215,7 +259,7 @@ impl Presence {
             return;
         };
         for e in entries {
-            let new = View::of(&e);
+            let new = Shown::of(&e);
             let Some(w) = self.watches.users.get_mut(&e.user) else { continue };
             w.reading = false;
             let was_online = w.state.is_some_and(|s| s.online);
@@ -259,27 +303,162 @@ impl Presence {
         }
     }
 
-    /// Tells every watcher of `user` whose view differs.
-    fn push(&mut self, user: &UserId, new: View) {
+    /// Tells every watcher of `user` whose view of the new state differs from what it was shown.
+    fn push(&mut self, user: &UserId, new: Shown) {
         let Some(w) = self.watches.users.get(user) else { return };
-        let entry = PresenceEntry { user: user.clone(), online: new.online, last_seen: new.last_seen };
+        let truth = new.entry(user);
         let mut to = Vec::new();
         for conn in &w.watchers {
             let Some(c) = self.conns.get_mut(conn) else { continue };
-            let tell = c.shown.get(user).is_none_or(|s| s.differs(&new));
-            c.shown.insert(user.clone(), new);
+            let Some(view) = view_of(c, user) else { continue };
+            let seen = Shown::of(&privacy::apply(&truth, view, self.wall));
+            let tell = c.shown.get(user).is_none_or(|s| s.differs(&seen));
+            c.shown.insert(user.clone(), seen);
             if tell {
-                to.push(*conn);
+                to.push((*conn, seen));
             }
         }
-        for conn in to {
+        for (conn, seen) in to {
             self.stats.pushes += 1;
-            self.send(conn, &Frame::Presence { id: None, users: vec![entry.clone()] });
+            self.send(conn, &Frame::Presence { id: None, users: vec![seen.entry(user)] });
         }
+    }
+
+    /// `user`'s settings or contacts changed: every connection watching `user`, and every
+    /// connection of `user` itself (reciprocity: its own settings decide what it may see), reads
+    /// the privacy of the affected subscriptions again.
+    pub(super) fn on_privacy_changed(&mut self, user: &UserId) {
+        let mut affected: Vec<(ConnId, Vec<UserId>)> = Vec::new();
+        for (conn, c) in &self.conns {
+            if c.scopes.read_all || c.watching.is_empty() {
+                continue;
+            }
+            if c.user == *user {
+                affected.push((*conn, c.watching.iter().filter(|t| *t != user).cloned().collect()));
+            } else if c.watching.contains(user) {
+                affected.push((*conn, vec![user.clone()]));
+            }
+        }
+        // The connection map is hashed: sort so the reads go out in the same order every run.
+        affected.sort_unstable_by_key(|(conn, _)| *conn);
+        for (conn, targets) in affected {
+            self.read_watch_privacy(conn, targets);
+        }
+    }
+
+    /// Every subscription's privacy may be stale (the change feed may have lost notices).
+    pub(super) fn reread_all_privacy(&mut self) {
+        let mut all: Vec<(ConnId, Vec<UserId>)> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| !c.scopes.read_all && !c.watching.is_empty())
+            .map(|(conn, c)| (*conn, c.watching.iter().filter(|t| **t != c.user).cloned().collect()))
+            .collect();
+        all.sort_unstable_by_key(|(conn, _)| *conn);
+        for (conn, targets) in all {
+            self.read_watch_privacy(conn, targets);
+        }
+    }
+
+    /// A failed privacy read's retry is due: read every subscription of `conn` again.
+    pub(super) fn privacy_retry_due(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.get(&conn) else { return };
+        let targets = c.watching.iter().filter(|t| **t != c.user).cloned().collect();
+        self.read_watch_privacy(conn, targets);
+    }
+
+    fn read_watch_privacy(&mut self, conn: ConnId, targets: Vec<UserId>) {
+        let Some(c) = self.conns.get(&conn) else { return };
+        if targets.is_empty() {
+            return;
+        }
+        let op = PrivacyOp::Read { viewer: c.user.clone(), targets: targets.clone() };
+        self.emit_store(StoreOp::Privacy(op), InFlight::WatchPrivacy { conn, targets });
+    }
+
+    /// A subscription's privacy re-read answered: record the new views, and push to the
+    /// connection each watched user whose entry, as the new view shows the state last evaluated,
+    /// is not what it was shown. A failed read drops those views (failing closed: nothing is
+    /// pushed about those users meanwhile) and is retried after `Config::lease_renew_interval`.
+    pub(super) fn watch_privacy_done(
+        &mut self,
+        conn: ConnId,
+        id: EffectId,
+        targets: Vec<UserId>,
+        result: Result<StoreOutput, StoreError>,
+    ) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let answer = match result {
+            Ok(StoreOutput::Privacy(a)) if a.targets.len() == targets.len() => a,
+            // Fail closed: forget the views, so nothing is pushed about these users until a
+            // later read (the next notice, resync or subscribe) answers.
+            _ => {
+                for t in &targets {
+                    c.views.remove(t);
+                }
+                let at = self.now.saturating_add(self.config.lease_renew_interval);
+                self.watches.privacy_retry.insert((at, conn));
+                return;
+            }
+        };
+        let views = answer.views(&c.user, &targets);
+        let mut changed = Vec::new();
+        for (target, view) in targets.iter().zip(views) {
+            if set_view(&mut c.views, target, SeenView { view, read: id.0 }) {
+                changed.push(target.clone());
+            }
+        }
+        for target in changed {
+            self.reshow(conn, &target);
+        }
+    }
+
+    /// Pushes to `conn` the entry of `user` as its (new) view shows the last evaluated state, if
+    /// that is not what it was shown.
+    fn reshow(&mut self, conn: ConnId, user: &UserId) {
+        let Some(state) =
+            self.watches.users.get(user).filter(|w| w.watchers.contains(&conn)).and_then(|w| w.state)
+        else {
+            return;
+        };
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let Some(view) = view_of(c, user) else { return };
+        let seen = Shown::of(&privacy::apply(&state.entry(user), view, self.wall));
+        if c.shown.get(user) == Some(&seen) {
+            return;
+        }
+        c.shown.insert(user.clone(), seen);
+        self.stats.pushes += 1;
+        self.send(conn, &Frame::Presence { id: None, users: vec![seen.entry(user)] });
     }
 
     /// Users watched by at least one connection (each is subscribed once on the change channel).
     pub fn watched_users(&self) -> usize {
         self.watches.users.len()
+    }
+}
+
+/// What `c`'s user may see of `user`: everything for oneself and `read_all` services, else the
+/// view from its latest privacy read (`None` until one answered).
+fn view_of(c: &super::conn::Conn, user: &UserId) -> Option<View> {
+    if c.scopes.read_all || c.user == *user {
+        return Some(View::FULL);
+    }
+    c.views.get(user).map(|v| v.view)
+}
+
+/// Records `new` unless a view from a later read is in force. Returns whether the view changed.
+fn set_view(views: &mut BTreeMap<UserId, SeenView>, user: &UserId, new: SeenView) -> bool {
+    match views.get(user) {
+        Some(old) if old.read > new.read => false,
+        Some(old) => {
+            let changed = old.view != new.view;
+            views.insert(user.clone(), new);
+            changed
+        }
+        None => {
+            views.insert(user.clone(), new);
+            true
+        }
     }
 }

@@ -1,5 +1,308 @@
-//! The per-server privacy cache (to be written).
-/// Placeholder.
-pub struct PrivacyCache;
-/// Placeholder.
-pub struct PrivacyCacheConfig;
+//! The executor of the core's [`PrivacyOp::Read`]: a per-server cache of settings and membership
+//! answers over a [`PrivacyBackend`].
+//!
+//! Why a cache: a batch query of 100 users needs up to 101 settings and 200 memberships, and
+//! settings change rarely. Why it is safe (docs/PRIVACY.md, "Propagation"):
+//!
+//! - Every change is announced: the server that takes a change drops what it cached of the user
+//!   at once and publishes a notice on the change feed; every server drops what it cached of that
+//!   user when the notice arrives ([`PrivacyCache::invalidate`]).
+//! - A lost notice is never a kept grant: when the feed may have lost notices (it reconnected, or
+//!   Redis restarted) the whole cache is dropped ([`PrivacyCache::invalidate_all`]).
+//! - A read that raced a change does not fill the cache with what it read before the change: a
+//!   backend answer is cached only if no invalidation of that user (or of everything) happened
+//!   since the read started.
+//! - Entries expire after [`PrivacyCacheConfig::ttl`] whatever happens: the bound for the one case
+//!   no notice covers (the server that took a change died before publishing it).
+//! - Bounded: past [`PrivacyCacheConfig::max_entries`] the cache is emptied (a cold cache is slow,
+//!   never wrong).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use presence_core::privacy::{LastSeenAudience, PrivacyAnswer, Settings, TargetPrivacy};
+use presence_core::store::{PrivacyOp, StoreError, StoreOutput};
+use presence_core::user::UserId;
+use tokio::time::Instant;
+
+use super::{Membership, PrivacyBackend};
+use crate::store::{with_timeout, StoreFuture};
+
+/// Settings of the cache.
+#[derive(Clone, Debug)]
+pub struct PrivacyCacheConfig {
+    /// The `last_seen` audience of users who never set theirs (`--default-privacy`).
+    pub default_last_seen: LastSeenAudience,
+    /// How long an entry may be used without a notice dropping it.
+    pub ttl: Duration,
+    /// Most settings plus membership entries held.
+    pub max_entries: usize,
+    /// Bound on one read, backend round trips included.
+    pub op_timeout: Duration,
+}
+
+impl Default for PrivacyCacheConfig {
+    fn default() -> PrivacyCacheConfig {
+        PrivacyCacheConfig {
+            default_last_seen: LastSeenAudience::Everyone,
+            ttl: Duration::from_secs(60),
+            max_entries: 1_000_000,
+            op_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// How many recent invalidations are remembered to decide whether a finished read may fill the
+/// cache; a read older than all of them fills nothing.
+const RECENT_INVALIDATIONS: usize = 4_096;
+
+/// One user's cached settings and the answers about its contact list.
+#[derive(Debug)]
+struct Cached {
+    at: Instant,
+    settings: Arc<Settings>,
+    list: u64,
+    /// Is this member in the user's list (version `list`)?
+    members: HashMap<UserId, bool>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    users: HashMap<UserId, Cached>,
+    entries: usize,
+    /// Bumped by every invalidation.
+    epoch: u64,
+    /// The latest invalidations: (epoch, user), `None` for all.
+    recent: VecDeque<(u64, Option<UserId>)>,
+}
+
+impl State {
+    /// Whether what a read started at `start` learnt about `user` may be cached.
+    fn fresh_since(&self, start: u64, user: &UserId) -> bool {
+        if self.epoch == start {
+            return true;
+        }
+        // Older than everything remembered: cannot tell.
+        if self.recent.front().is_none_or(|(e, _)| *e > start + 1) {
+            return false;
+        }
+        !self.recent.iter().any(|(e, u)| *e > start && u.as_ref().is_none_or(|u| u == user))
+    }
+
+    fn bump(&mut self, user: Option<UserId>) {
+        self.epoch += 1;
+        self.recent.push_back((self.epoch, user));
+        if self.recent.len() > RECENT_INVALIDATIONS {
+            self.recent.pop_front();
+        }
+    }
+}
+
+/// The cache; shared by the driver (reads) and the HTTP API and change feed (invalidations).
+pub struct PrivacyCache {
+    backend: Arc<dyn PrivacyBackend>,
+    config: PrivacyCacheConfig,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for PrivacyCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrivacyCache")
+            .field("backend", &self.backend.kind())
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl PrivacyCache {
+    /// A cache over `backend`.
+    pub fn new(backend: Arc<dyn PrivacyBackend>, config: PrivacyCacheConfig) -> Arc<PrivacyCache> {
+        Arc::new(PrivacyCache { backend, config, state: Mutex::new(State::default()) })
+    }
+
+    /// The durable store behind the cache (the HTTP API writes through it).
+    pub fn backend(&self) -> &Arc<dyn PrivacyBackend> {
+        &self.backend
+    }
+
+    /// The settings of a user who never set any.
+    pub fn default_settings(&self) -> Settings {
+        Settings::default_with(self.config.default_last_seen)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every update leaves the maps consistent, so a poisoned lock's data is fine.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Drops what is cached of `user` (its settings or contacts changed).
+    pub fn invalidate(&self, user: &UserId) {
+        let mut st = self.lock();
+        if let Some(c) = st.users.remove(user) {
+            st.entries = st.entries.saturating_sub(1 + c.members.len());
+        }
+        st.bump(Some(user.clone()));
+    }
+
+    /// Drops everything (notices may have been lost).
+    pub fn invalidate_all(&self) {
+        let mut st = self.lock();
+        st.users.clear();
+        st.entries = 0;
+        st.bump(None);
+    }
+
+    /// Executes the core's privacy op.
+    pub fn execute(self: &Arc<Self>, op: PrivacyOp) -> StoreFuture {
+        let cache = self.clone();
+        Box::pin(async move {
+            let PrivacyOp::Read { viewer, targets } = op;
+            let limit = cache.config.op_timeout;
+            with_timeout(limit, cache.read(viewer, targets)).await.map(StoreOutput::Privacy)
+        })
+    }
+
+    /// The settings of `viewer` and `targets` and the memberships the rule needs.
+    pub async fn read(&self, viewer: UserId, targets: Vec<UserId>) -> Result<PrivacyAnswer, StoreError> {
+        let start = self.lock().epoch;
+        let mut wanted: Vec<UserId> = targets.clone();
+        wanted.push(viewer.clone());
+        wanted.sort_unstable();
+        wanted.dedup();
+        let settings = self.users(start, &wanted).await?;
+        let of = |u: &UserId| settings.get(u).cloned().ok_or_else(|| missing(u));
+        let viewer_settings = of(&viewer)?;
+        // The memberships the rule will look at: only for a `contacts` audience, and not for an
+        // id the `except` list hides anyway.
+        let mut questions: Vec<(UserId, UserId)> = Vec::new();
+        for t in targets.iter().filter(|t| **t != viewer) {
+            let (ts, _) = of(t)?;
+            if needs_list(&ts, &viewer) {
+                questions.push((t.clone(), viewer.clone()));
+            }
+            if needs_list(&viewer_settings.0, t) {
+                questions.push((viewer.clone(), t.clone()));
+            }
+        }
+        let answers = self.memberships(start, &settings, questions).await?;
+        let has = |owner: &UserId, member: &UserId| {
+            answers.get(&(owner.clone(), member.clone())).copied().unwrap_or(false)
+        };
+        let mut out = Vec::with_capacity(targets.len());
+        for t in &targets {
+            let (settings, _) = of(t)?;
+            out.push(TargetPrivacy { settings, has_viewer: has(t, &viewer), viewer_has: has(&viewer, t) });
+        }
+        Ok(PrivacyAnswer { viewer: viewer_settings.0, targets: out })
+    }
+
+    /// Settings and list version of each of `users`, from the cache or the backend.
+    async fn users(
+        &self,
+        start: u64,
+        users: &[UserId],
+    ) -> Result<BTreeMap<UserId, (Arc<Settings>, u64)>, StoreError> {
+        let mut found = BTreeMap::new();
+        let mut misses = Vec::new();
+        {
+            let st = self.lock();
+            let now = Instant::now();
+            for u in users {
+                match st.users.get(u).filter(|c| now.duration_since(c.at) < self.config.ttl) {
+                    Some(c) => {
+                        found.insert(u.clone(), (c.settings.clone(), c.list));
+                    }
+                    None => misses.push(u.clone()),
+                }
+            }
+        }
+        if misses.is_empty() {
+            return Ok(found);
+        }
+        let stored = self.backend.read_users(misses.clone()).await?;
+        if stored.len() != misses.len() {
+            return Err(StoreError::Unavailable("privacy store answered with the wrong shape".to_owned()));
+        }
+        let mut st = self.lock();
+        let now = Instant::now();
+        for (u, s) in misses.into_iter().zip(stored) {
+            let settings = Arc::new(s.settings.unwrap_or_else(|| self.default_settings()));
+            if st.fresh_since(start, &u) {
+                self.make_room(&mut st, 1);
+                let cached =
+                    Cached { at: now, settings: settings.clone(), list: s.list, members: HashMap::new() };
+                if let Some(old) = st.users.insert(u.clone(), cached) {
+                    st.entries = st.entries.saturating_sub(1 + old.members.len());
+                }
+                st.entries += 1;
+            }
+            found.insert(u, (settings, s.list));
+        }
+        Ok(found)
+    }
+
+    /// The answers to `questions` (owner, member), from the cache or the backend.
+    async fn memberships(
+        &self,
+        start: u64,
+        settings: &BTreeMap<UserId, (Arc<Settings>, u64)>,
+        questions: Vec<(UserId, UserId)>,
+    ) -> Result<HashMap<(UserId, UserId), bool>, StoreError> {
+        let mut answers = HashMap::new();
+        let mut misses = Vec::new();
+        {
+            let st = self.lock();
+            for (owner, member) in questions {
+                let list = settings.get(&owner).map_or(0, |s| s.1);
+                let cached =
+                    st.users.get(&owner).filter(|c| c.list == list).and_then(|c| c.members.get(&member));
+                match cached {
+                    Some(&yes) => {
+                        answers.insert((owner, member), yes);
+                    }
+                    None => misses.push(Membership { owner, list, member }),
+                }
+            }
+        }
+        if misses.is_empty() {
+            return Ok(answers);
+        }
+        let got = self.backend.read_memberships(misses.clone()).await?;
+        if got.len() != misses.len() {
+            return Err(StoreError::Unavailable("privacy store answered with the wrong shape".to_owned()));
+        }
+        let mut st = self.lock();
+        for (m, yes) in misses.into_iter().zip(got) {
+            if st.fresh_since(start, &m.owner) {
+                let added = match st.users.get_mut(&m.owner).filter(|c| c.list == m.list) {
+                    Some(c) => c.members.insert(m.member.clone(), yes).is_none(),
+                    None => false,
+                };
+                if added {
+                    st.entries += 1;
+                    self.make_room(&mut st, 0);
+                }
+            }
+            answers.insert((m.owner, m.member), yes);
+        }
+        Ok(answers)
+    }
+
+    /// Empties the cache if `extra` more entries would pass the bound.
+    fn make_room(&self, st: &mut State, extra: usize) {
+        if st.entries + extra > self.config.max_entries {
+            st.users.clear();
+            st.entries = 0;
+        }
+    }
+}
+
+/// Whether `owner`'s rule for `other` depends on `owner`'s contact list.
+fn needs_list(owner: &Settings, other: &UserId) -> bool {
+    owner.last_seen == LastSeenAudience::Contacts && !owner.except.contains(other)
+}
+
+fn missing(u: &UserId) -> StoreError {
+    StoreError::Unavailable(format!("privacy settings of {u} missing from the answer"))
+}

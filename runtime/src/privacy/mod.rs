@@ -3,6 +3,7 @@
 //!
 //! | module       | role                                                                      |
 //! |--------------|---------------------------------------------------------------------------|
+//! | `api`        | the HTTP routes: `/v1/me/...` and `/v1/users/{user}/...`, announcing each change |
 //! | [`json`]     | the settings object and contact bodies of the HTTP API, parsed and checked |
 //! | [`cache`]    | the executor of the core's `PrivacyOp::Read`: a per-server cache over a backend, invalidated by change notices |
 //! | [`memory`]   | an in-process backend (tests and the simulator)                            |
@@ -30,6 +31,7 @@ use presence_core::privacy::Settings;
 use presence_core::store::StoreError;
 use presence_core::user::UserId;
 
+pub(crate) mod api;
 pub mod cache;
 pub mod dynamo;
 pub mod json;
@@ -96,7 +98,11 @@ pub trait PrivacyBackend: Send + Sync + 'static {
     fn put_settings(&self, user: UserId, settings: Settings) -> BackendFuture<Result<(), StoreError>>;
 
     /// Replaces `user`'s contact list (already checked against the limit by the caller).
-    fn put_contacts(&self, user: UserId, contacts: BTreeSet<UserId>) -> BackendFuture<Result<(), ContactsError>>;
+    fn put_contacts(
+        &self,
+        user: UserId,
+        contacts: BTreeSet<UserId>,
+    ) -> BackendFuture<Result<(), ContactsError>>;
 
     /// Adds `add` then removes `remove` (an id in both ends up removed), refusing with
     /// [`ContactsError::TooMany`] if the list would exceed `max`. Returns the list's new length.

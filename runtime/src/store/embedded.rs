@@ -200,6 +200,11 @@ impl RegistryStore for MemoryRegistry {
         let _ = self.notices.send(Notice::Changed(user.clone()));
     }
 
+    fn announce_privacy(&self, _user: &UserId) -> StoreFuture {
+        // One process: the API that took the change tells its own driver directly.
+        Box::pin(std::future::ready(Ok(StoreOutput::Done)))
+    }
+
     fn unwatch(&self, user: &UserId) {
         self.watched.lock().unwrap_or_else(|e| e.into_inner()).remove(user);
     }

@@ -76,6 +76,10 @@ pub trait RegistryStore: Send + Sync + 'static {
     /// Stop delivering change notices for `user` (its last watcher left).
     fn unwatch(&self, user: &UserId);
 
+    /// Tells every server that `user`'s privacy settings or contacts changed (each then drops
+    /// what it cached of them: [`Notice::PrivacyChanged`]). Done once the notice is sent.
+    fn announce_privacy(&self, user: &UserId) -> StoreFuture;
+
     /// The change notices, once (the driver takes them at start; later calls get `None`).
     fn notices(&self) -> Option<mpsc::UnboundedReceiver<Notice>>;
 }
@@ -85,6 +89,8 @@ pub trait RegistryStore: Send + Sync + 'static {
 pub enum Notice {
     /// `user`'s sessions changed (a session registered or ended, or was reaped).
     Changed(UserId),
+    /// `user`'s privacy settings or contact list changed (on any server).
+    PrivacyChanged(UserId),
     /// Notices may have been lost (the change channel reconnected): read every watched user.
     Resync,
 }
@@ -96,6 +102,10 @@ pub enum Notice {
 pub fn change_channel(user: &UserId) -> String {
     format!("presence:{{{user}}}")
 }
+
+/// The pub/sub channel of privacy changes, one for all users: a message's payload is the user
+/// whose settings or contacts changed (docs/PRIVACY.md, "Propagation").
+pub const PRIVACY_CHANNEL: &str = "presence:privacy";
 
 /// The user of a change channel name.
 pub fn channel_user(channel: &str) -> Option<UserId> {

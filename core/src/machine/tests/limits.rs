@@ -18,6 +18,7 @@ impl Rig {
             user: uid(user),
             session: SessionId::new(format!("s{conn}")),
             expires: Some(UnixMillis(T0 + expires_ms)),
+            scopes: Default::default(),
         })
     }
     fn lookup(&mut self, id: u64, asker: &str, users: &[&str]) -> Vec<Effect> {
@@ -25,12 +26,13 @@ impl Rig {
             lookup: LookupId(id),
             user: uid(asker),
             users: users.iter().map(|u| uid(u)).collect(),
+            read_all: false,
         })
     }
 }
 
 fn grant(user: &str, expires_ms: i64) -> Result<TokenGrant, String> {
-    Ok(TokenGrant { user: uid(user), expires: Some(UnixMillis(T0 + expires_ms)) })
+    Ok(TokenGrant { user: uid(user), expires: Some(UnixMillis(T0 + expires_ms)), scopes: Default::default() })
 }
 
 fn expired_close(conn: u64) -> Effect {
@@ -119,10 +121,16 @@ fn auth_with_the_same_user_replaces_the_deadline_and_anything_else_keeps_the_old
 #[test]
 fn a_token_without_expiry_is_never_closed_for_it() {
     let mut r = Rig::new(Config::default());
-    r.input(Input::Open { conn: ConnId(1), user: uid("bob"), session: SessionId::new("s1"), expires: None });
+    r.input(Input::Open {
+        conn: ConnId(1),
+        user: uid("bob"),
+        session: SessionId::new("s1"),
+        expires: None,
+        scopes: Default::default(),
+    });
     r.input(Input::TokenChecked {
         conn: ConnId(1),
-        result: Ok(TokenGrant { user: uid("bob"), expires: None }),
+        result: Ok(TokenGrant { user: uid("bob"), expires: None, scopes: Default::default() }),
     });
     for _ in 0..10 {
         r.input(Input::Alive { conn: ConnId(1) });

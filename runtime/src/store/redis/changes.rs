@@ -5,16 +5,19 @@
 //! user subscribes to that user's channel once, however many clients watch it, on a dedicated
 //! pub/sub connection owned by [`ChangeFeed`]'s task:
 //!
-//! - it connects only while something is watched, through the same [`RedisConnector`] as the
-//!   executor (so the simulator can run it too);
-//! - a message on a channel becomes [`Notice::Changed`] for its user: only a hint, the core reads
-//!   the user again;
+//! - it stays connected (privacy notices concern every server, watched users or not), through the
+//!   same [`RedisConnector`] as the executor (so the simulator can run it too);
+//! - it is always subscribed to [`PRIVACY_CHANNEL`]: a message there names a user whose privacy
+//!   settings or contacts changed and becomes [`Notice::PrivacyChanged`];
+//! - a message on a user's channel becomes [`Notice::Changed`] for its user: only a hint, the core
+//!   reads the user again;
 //! - a new subscription is followed by a `Changed` for the user, so a change made before the
 //!   subscription took effect is read too;
 //! - a lost connection (an I/O error, a Redis restart, or no answer to the periodic `PING` within
 //!   the op timeout) is replaced with backoff, every channel subscribed again, and then a
 //!   [`Notice::Resync`] is sent: messages published meanwhile were lost, so every watched user is
-//!   read again.
+//!   read again and the privacy cache is dropped. The first connection sends it too: the cache
+//!   may hold entries read before the feed could hear their changes.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -27,7 +30,7 @@ use tokio::sync::mpsc;
 
 use super::config::RedisConfig;
 use super::connect::{AbortOnDrop, RedisConnector};
-use crate::store::{change_channel, channel_user, Notice};
+use crate::store::{change_channel, channel_user, Notice, PRIVACY_CHANNEL};
 
 enum Cmd {
     Watch(UserId),
@@ -86,15 +89,10 @@ async fn run_single(
     notices: mpsc::UnboundedSender<Notice>,
 ) {
     let mut wanted: BTreeSet<UserId> = BTreeSet::new();
-    let mut connected_before = false;
     let mut attempt = 0u32;
     loop {
-        // No connection while nothing is watched.
-        while wanted.is_empty() {
-            match cmds.recv().await {
-                Some(cmd) => apply(&mut wanted, cmd),
-                None => return,
-            }
+        if cmds.is_closed() && cmds.is_empty() {
+            return;
         }
         if attempt > 0 {
             tokio::time::sleep(config.backoff(attempt)).await;
@@ -111,30 +109,22 @@ async fn run_single(
         while let Ok(cmd) = cmds.try_recv() {
             apply(&mut wanted, cmd);
         }
-        let channels: Vec<String> = wanted.iter().map(change_channel).collect();
-        if !channels.is_empty() {
-            match tokio::time::timeout(config.op_timeout, sink.subscribe(channels)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "change feed: SUBSCRIBE failed; reconnecting");
-                    continue;
-                }
-                Err(_) => {
-                    tracing::warn!("change feed: SUBSCRIBE timed out; reconnecting");
-                    continue;
-                }
+        let mut channels: Vec<String> = wanted.iter().map(change_channel).collect();
+        channels.push(PRIVACY_CHANNEL.to_owned());
+        match tokio::time::timeout(config.op_timeout, sink.subscribe(channels)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "change feed: SUBSCRIBE failed; reconnecting");
+                continue;
+            }
+            Err(_) => {
+                tracing::warn!("change feed: SUBSCRIBE timed out; reconnecting");
+                continue;
             }
         }
         attempt = 0;
         // Messages published while we were not subscribed are lost: read everything again.
-        if connected_before {
-            let _ = notices.send(Notice::Resync);
-        } else {
-            for user in &wanted {
-                let _ = notices.send(Notice::Changed(user.clone()));
-            }
-        }
-        connected_before = true;
+        let _ = notices.send(Notice::Resync);
         if !serve_subscribed(&config, &mut wanted, &mut sink, &mut messages, &mut cmds, &notices).await {
             return;
         }
@@ -185,7 +175,18 @@ async fn serve_subscribed(
                     tracing::warn!("change feed: connection lost; reconnecting");
                     return true;
                 };
-                if let Some(user) = channel_user(msg.get_channel_name()) {
+                if msg.get_channel_name() == PRIVACY_CHANNEL {
+                    let named = msg.get_payload::<String>().ok().and_then(|u| UserId::new(&u).ok());
+                    match named {
+                        Some(user) => {
+                            let _ = notices.send(Notice::PrivacyChanged(user));
+                        }
+                        // Not a user id: drop everything rather than keep a stale grant.
+                        None => {
+                            let _ = notices.send(Notice::Resync);
+                        }
+                    }
+                } else if let Some(user) = channel_user(msg.get_channel_name()) {
                     let _ = notices.send(Notice::Changed(user));
                 }
             }

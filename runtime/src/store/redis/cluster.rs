@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use presence_core::store::{RegistryOp, StoreError};
+use presence_core::store::{RegistryOp, StoreError, StoreOutput};
 use presence_core::user::UserId;
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use super::changes::ChangeFeed;
 use super::config::{RedisConfig, RedisTarget, RedisUrlError};
 use super::connect::{AbortOnDrop, SeedRotation, TcpConnector};
-use super::ops::{run_op, Topology};
+use super::ops::{publish_privacy, run_op, Topology};
 use super::reply::{classify, read_run_ids};
 use super::single::wait_true;
 use crate::store::{Notice, RegistryStore, StoreFuture};
@@ -99,15 +99,21 @@ impl RedisClusterRegistry {
     }
 }
 
-impl RegistryStore for RedisClusterRegistry {
-    fn execute(&self, op: RegistryOp) -> StoreFuture {
+impl RedisClusterRegistry {
+    /// Runs one operation on the current connection, bounded by the op timeout; a failure that
+    /// means the connection is broken starts its replacement.
+    fn run<F, Fut>(&self, f: F) -> StoreFuture
+    where
+        F: FnOnce(ClusterConnection) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = redis::RedisResult<StoreOutput>> + Send,
+    {
         let inner = Arc::clone(&self.inner);
         Box::pin(async move {
             let conn = inner.conn.lock().unwrap_or_else(|e| e.into_inner()).clone();
             let Some(conn) = conn else {
                 return Err(StoreError::Unavailable("redis cluster: not connected yet".into()));
             };
-            let run = run_op(conn, &inner.config.server_id, op, Topology::Cluster);
+            let run = f(conn);
             match tokio::time::timeout(inner.config.op_timeout, run).await {
                 Ok(Ok(out)) => Ok(out),
                 Ok(Err(e)) => {
@@ -126,6 +132,18 @@ impl RegistryStore for RedisClusterRegistry {
                 }
             }
         })
+    }
+}
+
+impl RegistryStore for RedisClusterRegistry {
+    fn execute(&self, op: RegistryOp) -> StoreFuture {
+        let server_id = self.inner.config.server_id.clone();
+        self.run(move |conn| async move { run_op(conn, &server_id, op, Topology::Cluster).await })
+    }
+
+    fn announce_privacy(&self, user: &UserId) -> StoreFuture {
+        let user = user.clone();
+        self.run(move |mut conn| async move { publish_privacy(&mut conn, &user).await })
     }
 
     fn restarts(&self) -> watch::Receiver<u64> {

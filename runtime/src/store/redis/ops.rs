@@ -15,7 +15,7 @@ use super::schema::{
     ws_lease_key, LEASES_KEY, LEASE_CLAIMS_KEY, LEASE_RENEWED_KEY, LEASE_TOKEN_KEY,
 };
 use super::scripts::RegistryScript;
-use crate::store::change_channel;
+use crate::store::{change_channel, PRIVACY_CHANNEL};
 
 /// Single node: one pipeline for the whole batch. Cluster: one pipeline per user (a cluster
 /// pipeline may not span slots), run concurrently.
@@ -356,6 +356,14 @@ async fn read_cluster<C: Conn>(conn: &mut C, users: &[UserId]) -> RedisResult<Ve
         async move { pipe.query_async::<Vec<Value>>(&mut conn).await }
     });
     Ok(futures_util::future::try_join_all(reads).await?.into_iter().flatten().collect())
+}
+
+/// `PUBLISH presence:privacy <user>`: `user`'s privacy settings or contacts changed. One channel
+/// for every user (every server's caches may hold anyone's settings, and changes are rare); on a
+/// cluster, plain `PUBLISH` reaches the feed's connection wherever it is.
+pub(super) async fn publish_privacy<C: Conn>(conn: &mut C, user: &UserId) -> RedisResult<StoreOutput> {
+    redis::cmd("PUBLISH").arg(PRIVACY_CHANNEL).arg(user.as_str()).query_async::<()>(conn).await?;
+    Ok(StoreOutput::Done)
 }
 
 /// Runs `first` (if any), then `PUBLISH presence:{u}` for each user: one pipeline on a single

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use presence_core::store::{RegistryOp, StoreError};
+use presence_core::store::{RegistryOp, StoreError, StoreOutput};
 use presence_core::user::UserId;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, ConnectionInfo, RedisConnectionInfo};
@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use super::changes::ChangeFeed;
 use super::config::{RedisConfig, RedisTarget, RedisUrlError};
 use super::connect::{AbortOnDrop, RedisConnector, TcpConnector};
-use super::ops::{run_op, Topology};
+use super::ops::{publish_privacy, run_op, Topology};
 use super::reply::{classify, read_run_ids};
 use crate::store::{Notice, RegistryStore, StoreFuture};
 
@@ -142,14 +142,20 @@ pub(super) async fn wait_true(mut rx: watch::Receiver<bool>, limit: Duration) ->
     tokio::time::timeout(limit, rx.wait_for(|c| *c)).await.is_ok_and(|r| r.is_ok())
 }
 
-impl RegistryStore for RedisRegistry {
-    fn execute(&self, op: RegistryOp) -> StoreFuture {
+impl RedisRegistry {
+    /// Runs one operation on the current connection, bounded by the op timeout; a failure that
+    /// means the connection is broken starts its replacement.
+    fn run<F, Fut>(&self, f: F) -> StoreFuture
+    where
+        F: FnOnce(MultiplexedConnection) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = redis::RedisResult<StoreOutput>> + Send,
+    {
         let inner = Arc::clone(&self.inner);
         Box::pin(async move {
             let Some((conn, epoch)) = inner.current() else {
                 return Err(StoreError::Unavailable("redis: not connected (reconnecting)".into()));
             };
-            let run = run_op(conn, &inner.config.server_id, op, Topology::Single);
+            let run = f(conn);
             match tokio::time::timeout(inner.config.op_timeout, run).await {
                 Ok(Ok(out)) => Ok(out),
                 Ok(Err(e)) => {
@@ -166,6 +172,18 @@ impl RegistryStore for RedisRegistry {
                 }
             }
         })
+    }
+}
+
+impl RegistryStore for RedisRegistry {
+    fn execute(&self, op: RegistryOp) -> StoreFuture {
+        let server_id = self.inner.config.server_id.clone();
+        self.run(move |conn| async move { run_op(conn, &server_id, op, Topology::Single).await })
+    }
+
+    fn announce_privacy(&self, user: &UserId) -> StoreFuture {
+        let user = user.clone();
+        self.run(move |mut conn| async move { publish_privacy(&mut conn, &user).await })
     }
 
     fn restarts(&self) -> watch::Receiver<u64> {
