@@ -958,3 +958,31 @@ proptest! {
         prop_assert!(malformed_kind(&r), "{:?}", r);
     }
 }
+
+#[test]
+fn a_hidden_last_seen_carries_its_bucket_in_both_encodings() {
+    let hidden = PresenceEntry {
+        user: user("eve"),
+        online: false,
+        last_seen: None,
+        last_seen_approx: Some(presence_core::frame::Approx::WithinWeek),
+    };
+    let frame = Frame::Presence { id: None, users: vec![hidden] };
+    let json = encode_json(&frame);
+    assert_eq!(
+        json,
+        r#"{"type":"presence","users":[{"user":"eve","online":false,"last_seen":null,"last_seen_approx":"within_week"}]}"#
+    );
+    let bin = encode_binary(&frame);
+    assert_eq!(bin, [0x07, 0x00, 0x00, 0x01, 0x03, b'e', b'v', b'e', 0x04, 0x01]);
+    let limits = Limits::default();
+    assert_eq!(decode(json.as_bytes(), Encoding::Json, &limits).unwrap(), frame);
+    assert_eq!(decode(&bin, Encoding::Binary, &limits).unwrap(), frame);
+    // A bucket code out of range, or a bucket beside a last seen, is malformed.
+    for bad in [
+        vec![0x07, 0x00, 0x00, 0x01, 0x03, b'e', b'v', b'e', 0x04, 0x04],
+        vec![0x07, 0x00, 0x00, 0x01, 0x03, b'e', b'v', b'e', 0x06, 0, 0, 0, 0, 0, 0, 0, 1, 0x00],
+    ] {
+        assert!(decode(&bad, Encoding::Binary, &limits).is_err(), "{bad:?}");
+    }
+}

@@ -89,6 +89,8 @@ pub struct Entry {
     pub last_seen: Option<i64>,
     /// Last seen as sent (the fixed-width RFC 3339 string).
     pub last_seen_raw: Option<String>,
+    /// `last_seen_approx` when present (the last seen is hidden from the asker).
+    pub last_seen_approx: Option<String>,
 }
 
 impl Entry {
@@ -104,6 +106,11 @@ impl Entry {
             online: v["online"].as_bool().unwrap_or_else(|| panic!("entry without online: {v}")),
             last_seen: raw.as_deref().map(parse_rfc3339),
             last_seen_raw: raw,
+            last_seen_approx: match v.get("last_seen_approx") {
+                None => None,
+                Some(Value::String(s)) => Some(s.clone()),
+                Some(other) => panic!("last_seen_approx is not a string: {other}"),
+            },
         }
     }
 }

@@ -227,6 +227,35 @@ impl PresenceServer {
             .unwrap_or_else(|e| panic!("{} GET {path}: {e}", self.id()))
     }
 
+    /// A service token (`scope` claim) signed with this server's secret.
+    pub fn service_token(&self, scope: &str) -> String {
+        token::service(&self.spec.secret, "backend", scope)
+    }
+
+    /// `method path` with `token` and a JSON `body` (empty for none), whatever the answer.
+    pub async fn api(&self, token: &str, method: &str, path: &str, body: &str) -> http::Response {
+        let auth = format!("Bearer {token}");
+        let len = body.len().to_string();
+        let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json"), ("Content-Length", len.as_str())];
+        http::request_with_body(self.addr(), method, path, &headers, body)
+            .await
+            .unwrap_or_else(|e| panic!("{} {method} {path}: {e}", self.id()))
+    }
+
+    /// `PUT /v1/me/privacy` as `user`; panics unless 200. Returns the answer's settings.
+    pub async fn set_privacy(&self, user: &str, settings: serde_json::Value) -> serde_json::Value {
+        let r = self.api(&self.token(user), "PUT", "/v1/me/privacy", &settings.to_string()).await;
+        assert_eq!(r.status, 200, "{user} PUT /v1/me/privacy: {}", r.body);
+        r.json()
+    }
+
+    /// `PUT /v1/me/contacts` as `user`; panics unless 200.
+    pub async fn set_contacts(&self, user: &str, contacts: &[&str]) {
+        let body = serde_json::json!({ "contacts": contacts }).to_string();
+        let r = self.api(&self.token(user), "PUT", "/v1/me/contacts", &body).await;
+        assert_eq!(r.status, 200, "{user} PUT /v1/me/contacts: {}", r.body);
+    }
+
     /// Connects `user` with a valid token; panics if refused.
     pub async fn connect(&self, user: &str) -> WsClient {
         let options = ConnectOptions { token: Some(self.token(user)), ..ConnectOptions::default() };

@@ -295,6 +295,9 @@ fn entry(r: &mut Reader<'_>, index: usize) -> Result<PresenceEntry, DecodeErrorK
     if flags & !(FLAG_ONLINE | FLAG_LAST_SEEN | FLAG_APPROX) != 0 {
         return Err(DecodeErrorKind::Malformed("reserved presence flag bits set"));
     }
+    if flags & FLAG_LAST_SEEN != 0 && flags & FLAG_APPROX != 0 {
+        return Err(DecodeErrorKind::Malformed("an entry has a last_seen or its bucket, not both"));
+    }
     let last_seen = if flags & FLAG_LAST_SEEN != 0 {
         let ms = i64::from_be_bytes(r.array()?);
         if !(MIN_WIRE_MILLIS..=MAX_WIRE_MILLIS).contains(&ms) {

@@ -912,3 +912,4 @@ fn no_push_before_the_snapshot_and_a_change_meanwhile_is_pushed_after_it() {
 
 /// Token lifetime, per-user budgets, repeated ids, the server-wide watch cap.
 mod limits;
+mod privacy;
