@@ -20,6 +20,8 @@
 //   3. The server is killed: "Reconnecting…" appears and stays while it is down. Restarted on the
 //      same port and data dir (a new dev secret, so the old token gets 401): the page fetches a new
 //      token, reconnects, subscribes again, and sees bob come online again.
+//   3b. Bob sets "Who sees my last seen: Nobody" in the Privacy panel: Alice's row turns to exactly
+//      "last seen recently" (offline, no exact time) while Bob is still online.
 //   4. A server with --jwt-secret (no dev mode): the page says sign-in by name needs dev mode,
 //      refuses a forged token with a clear error and signs in with a valid pasted token.
 // Every process it starts is killed on the way out, on failure too.
@@ -283,6 +285,17 @@ async function main() {
     await waitState(alice, 'bob', 'online', 2000);
     assert.equal(await rowText(alice, 'bob'), 'online');
     log('after the reconnect alice is subscribed again: bob\'s return is pushed ("online")');
+
+    // 3b. Bob hides his last seen (and with it his online state) from everyone in the Privacy
+    // panel: alice is pushed the hidden entry at once, "last seen recently", with no exact time.
+    await bob2.locator('#privacy summary').click();
+    await bob2.getByLabel('Who sees my last seen').selectOption('nobody');
+    await bob2.getByRole('button', { name: 'Save' }).click();
+    await bob2.locator('#privacy-saved', { hasText: 'Saved.' }).waitFor({ timeout: 3000 });
+    await waitState(alice, 'bob', 'offline', 2000);
+    assert.equal(await rowText(alice, 'bob'), 'last seen recently');
+    assert.equal(await row(alice, 'bob').getAttribute('data-last-seen'), '');
+    log('bob chose "Nobody": alice sees "last seen recently" while he is still online');
     await bob2.close();
     await alice.close();
     await server.kill('SIGTERM');

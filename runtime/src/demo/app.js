@@ -266,6 +266,7 @@ function enterApp(user, token, fromDev) {
   loadContacts();
   $('contact').focus();
   startClient();
+  loadPrivacy();
 }
 
 function signOut() {
@@ -342,6 +343,40 @@ $('add-form').addEventListener('submit', (ev) => {
   fieldError('contact-error', '');
   $('contact').value = '';
   addContact(user);
+});
+
+// ---- privacy (docs/PRIVACY.md): the two settings, the except list, and the contact list ----
+
+async function loadPrivacy() {
+  const client = state.client;
+  if (!client) return;
+  try {
+    const p = await client.getPrivacy();
+    $('privacy-last-seen').value = p.last_seen;
+    $('privacy-online').value = p.online;
+    $('privacy-except').value = p.except.join(', ');
+  } catch (e) {
+    fieldError('privacy-error', `Cannot read your settings: ${e.message}`);
+  }
+}
+
+$('privacy-form').addEventListener('submit', async (ev) => {
+  ev.preventDefault();
+  fieldError('privacy-error', '');
+  $('privacy-saved').textContent = '';
+  const except = $('privacy-except').value.split(',').map((u) => u.trim()).filter(Boolean);
+  const bad = except.find((u) => !USER_RE.test(u));
+  if (bad) {
+    fieldError('privacy-error', `${bad} is not a user name.`);
+    return;
+  }
+  try {
+    await state.client.setContacts([...state.contacts.keys()]);
+    await state.client.setPrivacy({ last_seen: $('privacy-last-seen').value, online: $('privacy-online').value, except });
+    $('privacy-saved').textContent = 'Saved.';
+  } catch (e) {
+    fieldError('privacy-error', `Not saved: ${e.message}`);
+  }
 });
 
 $('sign-out').addEventListener('click', signOut);
