@@ -236,7 +236,11 @@ impl PresenceServer {
     pub async fn api(&self, token: &str, method: &str, path: &str, body: &str) -> http::Response {
         let auth = format!("Bearer {token}");
         let len = body.len().to_string();
-        let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json"), ("Content-Length", len.as_str())];
+        let headers = [
+            ("Authorization", auth.as_str()),
+            ("Content-Type", "application/json"),
+            ("Content-Length", len.as_str()),
+        ];
         http::request_with_body(self.addr(), method, path, &headers, body)
             .await
             .unwrap_or_else(|e| panic!("{} {method} {path}: {e}", self.id()))

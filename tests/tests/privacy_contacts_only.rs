@@ -27,9 +27,15 @@ async fn privacy_contacts_only() {
 
     let mut eve = b.connect("eve").await;
     let got = eve.query(&["bob"]).await;
-    assert_eq!((got[0].online, got[0].last_seen, got[0].last_seen_approx.as_deref()), (false, None, Some("recently")));
+    assert_eq!(
+        (got[0].online, got[0].last_seen, got[0].last_seen_approx.as_deref()),
+        (false, None, Some("recently"))
+    );
     let http = b.presence_http("eve", &["bob"]).await;
-    assert_eq!((http[0].online, http[0].last_seen, http[0].last_seen_approx.as_deref()), (false, None, Some("recently")));
+    assert_eq!(
+        (http[0].online, http[0].last_seen, http[0].last_seen_approx.as_deref()),
+        (false, None, Some("recently"))
+    );
     let http = b.presence_http("alice", &["bob"]).await;
     assert_eq!((http[0].last_seen, http[0].last_seen_approx.as_deref()), (seen.last_seen, None));
 
@@ -37,5 +43,8 @@ async fn privacy_contacts_only() {
     let _bob = a.connect("bob").await;
     alice.wait_online("bob").await;
     let got = eve.query(&["bob"]).await;
-    assert_eq!((got[0].online, got[0].last_seen, got[0].last_seen_approx.as_deref()), (false, None, Some("recently")));
+    assert_eq!(
+        (got[0].online, got[0].last_seen, got[0].last_seen_approx.as_deref()),
+        (false, None, Some("recently"))
+    );
 }

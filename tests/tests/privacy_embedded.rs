@@ -22,9 +22,15 @@ async fn privacy_embedded() {
     let got = server.api(&server.token("bob"), "GET", "/v1/me/contacts", "").await;
     assert_eq!(got.json(), json!({ "contacts": ["alice", "zed"] }));
     let entry = server.presence_http("alice", &["bob"]).await;
-    assert_eq!((entry[0].online, entry[0].last_seen, entry[0].last_seen_approx.as_deref()), (false, None, Some("recently")));
+    assert_eq!(
+        (entry[0].online, entry[0].last_seen, entry[0].last_seen_approx.as_deref()),
+        (false, None, Some("recently"))
+    );
     // Online is shown to everyone: Bob online is visible, his last seen still is not.
     let _bob = server.connect("bob").await;
     let entry = server.presence_http("alice", &["bob"]).await;
-    assert_eq!((entry[0].online, entry[0].last_seen, entry[0].last_seen_approx.as_deref()), (true, None, Some("recently")));
+    assert_eq!(
+        (entry[0].online, entry[0].last_seen, entry[0].last_seen_approx.as_deref()),
+        (true, None, Some("recently"))
+    );
 }

@@ -20,7 +20,13 @@ async fn privacy_http_errors() {
         ("PUT", "/v1/me/privacy", r#"{"except":["ok","bad id"]}"#.into(), 400, "invalid_user"),
         ("PUT", "/v1/me/contacts", r#"{"contacts":["a","b","c","d"]}"#.into(), 400, "too_many_users"),
         ("PUT", "/v1/me/contacts", r#"{"contacts":"a"}"#.into(), 400, "bad_request"),
-        ("PUT", "/v1/me/contacts", format!(r#"{{"contacts":["{}"]}}"#, "x".repeat(2 * 1024 * 1024)), 413, "too_large"),
+        (
+            "PUT",
+            "/v1/me/contacts",
+            format!(r#"{{"contacts":["{}"]}}"#, "x".repeat(2 * 1024 * 1024)),
+            413,
+            "too_large",
+        ),
         ("DELETE", "/v1/me/contacts", String::new(), 405, "method_not_allowed"),
         ("PATCH", "/v1/me/privacy", "{}".into(), 405, "method_not_allowed"),
         ("GET", "/v1/users/bad%20id/privacy", String::new(), 403, "forbidden"),
@@ -28,7 +34,12 @@ async fn privacy_http_errors() {
     ];
     for (method, path, body, status, code) in cases {
         let r = a.api(&bob, method, path, &body).await;
-        assert_eq!((r.status, r.json()["code"].as_str()), (status, Some(code)), "{method} {path}: {}", r.body);
+        assert_eq!(
+            (r.status, r.json()["code"].as_str()),
+            (status, Some(code)),
+            "{method} {path}: {}",
+            r.body
+        );
     }
     let r = a.api("not-a-token", "GET", "/v1/me/privacy", "").await;
     assert_eq!((r.status, r.json()["code"].as_str()), (401, Some("unauthorized")));

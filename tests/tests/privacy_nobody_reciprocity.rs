@@ -32,7 +32,10 @@ async fn privacy_nobody_reciprocity() {
     // Mallory is in Dave's except list: nothing, though Dave shows everyone else.
     let mut mallory = b.connect("mallory").await;
     let got = mallory.query(&["dave"]).await;
-    assert_eq!((got[0].online, got[0].last_seen, got[0].last_seen_approx.as_deref()), (false, None, Some("recently")));
+    assert_eq!(
+        (got[0].online, got[0].last_seen, got[0].last_seen_approx.as_deref()),
+        (false, None, Some("recently"))
+    );
     let _dave = a.connect("dave").await;
     watcher.wait_online("dave").await;
     let got = mallory.query(&["dave"]).await;

@@ -33,7 +33,8 @@ async fn privacy_redis_restart() {
         }
         let (alice, eve) = (&alice.json()["users"][0], &eve.json()["users"][0]);
         let want_alice = json!({ "user": "bob", "online": false, "last_seen": raw });
-        let want_eve = json!({ "user": "bob", "online": false, "last_seen": null, "last_seen_approx": "recently" });
+        let want_eve =
+            json!({ "user": "bob", "online": false, "last_seen": null, "last_seen_approx": "recently" });
         if *alice == want_alice && *eve == want_eve {
             Ok(())
         } else {

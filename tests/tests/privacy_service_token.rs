@@ -36,7 +36,10 @@ async fn privacy_service_token() {
     let mut stranger = b.connect("stranger").await;
     assert!(!stranger.query(&["bob"]).await[0].online);
     let auth = format!("Bearer {reader}");
-    let r = presence_tests::http::request(b.addr(), "GET", "/v1/presence?users=bob", &[("Authorization", &auth)]).await.unwrap();
+    let r =
+        presence_tests::http::request(b.addr(), "GET", "/v1/presence?users=bob", &[("Authorization", &auth)])
+            .await
+            .unwrap();
     assert_eq!(r.json()["users"][0]["online"], true, "{}", r.body);
     let mut service = b.connect_token("backend", &reader).await;
     let got = service.query(&["bob"]).await;

@@ -270,7 +270,7 @@ impl Presence {
         if let Some(at) = c.expires {
             self.expiries.remove(&(at, conn));
         }
-        self.unwatch_all(conn, c.watching);
+        self.unwatch_all(conn, &c.user, c.watching);
         if c.scopes.service {
             return true;
         }

@@ -113,6 +113,9 @@ pub(super) struct Watches {
     pub(super) grace: BTreeSet<(MonoTime, UserId)>,
     /// Deadlines to read a connection's privacy again after a failed read, (when, conn).
     pub(super) privacy_retry: BTreeSet<(MonoTime, ConnId)>,
+    /// Per user, its connections that watch someone: whose views a change of the user's own
+    /// settings re-evaluates (reciprocity), found without scanning every connection.
+    pub(super) viewers: BTreeMap<UserId, BTreeSet<ConnId>>,
 }
 
 impl Presence {
@@ -135,6 +138,9 @@ impl Presence {
         if !self.start_snapshot(conn, id, users) {
             return;
         }
+        if let Some(c) = self.conns.get(&conn).filter(|_| !new.is_empty()) {
+            self.watches.viewers.entry(c.user.clone()).or_default().insert(conn);
+        }
         for user in new {
             if let Some(c) = self.conns.get_mut(&conn) {
                 c.watching.insert(user.clone());
@@ -153,15 +159,29 @@ impl Presence {
             if c.watching.remove(&user) {
                 c.shown.remove(&user);
                 c.views.remove(&user);
+                if c.watching.is_empty() {
+                    let viewer = c.user.clone();
+                    self.drop_viewer(&viewer, conn);
+                }
                 self.drop_watcher(&user, conn);
             }
         }
     }
 
-    /// Releases everything a closing connection watched.
-    pub(super) fn unwatch_all(&mut self, conn: ConnId, watching: BTreeSet<UserId>) {
+    /// Releases everything a closing connection of `viewer` watched.
+    pub(super) fn unwatch_all(&mut self, conn: ConnId, viewer: &UserId, watching: BTreeSet<UserId>) {
+        self.drop_viewer(viewer, conn);
         for user in watching {
             self.drop_watcher(&user, conn);
+        }
+    }
+
+    fn drop_viewer(&mut self, viewer: &UserId, conn: ConnId) {
+        if let Some(set) = self.watches.viewers.get_mut(viewer) {
+            set.remove(&conn);
+            if set.is_empty() {
+                self.watches.viewers.remove(viewer);
+            }
         }
     }
 
@@ -328,21 +348,22 @@ impl Presence {
     /// connection of `user` itself (reciprocity: its own settings decide what it may see), reads
     /// the privacy of the affected subscriptions again.
     pub(super) fn on_privacy_changed(&mut self, user: &UserId) {
-        let mut affected: Vec<(ConnId, Vec<UserId>)> = Vec::new();
-        for (conn, c) in &self.conns {
-            if c.scopes.read_all || c.watching.is_empty() {
-                continue;
-            }
-            if c.user == *user {
-                affected.push((*conn, c.watching.iter().filter(|t| *t != user).cloned().collect()));
-            } else if c.watching.contains(user) {
-                affected.push((*conn, vec![user.clone()]));
+        let mut affected: BTreeMap<ConnId, Vec<UserId>> = BTreeMap::new();
+        if let Some(w) = self.watches.users.get(user) {
+            for conn in w.watchers.iter().chain(&w.pending) {
+                affected.insert(*conn, vec![user.clone()]);
             }
         }
-        // The connection map is hashed: sort so the reads go out in the same order every run.
-        affected.sort_unstable_by_key(|(conn, _)| *conn);
+        for conn in self.watches.viewers.get(user).into_iter().flatten() {
+            if let Some(c) = self.conns.get(conn) {
+                affected.insert(*conn, c.watching.iter().filter(|t| *t != user).cloned().collect());
+            }
+        }
         for (conn, targets) in affected {
-            self.read_watch_privacy(conn, targets);
+            // A `read_all` service sees everything whatever anyone's settings say.
+            if self.conns.get(&conn).is_some_and(|c| !c.scopes.read_all) {
+                self.read_watch_privacy(conn, targets);
+            }
         }
     }
 

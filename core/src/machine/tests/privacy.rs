@@ -60,7 +60,8 @@ fn a_hidden_online_user_coming_online_pushes_nothing_to_a_stranger() {
     // Bob comes online: alice is told, eve is not (her view reads the same as before).
     let e = r.input(Input::Changed { user: uid("bob") });
     let e = r.done(store(&e[0]).0, Ok(StoreOutput::Registry(vec![entry_of(true, Some(T0 - HOUR))])));
-    let to: Vec<ConnId> = e.iter().filter_map(|e| if let Effect::Send { conn, .. } = e { Some(*conn) } else { None }).collect();
+    let to: Vec<ConnId> =
+        e.iter().filter_map(|e| if let Effect::Send { conn, .. } = e { Some(*conn) } else { None }).collect();
     assert_eq!(to, vec![ConnId(1)]);
     assert_eq!(r.p.stats().pushes, 1);
 }
