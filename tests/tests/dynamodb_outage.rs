@@ -1,7 +1,7 @@
 //! Scenario 6, DynamoDB outage: the DynamoDB-compatible server (dynalite) is killed for 10 s
 //! while users disconnect, then restarted with its data directory. Meanwhile the writes are
 //! retried and `/readyz` reports the backlog (503, `pending_writes`); reads of cached values stay
-//! correct from Redis, and a read that needs DynamoDB (no cached value) is "unavailable", never
+//! correct from Redis (for users whose privacy settings the server has cached), and a read that needs DynamoDB (no cached value) is "unavailable", never
 //! "offline, never seen" and never a value that may be below the durable one. Afterwards
 //! every last_seen is in DynamoDB, equal to the one in Redis: nothing lost.
 
@@ -47,6 +47,10 @@ async fn dynamodb_outage() {
     for u in users {
         redis.wait_sessions_on(u, &["ws-a"], Duration::from_secs(5)).await;
     }
+    // Privacy settings live in DynamoDB and are cached per server (docs/PRIVACY.md): a viewer's
+    // first read of a user needs DynamoDB, and without it fails closed. Alice has asked about
+    // them before, as a chat app's contact list does, so the outage finds them cached.
+    alice.query(&users).await;
 
     stack.dynalite().kill9().await;
     let outage_started = tokio::time::Instant::now();
