@@ -2,7 +2,7 @@
 //!
 //! | module      | role                                                                          |
 //! |-------------|-------------------------------------------------------------------------------|
-//! | [`server`]  | the listener: HTTP routes, auth, Origin check, WebSocket upgrade              |
+//! | [`server`]  | the listener: HTTP routes, auth, Origin check, WebSocket upgrade; its JSON endpoints in `server/api.rs` |
 //! | [`edge`]    | limits before a session: handshakes, sessions per user and IP, dev-mode Host  |
 //! | `status`    | the core's snapshot behind `/readyz` and `/metrics`, refreshed at most 1/s    |
 //! | [`ws`]      | one WebSocket connection: socket on one side, the driver on the other         |
