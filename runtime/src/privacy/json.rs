@@ -70,7 +70,8 @@ pub fn contacts_from_json(v: &Value, max: usize) -> Result<BTreeSet<UserId>, Bod
     if let Some(k) = obj.keys().find(|k| k.as_str() != "contacts") {
         return Err(BodyError::BadRequest(format!("unknown member {k:?}")));
     }
-    let list = obj.get("contacts").ok_or_else(|| BodyError::BadRequest(r#"missing "contacts""#.to_owned()))?;
+    let list =
+        obj.get("contacts").ok_or_else(|| BodyError::BadRequest(r#"missing "contacts""#.to_owned()))?;
     user_set(list, "contacts", max)
 }
 
@@ -102,7 +103,8 @@ fn user_set(v: &Value, name: &str, max: usize) -> Result<BTreeSet<UserId>, BodyE
     }
     let mut set = BTreeSet::new();
     for (i, item) in items.iter().enumerate() {
-        let s = item.as_str().ok_or_else(|| BodyError::InvalidUser(format!("{name}[{i}] is not a string")))?;
+        let s =
+            item.as_str().ok_or_else(|| BodyError::InvalidUser(format!("{name}[{i}] is not a string")))?;
         let user = UserId::new(s).map_err(|e| BodyError::InvalidUser(format!("{name}[{i}]: {e}")))?;
         set.insert(user);
     }

@@ -75,9 +75,9 @@ impl PrivacyBackend for MemoryPrivacy {
     }
 
     fn contacts(&self, user: UserId) -> BackendFuture<Result<Vec<UserId>, StoreError>> {
-        let result = self
-            .check()
-            .map(|()| self.lock().get(&user).map(|p| p.contacts.iter().cloned().collect()).unwrap_or_default());
+        let result = self.check().map(|()| {
+            self.lock().get(&user).map(|p| p.contacts.iter().cloned().collect()).unwrap_or_default()
+        });
         Self::done(result)
     }
 
@@ -88,7 +88,11 @@ impl PrivacyBackend for MemoryPrivacy {
         Self::done(result)
     }
 
-    fn put_contacts(&self, user: UserId, contacts: BTreeSet<UserId>) -> BackendFuture<Result<(), ContactsError>> {
+    fn put_contacts(
+        &self,
+        user: UserId,
+        contacts: BTreeSet<UserId>,
+    ) -> BackendFuture<Result<(), ContactsError>> {
         let result = self.check().map_err(ContactsError::from).map(|()| {
             self.lock().entry(user).or_default().contacts = contacts;
         });
@@ -121,6 +125,10 @@ impl PrivacyBackend for MemoryPrivacy {
 }
 
 /// `list` with `add` added, then `remove` removed (an id in both ends up removed).
-pub(crate) fn patched(list: &BTreeSet<UserId>, add: &BTreeSet<UserId>, remove: &BTreeSet<UserId>) -> BTreeSet<UserId> {
+pub(crate) fn patched(
+    list: &BTreeSet<UserId>,
+    add: &BTreeSet<UserId>,
+    remove: &BTreeSet<UserId>,
+) -> BTreeSet<UserId> {
     list.union(add).filter(|u| !remove.contains(*u)).cloned().collect()
 }
