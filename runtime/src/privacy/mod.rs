@@ -36,7 +36,9 @@ pub mod json;
 pub mod memory;
 pub mod redb;
 
+pub use self::redb::RedbPrivacy;
 pub use cache::{PrivacyCache, PrivacyCacheConfig};
+pub use dynamo::DynamoPrivacy;
 pub use memory::MemoryPrivacy;
 
 /// A boxed, `Send` future of a backend call.
@@ -96,7 +98,11 @@ pub trait PrivacyBackend: Send + Sync + 'static {
     fn put_settings(&self, user: UserId, settings: Settings) -> BackendFuture<Result<(), StoreError>>;
 
     /// Replaces `user`'s contact list (already checked against the limit by the caller).
-    fn put_contacts(&self, user: UserId, contacts: BTreeSet<UserId>) -> BackendFuture<Result<(), ContactsError>>;
+    fn put_contacts(
+        &self,
+        user: UserId,
+        contacts: BTreeSet<UserId>,
+    ) -> BackendFuture<Result<(), ContactsError>>;
 
     /// Adds `add` then removes `remove` (an id in both ends up removed), refusing with
     /// [`ContactsError::TooMany`] if the list would exceed `max`. Returns the list's new length.
