@@ -44,8 +44,11 @@ async fn store(tag: &str) -> DynamoDurable {
     store
 }
 
+/// Drops the table and the contacts table `create_table_if_missing` makes beside it.
 async fn drop_table(store: &DynamoDurable) {
-    let _ = store.client().delete_table().table_name(store.table()).send().await;
+    for table in [store.table().to_owned(), format!("{}_contacts", store.table())] {
+        let _ = store.client().delete_table().table_name(table).send().await;
+    }
 }
 
 fn user(s: &str) -> UserId {

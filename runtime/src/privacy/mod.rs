@@ -38,7 +38,9 @@ pub mod json;
 pub mod memory;
 pub mod redb;
 
+pub use self::redb::RedbPrivacy;
 pub use cache::{PrivacyCache, PrivacyCacheConfig};
+pub use dynamo::DynamoPrivacy;
 pub use memory::MemoryPrivacy;
 
 /// A boxed, `Send` future of a backend call.

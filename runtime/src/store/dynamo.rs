@@ -3,7 +3,10 @@
 //! # Schema (public: operators read it with the AWS CLI; never change it)
 //!
 //! Table `users` (name configurable), partition key `user_id` (String), attribute `last_seen`
-//! (Number, Unix epoch milliseconds). Other attributes of the item are left alone.
+//! (Number, Unix epoch milliseconds). Other attributes of the item are left alone. The privacy
+//! settings and contact lists (`privacy`, `contacts_list`, `contacts_count` in the same item, and
+//! the table `<users>_contacts`) are described in [`crate::privacy::dynamo`], whose backend
+//! [`DynamoDurable::privacy`] shares this client.
 //!
 //! # Operations
 //!
@@ -58,19 +61,23 @@ use presence_core::time::UnixMillis;
 use presence_core::user::UserId;
 
 use super::{with_timeout, DurableStore, StoreFuture};
+use crate::privacy::dynamo::{DynamoPrivacy, CONTACTS_KEY_SCHEMA, CONTACTS_TABLE_SUFFIX};
 
 /// The partition key attribute.
 pub const USER_ID_ATTR: &str = "user_id";
 /// The last_seen attribute (Number, epoch millis).
 pub const LAST_SEEN_ATTR: &str = "last_seen";
 /// BatchGetItem's limit on keys per request.
-const BATCH_GET_MAX_KEYS: usize = 100;
+pub(crate) const BATCH_GET_MAX_KEYS: usize = 100;
 
 /// Settings of the DynamoDB executor.
 #[derive(Clone, Debug)]
 pub struct DynamoConfig {
     /// Table name (default `users`).
     pub table: String,
+    /// The contact lists' table ([`crate::privacy::dynamo`]); `None` (the default):
+    /// `<table>_contacts`, e.g. `users_contacts`.
+    pub contacts_table: Option<String>,
     /// Endpoint override for a local DynamoDB-compatible server (`http://127.0.0.1:8000`).
     /// `None`: the region's AWS endpoint (or `AWS_ENDPOINT_URL`).
     pub endpoint: Option<String>,
@@ -88,12 +95,20 @@ impl Default for DynamoConfig {
     fn default() -> DynamoConfig {
         DynamoConfig {
             table: "users".to_owned(),
+            contacts_table: None,
             endpoint: None,
             region: None,
             op_timeout: Duration::from_secs(2),
             max_attempts: 1,
             unprocessed_retries: 5,
         }
+    }
+}
+
+impl DynamoConfig {
+    /// The contact lists' table: [`DynamoConfig::contacts_table`], or `<table>_contacts`.
+    pub fn contacts_table_name(&self) -> String {
+        self.contacts_table.clone().unwrap_or_else(|| format!("{}{CONTACTS_TABLE_SUFFIX}", self.table))
     }
 }
 
@@ -175,60 +190,79 @@ impl DynamoDurable {
         &self.config.table
     }
 
-    /// Creates the table (on-demand billing, `user_id` String partition key) if it does not exist,
-    /// and waits until it is `ACTIVE` (at most `wait`). Returns whether this call created it.
+    /// The privacy backend over the same client: settings in this table, contact lists in
+    /// [`DynamoConfig::contacts_table_name`], with the same op timeout and retries.
+    pub fn privacy(&self) -> DynamoPrivacy {
+        DynamoPrivacy::new(
+            self.client.clone(),
+            &self.config.table,
+            &self.config.contacts_table_name(),
+            self.config.op_timeout,
+        )
+        .with_unprocessed_retries(self.config.unprocessed_retries)
+    }
+
+    /// Creates the tables if they do not exist (on-demand billing): the users table (`user_id`
+    /// String partition key) and the contact lists' table (`list` String partition key, `contact`
+    /// String sort key; [`crate::privacy::dynamo`]), and waits until both are `ACTIVE` (at most
+    /// `wait`). Returns whether this call created either.
     ///
     /// Idempotent and safe to race: a concurrent creator's `ResourceInUseException` is success.
     /// An existing table is not checked beyond its status (its key schema is the operator's).
     pub async fn create_table_if_missing(&self, wait: Duration) -> Result<bool, StoreError> {
-        let table = self.config.table.as_str();
-        let created = match self.table_status().await? {
-            Some(_) => false,
-            None => {
-                let key = KeySchemaElement::builder()
-                    .attribute_name(USER_ID_ATTR)
-                    .key_type(KeyType::Hash)
-                    .build()
-                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-                let attr = AttributeDefinition::builder()
-                    .attribute_name(USER_ID_ATTR)
-                    .attribute_type(ScalarAttributeType::S)
-                    .build()
-                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-                let res = self
-                    .client
-                    .create_table()
-                    .table_name(table)
-                    .key_schema(key)
-                    .attribute_definitions(attr)
-                    .billing_mode(BillingMode::PayPerRequest)
-                    .send()
-                    .await;
-                match res {
-                    Ok(_) => {
-                        tracing::info!(table, "created dynamodb table");
-                        true
-                    }
-                    Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_in_use_exception()) => false,
-                    Err(e) => return Err(classify(&e)),
-                }
-            }
-        };
+        let users = self.config.table.clone();
+        let contacts = self.config.contacts_table_name();
+        let created_users = self.create_if_missing(&users, &[(USER_ID_ATTR, KeyType::Hash)]).await?;
+        let created_contacts = self.create_if_missing(&contacts, &CONTACTS_KEY_SCHEMA).await?;
         let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            if self.table_status().await? == Some(TableStatus::Active) {
-                return Ok(created);
+        for table in [&users, &contacts] {
+            loop {
+                if self.table_status(table).await? == Some(TableStatus::Active) {
+                    break;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(StoreError::Timeout);
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(StoreError::Timeout);
+        }
+        Ok(created_users || created_contacts)
+    }
+
+    /// Creates `table` with String key attributes `keys` unless it exists; whether this call did.
+    async fn create_if_missing(&self, table: &str, keys: &[(&str, KeyType)]) -> Result<bool, StoreError> {
+        if self.table_status(table).await?.is_some() {
+            return Ok(false);
+        }
+        let unavailable = |e: aws_sdk_dynamodb::error::BuildError| StoreError::Unavailable(e.to_string());
+        let mut request =
+            self.client.create_table().table_name(table).billing_mode(BillingMode::PayPerRequest);
+        for (name, key_type) in keys {
+            let key = KeySchemaElement::builder()
+                .attribute_name(*name)
+                .key_type(key_type.clone())
+                .build()
+                .map_err(unavailable)?;
+            let attr = AttributeDefinition::builder()
+                .attribute_name(*name)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .map_err(unavailable)?;
+            request = request.key_schema(key).attribute_definitions(attr);
+        }
+        match request.send().await {
+            Ok(_) => {
+                tracing::info!(table, "created dynamodb table");
+                Ok(true)
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_in_use_exception()) => Ok(false),
+            Err(e) => Err(classify(&e)),
         }
     }
 
     /// `DescribeTable`'s status, `None` if the table does not exist.
-    async fn table_status(&self) -> Result<Option<TableStatus>, StoreError> {
-        match self.client.describe_table().table_name(&self.config.table).send().await {
+    async fn table_status(&self, table: &str) -> Result<Option<TableStatus>, StoreError> {
+        match self.client.describe_table().table_name(table).send().await {
             Ok(out) => Ok(Some(
                 out.table()
                     .and_then(|t| t.table_status())
@@ -243,7 +277,7 @@ impl DynamoDurable {
 }
 
 /// Maps an SDK error to the core's error (table in the module docs).
-fn classify<E, R>(err: &SdkError<E, R>) -> StoreError
+pub(crate) fn classify<E, R>(err: &SdkError<E, R>) -> StoreError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
     R: std::fmt::Debug,
@@ -259,7 +293,8 @@ where
     }
 }
 
-fn user_key(user: &str) -> HashMap<String, AttributeValue> {
+/// The key of `user`'s item in the users table.
+pub(crate) fn user_key(user: &str) -> HashMap<String, AttributeValue> {
     HashMap::from([(USER_ID_ATTR.to_owned(), AttributeValue::S(user.to_owned()))])
 }
 
@@ -294,46 +329,69 @@ async fn write(
     }
 }
 
-/// Reads one chunk of at most 100 distinct users, following `UnprocessedKeys`.
-async fn read_chunk(
+/// One item as the SDK returns it.
+pub(crate) type Item = HashMap<String, AttributeValue>;
+
+/// `BatchGetItem` with `ConsistentRead=true` of at most 100 distinct `keys` of `table`, projected
+/// to `names` (placeholder -> attribute), following `UnprocessedKeys` up to `retries` times with a
+/// short backoff. Keys still unprocessed then: [`StoreError::Throttled`] (DynamoDB leaves keys
+/// unprocessed when it throttles). The items found, in no particular order.
+pub(crate) async fn batch_get_consistent(
     client: &Client,
-    config: &DynamoConfig,
-    users: &[&str],
-) -> Result<Vec<(String, Option<UnixMillis>)>, StoreError> {
-    let table = config.table.as_str();
-    let mut pending: Vec<HashMap<String, AttributeValue>> = users.iter().map(|u| user_key(u)).collect();
-    let mut found = Vec::with_capacity(users.len());
+    table: &str,
+    keys: Vec<Item>,
+    names: &[(&str, &str)],
+    retries: u32,
+) -> Result<Vec<Item>, StoreError> {
+    let projection = names.iter().map(|(placeholder, _)| *placeholder).collect::<Vec<_>>().join(", ");
+    let mut pending = keys;
+    let mut found = Vec::with_capacity(pending.len());
     let mut round: u32 = 0;
     loop {
-        let request = KeysAndAttributes::builder()
+        let mut request = KeysAndAttributes::builder()
             .set_keys(Some(pending))
             .consistent_read(true)
-            .projection_expression("#uid, #ls")
-            .expression_attribute_names("#uid", USER_ID_ATTR)
-            .expression_attribute_names("#ls", LAST_SEEN_ATTR)
-            .build()
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            .projection_expression(&projection);
+        for (placeholder, attr) in names {
+            request = request.expression_attribute_names(*placeholder, *attr);
+        }
+        let request = request.build().map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let out =
             client.batch_get_item().request_items(table, request).send().await.map_err(|e| classify(&e))?;
-        for item in out.responses().and_then(|r| r.get(table)).into_iter().flatten() {
-            let Some(AttributeValue::S(user)) = item.get(USER_ID_ATTR) else {
-                continue;
-            };
-            found.push((user.clone(), parse_last_seen(user, item.get(LAST_SEEN_ATTR))));
-        }
+        found.extend(out.responses().and_then(|r| r.get(table)).into_iter().flatten().cloned());
         pending =
             out.unprocessed_keys().and_then(|u| u.get(table)).map(|k| k.keys().to_vec()).unwrap_or_default();
         if pending.is_empty() {
             return Ok(found);
         }
-        if round >= config.unprocessed_retries {
-            tracing::warn!(left = pending.len(), "dynamodb left keys unprocessed after retries");
+        if round >= retries {
+            tracing::warn!(table, left = pending.len(), "dynamodb left keys unprocessed after retries");
             return Err(StoreError::Throttled);
         }
         // Unprocessed keys mean the table is throttling us: back off a little before asking again.
         tokio::time::sleep(Duration::from_millis(10u64 << round.min(5))).await;
         round += 1;
     }
+}
+
+/// Reads one chunk of at most 100 distinct users.
+async fn read_chunk(
+    client: &Client,
+    config: &DynamoConfig,
+    users: &[&str],
+) -> Result<Vec<(String, Option<UnixMillis>)>, StoreError> {
+    let keys = users.iter().map(|u| user_key(u)).collect();
+    let names = [("#uid", USER_ID_ATTR), ("#ls", LAST_SEEN_ATTR)];
+    let items = batch_get_consistent(client, &config.table, keys, &names, config.unprocessed_retries).await?;
+    Ok(items
+        .iter()
+        .filter_map(|item| match item.get(USER_ID_ATTR) {
+            Some(AttributeValue::S(user)) => {
+                Some((user.clone(), parse_last_seen(user, item.get(LAST_SEEN_ATTR))))
+            }
+            _ => None,
+        })
+        .collect())
 }
 
 /// `last_seen` as stored; anything but an integer Number is logged and treated as absent.

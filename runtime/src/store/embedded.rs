@@ -13,7 +13,8 @@
 //!   `last_seen: user_id -> i64 epoch millis`. Every write is a max-register done inside one write
 //!   transaction (read, compare, insert, commit), so it is atomic against concurrent writers, and
 //!   each commit is durable (fsync'd) before the op reports success: last_seen survives a crash or
-//!   restart of the process.
+//!   restart of the process. The same file holds the privacy tables ([`RedbDurable::privacy`],
+//!   `crate::privacy::redb`), created here at open.
 //!
 //! redb's API is blocking, so each op runs on tokio's blocking pool (`spawn_blocking`) and the
 //! async side only waits for it, bounded by the op timeout. A timed-out op keeps running on the
@@ -34,6 +35,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{mpsc, watch};
 
 use super::{with_timeout, DurableStore, Notice, RegistryStore, StoreFuture};
+use crate::privacy::redb::RedbPrivacy;
 
 /// One user's registry state, mirroring the two Redis keys.
 #[derive(Default)]
@@ -284,6 +286,7 @@ impl RedbDurable {
         (|| -> Result<(), redb::Error> {
             let txn = db.begin_write()?;
             txn.open_table(LAST_SEEN)?;
+            crate::privacy::redb::create_tables(&txn)?;
             txn.commit()?;
             Ok(())
         })()
@@ -295,6 +298,12 @@ impl RedbDurable {
     pub fn with_op_timeout(mut self, op_timeout: Duration) -> RedbDurable {
         self.op_timeout = op_timeout;
         self
+    }
+
+    /// The privacy backend in the same file (redb allows one open per file, so it shares this
+    /// database), with the same op timeout.
+    pub fn privacy(&self) -> RedbPrivacy {
+        RedbPrivacy::new(Arc::clone(&self.db), self.op_timeout)
     }
 }
 
