@@ -16,7 +16,7 @@ use presence_runtime::clock::{SystemClock, WallClock};
 use presence_runtime::config::{Cli, ClientArgs, Command, LogFormat, ServeArgs, TokenArgs};
 use presence_runtime::driver::{DriverConfig, Stores};
 use presence_runtime::edge::EdgeLimits;
-use presence_runtime::privacy::{MemoryPrivacy, PrivacyCache, PrivacyCacheConfig};
+use presence_runtime::privacy::{PrivacyBackend, PrivacyCache, PrivacyCacheConfig};
 use presence_runtime::server::{serve_with_admin, ServerConfig};
 use presence_runtime::store::{
     open_redis, DurableStore, DynamoConfig, DynamoDurable, MemoryRegistry, RedbDurable, RedisConfig,
@@ -289,12 +289,13 @@ async fn open_stores(args: &ServeArgs, server_id: &str) -> Result<Stores, String
             Arc::new(MemoryRegistry::new(server_id))
         }
     };
-    let durable: Arc<dyn DurableStore> = match &args.dynamodb_table {
+    let (durable, backend): (Arc<dyn DurableStore>, Arc<dyn PrivacyBackend>) = match &args.dynamodb_table {
         Some(table) => {
             let config = DynamoConfig {
                 table: table.clone(),
                 endpoint: args.dynamodb_endpoint.clone(),
                 op_timeout: args.store_timeout,
+                contacts_table: args.privacy.dynamodb_contacts_table.clone(),
                 ..DynamoConfig::default()
             };
             let store = DynamoDurable::connect(config).await;
@@ -305,17 +306,19 @@ async fn open_stores(args: &ServeArgs, server_id: &str) -> Result<Stores, String
                     Err(e) => return Err(format!("--create-table {table}: {e}")),
                 }
             }
-            Arc::new(store)
+            let privacy = Arc::new(store.privacy());
+            (Arc::new(store), privacy)
         }
         None => {
             let store = RedbDurable::open(&args.data_dir)
                 .map_err(|e| format!("embedded store in {}: {e}", args.data_dir.display()))?;
             info!(dir = %args.data_dir.display(), "embedded durable store");
-            Arc::new(store.with_op_timeout(args.store_timeout))
+            let store = store.with_op_timeout(args.store_timeout);
+            // Settings and contacts in the same file (redb opens a file once per process).
+            let privacy = Arc::new(store.privacy());
+            (Arc::new(store), privacy)
         }
     };
-    // PLACEHOLDER until the redb and DynamoDB backends land: in-process settings.
-    let backend: Arc<dyn presence_runtime::privacy::PrivacyBackend> = Arc::new(MemoryPrivacy::new());
     let privacy = PrivacyCache::new(backend, privacy_cache_config(args));
     Ok(Stores { registry, durable, privacy })
 }
