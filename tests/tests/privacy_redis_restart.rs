@@ -1,5 +1,5 @@
 //! Privacy settings and contacts live in the durable store, not in Redis: after Redis is killed
-//! and restarted empty, and after both servers restart, Bob's `contacts` setting and list still
+//! and restarted empty, and after both servers are killed and restarted, Bob's `contacts` setting and list still
 //! decide what Alice (a contact) and Eve (a stranger) see. The feed's reconnect drops every
 //! server's cache, so nothing stale is kept either.
 
@@ -21,7 +21,10 @@ async fn privacy_redis_restart() {
     assert!(seen.last_seen.is_some());
     drop(alice);
 
+    stack.redis_server().kill9().await;
     stack.redis_server().restart_empty().await;
+    a.kill9().await;
+    b.kill9().await;
     a.restart().await;
     b.restart().await;
     let (a, b, raw) = (&a, &b, &seen.last_seen_raw);
