@@ -161,7 +161,7 @@ fuzz_target!(|ops: Vec<Op>| {
                 if r.p.readiness().accepting {
                     r.open.insert(conn, (user.clone(), session.clone()));
                 }
-                r.feed(Input::Open { conn, user, session, expires });
+                r.feed(Input::Open { conn, user, session, expires, scopes: Default::default() });
             }
             Op::Frame(c, binary, bytes) => {
                 let conn = pick(&r, c);
@@ -209,7 +209,7 @@ fuzz_target!(|ops: Vec<Op>| {
                 let conn = pick(&r, c);
                 let user = UserId::new(USERS[usize::from(u) % USERS.len()]).unwrap();
                 let expires = ttl.map(|s| UnixMillis(r.wall_ms + 1_000 * i64::from(s)));
-                let result = if ok { Ok(TokenGrant { user, expires }) } else { Err("fuzz".to_owned()) };
+                let result = if ok { Ok(TokenGrant { user, expires, scopes: Default::default() }) } else { Err("fuzz".to_owned()) };
                 r.feed(Input::TokenChecked { conn, result });
             }
             Op::PolicyClosed(c) => {
