@@ -31,4 +31,6 @@ pub mod privacy;
 pub mod server;
 pub(crate) mod status;
 pub mod store;
+#[cfg(test)]
+mod test_dir;
 pub mod ws;

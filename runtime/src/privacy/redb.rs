@@ -269,7 +269,7 @@ impl PrivacyBackend for RedbPrivacy {
 
 #[cfg(test)]
 mod tests {
-    use std::path::{Path, PathBuf};
+    use crate::test_dir::TempDir;
 
     use presence_core::privacy::{LastSeenAudience, OnlineAudience};
 
@@ -387,28 +387,5 @@ mod tests {
         }
         let want: Vec<UserId> = (0..20).map(|i| user(&format!("u{i:02}"))).collect();
         assert_eq!(p.contacts(user("bob")).await.unwrap(), want);
-    }
-
-    /// A unique directory under the system temp dir, removed on drop.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(tag: &str) -> TempDir {
-            static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let p = std::env::temp_dir().join(format!("presence-{tag}-{}-{n}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&p);
-            TempDir(p)
-        }
-
-        fn path(&self) -> &Path {
-            &self.0
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
     }
 }

@@ -369,6 +369,7 @@ impl DurableStore for RedbDurable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_dir::TempDir;
     use presence_core::user::SessionId;
 
     fn user(s: &str) -> UserId {
@@ -547,28 +548,5 @@ mod tests {
             t.await.unwrap();
         }
         assert_eq!(durable_read(&db, &["bob"]).await, vec![Some(1_048)]);
-    }
-
-    /// A unique directory under the system temp dir, removed on drop (no extra dev-dependency).
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(tag: &str) -> TempDir {
-            static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let p = std::env::temp_dir().join(format!("presence-{tag}-{}-{n}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&p);
-            TempDir(p)
-        }
-
-        fn path(&self) -> &Path {
-            &self.0
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
     }
 }
