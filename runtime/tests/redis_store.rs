@@ -27,7 +27,7 @@ use presence_runtime::store::redis::{
     last_seen_key, lease_index_key, lease_name, pending_key, ws_key, ws_lease_key, LEASES_KEY,
 };
 use presence_runtime::store::{
-    AsyncStream, ConnectFuture, RedisConfig, RedisConnector, RedisRegistry, RegistryStore,
+    AsyncStream, ConnectFuture, Notice, RedisConfig, RedisConnector, RedisRegistry, RegistryStore,
 };
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncCommands, IntoConnectionInfo};
@@ -598,4 +598,44 @@ async fn leases_expire_and_the_reaper_removes_only_fenced_entries() {
     ];
     let _: () = admin.del(&keys).await.unwrap();
     let _: () = admin.zrem(LEASES_KEY, lease_name(&format!("{tag}-live"), tl)).await.unwrap();
+}
+
+/// The next notice within `limit`, if any.
+async fn next_notice(
+    notices: &mut tokio::sync::mpsc::UnboundedReceiver<Notice>,
+    limit: Duration,
+) -> Option<Notice> {
+    tokio::time::timeout(limit, notices.recv()).await.ok().flatten()
+}
+
+/// The change feed's health check is a `PING` on a connection in subscriber mode, where Redis
+/// answers `["pong", ""]` instead of `+PONG`. Taking that answer for a failure made the feed
+/// reconnect (and every server re-read all it watched, and drop its privacy cache) once per
+/// health-check interval with nothing wrong.
+#[tokio::test]
+#[ignore = "needs redis: run via scripts/test"]
+async fn the_change_feed_stays_subscribed_across_health_checks() {
+    let _serial = SERIAL.lock().await;
+    let mut c = config();
+    c.health_check_interval = Duration::from_millis(50);
+    let reg = connected(c).await;
+    let mut notices = reg.notices().expect("the first call gets the notices");
+    assert_eq!(next_notice(&mut notices, Duration::from_secs(5)).await, Some(Notice::Resync));
+
+    let bob = fresh_user("feed");
+    reg.watch(&bob);
+    assert_eq!(next_notice(&mut notices, Duration::from_secs(5)).await, Some(Notice::Changed(bob.clone())));
+
+    // Twenty health checks with nothing published: nothing to tell.
+    assert_eq!(next_notice(&mut notices, Duration::from_millis(1_000)).await, None);
+
+    // And the subscription still works: a session change reaches us as one notice.
+    ok(&reg, register(&bob, "s1")).await;
+    assert_eq!(next_notice(&mut notices, Duration::from_secs(5)).await, Some(Notice::Changed(bob.clone())));
+    ok(&reg, end(&bob, "s1", T0)).await;
+    assert_eq!(next_notice(&mut notices, Duration::from_secs(5)).await, Some(Notice::Changed(bob.clone())));
+    assert_eq!(next_notice(&mut notices, Duration::from_millis(300)).await, None);
+
+    let mut admin = admin().await;
+    let _: () = admin.del(last_seen_key(&bob)).await.unwrap();
 }

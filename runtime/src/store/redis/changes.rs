@@ -191,7 +191,9 @@ async fn serve_subscribed(
                 }
             }
             _ = health.tick() => {
-                let ping = tokio::time::timeout(config.op_timeout, sink.ping::<String>()).await;
+                // In subscriber mode Redis answers `["pong", ""]`, not `+PONG`: any reply is
+                // proof of life, so take it as a raw value rather than convert it.
+                let ping = tokio::time::timeout(config.op_timeout, sink.ping::<redis::Value>()).await;
                 if !matches!(ping, Ok(Ok(_))) {
                     tracing::warn!("change feed: no answer to PING; reconnecting");
                     return true;
