@@ -368,6 +368,15 @@ impl Driver {
                 let result = self.auth.verify_grant(&token.0).map_err(|e| e.to_string());
                 self.feed(Input::TokenChecked { conn, result });
             }
+            // Most privacy reads are answered by the cache alone: then inline, as for tokens,
+            // instead of a task and a trip through the store-results channel per query.
+            Effect::Store { id, op: StoreOp::Privacy(op) } => match self.stores.privacy.read_cached(&op) {
+                Some(answer) => {
+                    self.metrics.privacy_reads_cached.inc();
+                    self.feed(Input::StoreDone { id, result: Ok(StoreOutput::Privacy(answer)) });
+                }
+                None => self.spawn_store(id, StoreOp::Privacy(op)),
+            },
             Effect::Store { id, op } => self.spawn_store(id, op),
             Effect::Watch { user } => self.stores.registry.watch(&user),
             Effect::Unwatch { user } => self.stores.registry.unwatch(&user),

@@ -106,6 +106,9 @@ pub struct Metrics {
     pub frame_rate_closes: Counter,
     /// Users named in registry reads (each distinct user of a request once).
     pub registry_users_read: Counter,
+    /// Privacy reads answered from the cache alone, without a store task (the others are in the
+    /// store histogram as `store="privacy"`).
+    pub privacy_reads_cached: Counter,
     in_flight: AtomicU64,
     /// (store, op) -> latency histogram.
     stores: Mutex<BTreeMap<(&'static str, &'static str), Histogram>>,
@@ -241,6 +244,7 @@ impl Metrics {
             ("presence_oversized_messages_total", "Messages over the size limit.", self.oversized_messages.get()),
             ("presence_frame_rate_closes_total", "Connections closed by their own task for exceeding the frame rate (1008).", self.frame_rate_closes.get()),
             ("presence_registry_users_read_total", "Users named in registry reads (a user repeated in one request counts once).", self.registry_users_read.get()),
+            ("presence_privacy_reads_cached_total", "Privacy reads answered from the cache alone (the others: store=\"privacy\" in the store histogram).", self.privacy_reads_cached.get()),
             ("presence_lookups_refused_total", "Requests refused for the asking user's lookup budget or queries in flight (rate_limited, 429).", s.lookups_refused),
             ("presence_handshakes_refused_total", "Sockets closed at once at --max-handshakes.", self.handshakes_refused.get()),
             ("presence_refused_sessions_per_user_total", "Upgrades refused with 429 at --max-sessions-per-user.", self.refused_sessions_per_user.get()),

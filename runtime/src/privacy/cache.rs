@@ -163,6 +163,33 @@ impl PrivacyCache {
         })
     }
 
+    /// The answer to a read from the cache alone, if it holds everything the rule needs: the
+    /// driver's fast path (no task, no allocation but the answer's). `None` on any miss; the
+    /// caller then runs [`PrivacyCache::execute`], which fills the cache.
+    pub fn read_cached(&self, op: &PrivacyOp) -> Option<PrivacyAnswer> {
+        let PrivacyOp::Read { viewer, targets } = op;
+        let st = self.lock();
+        let now = Instant::now();
+        let get = |u: &UserId| st.users.get(u).filter(|c| now.duration_since(c.at) < self.config.ttl);
+        let v = get(viewer)?;
+        // As `read`: a membership is asked only where the rule looks at it, and of no one about
+        // themselves (the answer for oneself is `false`, unused: oneself always sees).
+        let member = |owner: &Cached, member: &UserId| -> Option<bool> {
+            match needs_list(&owner.settings, member) {
+                true => owner.members.get(member).copied(),
+                false => Some(false),
+            }
+        };
+        let mut out = Vec::with_capacity(targets.len());
+        for t in targets {
+            let c = get(t)?;
+            let (has_viewer, viewer_has) =
+                if t == viewer { (false, false) } else { (member(c, viewer)?, member(v, t)?) };
+            out.push(TargetPrivacy { settings: c.settings.clone(), has_viewer, viewer_has });
+        }
+        Some(PrivacyAnswer { viewer: v.settings.clone(), targets: out })
+    }
+
     /// The settings of `viewer` and `targets` and the memberships the rule needs.
     pub async fn read(&self, viewer: UserId, targets: Vec<UserId>) -> Result<PrivacyAnswer, StoreError> {
         let start = self.lock().epoch;
@@ -305,4 +332,103 @@ fn needs_list(owner: &Settings, other: &UserId) -> bool {
 
 fn missing(u: &UserId) -> StoreError {
     StoreError::Unavailable(format!("privacy settings of {u} missing from the answer"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use presence_core::privacy::OnlineAudience;
+
+    use super::*;
+    use crate::privacy::MemoryPrivacy;
+
+    fn u(s: &str) -> UserId {
+        UserId::new(s).unwrap()
+    }
+
+    fn read_op(viewer: &str, targets: &[&str]) -> PrivacyOp {
+        PrivacyOp::Read { viewer: u(viewer), targets: targets.iter().map(|t| u(t)).collect() }
+    }
+
+    async fn setup() -> (Arc<MemoryPrivacy>, Arc<PrivacyCache>) {
+        let backend = Arc::new(MemoryPrivacy::new());
+        let contacts = |s: &[&str]| s.iter().map(|t| u(t)).collect::<BTreeSet<_>>();
+        let only_contacts = Settings {
+            last_seen: LastSeenAudience::Contacts,
+            online: OnlineAudience::SameAsLastSeen,
+            except: BTreeSet::new(),
+        };
+        backend.put_settings(u("alice"), only_contacts.clone()).await.unwrap();
+        backend.put_contacts(u("alice"), contacts(&["bob"])).await.unwrap();
+        let mut hides_eve = only_contacts;
+        hides_eve.except.insert(u("eve"));
+        backend.put_settings(u("bob"), hides_eve).await.unwrap();
+        backend.put_contacts(u("bob"), contacts(&["alice", "eve"])).await.unwrap();
+        let cache = PrivacyCache::new(backend.clone(), PrivacyCacheConfig::default());
+        (backend, cache)
+    }
+
+    async fn read(cache: &Arc<PrivacyCache>, op: &PrivacyOp) -> PrivacyAnswer {
+        match cache.execute(op.clone()).await {
+            Ok(StoreOutput::Privacy(answer)) => answer,
+            other => panic!("privacy read failed: {other:?}"),
+        }
+    }
+
+    /// The fast path answers exactly what the full read answers, once the full read has filled
+    /// the cache, and nothing before.
+    #[tokio::test]
+    async fn cached_reads_answer_as_the_full_read() {
+        let (_backend, cache) = setup().await;
+        let ops = [
+            read_op("bob", &["alice", "eve", "bob", "carol"]),
+            read_op("alice", &["bob", "carol"]),
+            read_op("eve", &["bob", "alice"]),
+            read_op("carol", &["alice", "alice"]),
+        ];
+        for (i, op) in ops.iter().enumerate() {
+            // Carol's read needs nothing the reads before it did not cache (her settings, and
+            // "is Carol in Alice's list"): the fast path has it already.
+            let before = cache.read_cached(op);
+            assert_eq!(before.is_some(), i == 3, "{op:?}");
+            let full = read(&cache, op).await;
+            assert!(before.is_none_or(|b| b == full), "{op:?}");
+            assert_eq!(cache.read_cached(op), Some(full), "{op:?}");
+        }
+        // Bob is in Alice's list and Alice in Bob's; Eve is in Bob's list but excepted, so the
+        // rule never asks about her membership.
+        let answer = cache.read_cached(&ops[0]).unwrap();
+        let flags: Vec<(bool, bool)> = answer.targets.iter().map(|t| (t.has_viewer, t.viewer_has)).collect();
+        assert_eq!(flags, vec![(true, true), (false, false), (false, false), (false, false)]);
+    }
+
+    /// A membership the cache never answered is a miss, even if the owner's settings are cached.
+    #[tokio::test]
+    async fn an_unasked_membership_is_a_miss() {
+        let (_backend, cache) = setup().await;
+        read(&cache, &read_op("bob", &["alice"])).await;
+        assert!(cache.read_cached(&read_op("bob", &["alice"])).is_some());
+        // Carol's settings are not cached, nor Alice's answer about Carol.
+        assert_eq!(cache.read_cached(&read_op("carol", &["alice"])), None);
+        read(&cache, &read_op("carol", &["bob"])).await;
+        // Now Carol and Alice are both cached, but not "is Carol in Alice's list".
+        assert_eq!(cache.read_cached(&read_op("carol", &["alice"])), None);
+    }
+
+    /// An invalidation, of one user or of everything, turns the fast path into a miss.
+    #[tokio::test]
+    async fn invalidations_end_the_fast_path() {
+        let (backend, cache) = setup().await;
+        let op = read_op("bob", &["alice"]);
+        read(&cache, &op).await;
+        backend.put_contacts(u("alice"), BTreeSet::new()).await.unwrap();
+        cache.invalidate(&u("alice"));
+        assert_eq!(cache.read_cached(&op), None);
+        let after = read(&cache, &op).await;
+        assert!(!after.targets[0].has_viewer, "Alice's new, empty list is read");
+        assert_eq!(cache.read_cached(&op), Some(after));
+        cache.invalidate_all();
+        assert_eq!(cache.read_cached(&op), None);
+    }
 }
