@@ -353,7 +353,12 @@ impl Device {
             let Some(u) = m.user_ix(e.user.as_str()) else { continue };
             let ls = e.last_seen.map(|v| v.0);
             m.conns[c].view.insert(u, (e.online, ls));
-            shown.push(format!("{}:{}", e.user.as_str(), if e.online { "on" } else { "off" }));
+            shown.push(format!(
+                "{}:{}:{}",
+                e.user.as_str(),
+                if e.online { "on" } else { "off" },
+                ls.map_or("-".to_owned(), |v| v.to_string())
+            ));
         }
         drop(m);
         if !subscribed {

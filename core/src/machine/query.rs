@@ -13,6 +13,7 @@
 //! watched users (`watch.rs`, which applies each watcher's view itself) skip the read.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use crate::frame::{ErrorCode, Frame, PresenceEntry};
 use crate::privacy::{self, View};
@@ -269,6 +270,8 @@ impl Presence {
         }
         // Another server's clock may be ahead; never show a time further ahead than the skew bound.
         let ceiling = self.wall.saturating_add(self.config.max_clock_skew);
+        // Watched users shown a clamped value, and how long until the ceiling reaches it.
+        let mut clamped: Vec<(UserId, Duration)> = Vec::new();
         let users: Vec<PresenceEntry> = q
             .users
             .iter()
@@ -279,8 +282,13 @@ impl Presence {
                 // value this server recorded is visible even if its write is still pending.
                 let online = registered || local.is_some_and(|u| u.live > 0);
                 let recorded = local.and_then(|u| u.max_recorded);
-                let last_seen = max_opt(max_opt(e.last_seen, e.pending), recorded).map(|v| v.min(ceiling));
-                PresenceEntry::new(user.clone(), online, last_seen)
+                let raw = max_opt(max_opt(e.last_seen, e.pending), recorded);
+                if let Some(ahead) = raw.and_then(|v| u64::try_from(v.0.saturating_sub(ceiling.0)).ok()) {
+                    if ahead > 0 && matches!(q.asker, Asker::Watch) {
+                        clamped.push((user.clone(), Duration::from_millis(ahead)));
+                    }
+                }
+                PresenceEntry::new(user.clone(), online, raw.map(|v| v.min(ceiling)))
             })
             .collect();
         // What the viewer may see of each (the true state for the watch re-reads and services).
@@ -306,7 +314,10 @@ impl Presence {
                 let users = if q.order.is_some() { answer(&users) } else { users };
                 self.effects.push_back(Effect::LookupDone { lookup, result: Ok(users) })
             }
-            Asker::Watch => self.watched_read(&q.users, Some(users)),
+            Asker::Watch => {
+                self.watched_read(&q.users, Some(users));
+                self.recheck_clamped(clamped);
+            }
         }
     }
 }

@@ -779,6 +779,35 @@ fn subscribe_answers_a_snapshot_then_pushes_changes() {
 }
 
 #[test]
+fn a_last_seen_shown_clamped_to_the_skew_bound_is_pushed_exact_once_the_clock_reaches_it() {
+    let mut r = Rig::new(Config::default());
+    r.open(1, "alice");
+    let e = r.text(1, r#"{"type":"subscribe","id":1,"users":["bob"]}"#);
+    // Bob's server's clock is 8 s ahead of ours: with the 5 s skew bound his value is shown as
+    // now + 5 s, 3 s short of what the stores hold.
+    let ahead = Some(T0 + 8_000);
+    assert_eq!(
+        answer_snapshot(&mut r, &e, vec![entry_of(false, ahead)]),
+        r#"{"type":"presence","id":1,"users":[{"user":"bob","online":false,"last_seen":"2024-01-15T09:42:05.000Z"}]}"#
+    );
+    // No notice will come (the stores do not change): once the ceiling has passed the value,
+    // bob is read again and the exact value pushed.
+    assert!(r.advance(2_999).is_empty());
+    let e = r.advance(1);
+    let (q, op) = store(&e[0]);
+    assert_eq!(op, reg(RegistryOp::Read { users: vec![uid("bob")] }));
+    let e = r.done(q, Ok(StoreOutput::Registry(vec![entry_of(false, ahead)])));
+    assert_eq!(
+        text_of(&e[0]),
+        r#"{"type":"presence","users":[{"user":"bob","online":false,"last_seen":"2024-01-15T09:42:08.000Z"}]}"#
+    );
+    // Nothing clamped any more: no further reads of bob.
+    let later = r.advance(60_000);
+    let reads = later.iter().filter(|e| matches!(e, Effect::Store { .. })).map(|e| store(e).1);
+    assert!(reads.filter(|op| matches!(op, StoreOp::Registry(RegistryOp::Read { .. }))).count() == 0);
+}
+
+#[test]
 fn a_quick_reconnect_within_the_grace_shows_watchers_nothing() {
     let mut r = Rig::new(Config::default());
     r.open(1, "alice");

@@ -19,6 +19,10 @@
 //!   A `subscribe` whose snapshot fails (`unavailable`) still holds its users (within the limit)
 //!   but pushes nothing for them until a later `subscribe` of them is answered, or they are
 //!   unsubscribed.
+//! - A last_seen further ahead of this server's clock than `Config::max_clock_skew` (another
+//!   server's clock is ahead) is shown clamped to the ceiling; the user is read again once the
+//!   ceiling has passed it, and watchers are pushed the exact value (no notice would come: the
+//!   stores do not change).
 //! - After the change channel may have lost messages (a registry restart or pub/sub reconnect:
 //!   [`Input::Resync`]), every watched user is read again and differences pushed.
 //! - Privacy: each connection keeps, per watched user, what its user may see ([`SeenView`], from
@@ -40,6 +44,7 @@
 //! [`Input::PrivacyChanged`]: super::Input::PrivacyChanged
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use crate::frame::{Approx, ErrorCode, Frame, PresenceEntry};
 use crate::privacy::{self, View};
@@ -102,6 +107,9 @@ pub(super) struct Watched {
     again: bool,
     /// An offline seen while the user was shown online, held back until this deadline.
     grace_until: Option<MonoTime>,
+    /// The state was read with a last_seen ahead of this server's clock by more than the skew
+    /// bound, and shown clamped: read again at this deadline, when the clamp no longer applies.
+    recheck_at: Option<MonoTime>,
 }
 
 /// All subscriptions of this server.
@@ -190,7 +198,7 @@ impl Presence {
         w.watchers.remove(&conn);
         w.pending.remove(&conn);
         if w.watchers.is_empty() && w.pending.is_empty() {
-            if let Some(at) = w.grace_until {
+            for at in w.grace_until.into_iter().chain(w.recheck_at) {
                 self.watches.grace.remove(&(at, user.clone()));
             }
             self.watches.users.remove(user);
@@ -311,10 +319,29 @@ impl Presence {
         }
     }
 
-    /// A deadline of `grace` passed (a held-back offline's grace ran out, or a failed read's
-    /// retry): read once more and push what holds.
+    /// Watched users whose last_seen was shown clamped to the skew ceiling, each with how far
+    /// ahead of the ceiling it was: read each again once the ceiling has passed it, so watchers are
+    /// pushed the exact value (no notice will come: the stores did not change).
+    pub(super) fn recheck_clamped(&mut self, clamped: Vec<(UserId, Duration)>) {
+        for (user, ahead) in clamped {
+            let Some(w) = self.watches.users.get_mut(&user) else { continue };
+            if w.recheck_at.is_some() {
+                continue;
+            }
+            let at = self.now.saturating_add(ahead);
+            w.recheck_at = Some(at);
+            self.watches.grace.insert((at, user));
+        }
+    }
+
+    /// A deadline of `grace` passed (a held-back offline's grace ran out, a failed read's
+    /// retry, or a clamped value's recheck): read once more and push what holds.
     pub(super) fn grace_due(&mut self, user: UserId) {
+        let now = self.now;
         let Some(w) = self.watches.users.get_mut(&user) else { return };
+        if w.recheck_at.is_some_and(|at| at <= now) {
+            w.recheck_at = None;
+        }
         if w.reading {
             w.again = true;
         } else {
