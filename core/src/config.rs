@@ -61,6 +61,10 @@ pub struct Config {
     /// A watched user whose last session ends is shown offline only if not back within this; a
     /// quick reconnect shows watchers nothing. Default 5 s (zero: no grace).
     pub presence_grace: Duration,
+    /// Each subscription's privacy is read again at least this often, notice or not: the bound on
+    /// a watcher's stale view when a change's notice was lost (its server could not announce it).
+    /// The server sets it to `--privacy-cache-ttl`. Default 60 s.
+    pub privacy_refresh: Duration,
     /// Decoder bounds (frame size, users per frame).
     pub limits: Limits,
     /// Test only: a bug planted on purpose, so the deterministic simulation (`presence-sim
@@ -80,6 +84,10 @@ pub enum PlantedBug {
     NoReregister,
     /// A failed durable write is dropped instead of retried.
     NoDurableRetry,
+    /// Answers to queries show the true entry, whatever the asker's view.
+    PrivacyIgnored,
+    /// A settings change (`Input::PrivacyChanged`) re-evaluates no subscription.
+    NoPrivacyReeval,
 }
 
 impl Default for Config {
@@ -103,6 +111,7 @@ impl Default for Config {
             max_watched_users: 1_000,
             max_watched_users_total: 1_000_000,
             presence_grace: Duration::from_secs(5),
+            privacy_refresh: Duration::from_secs(60),
             limits: Limits::default(),
             #[cfg(feature = "planted-bugs")]
             planted_bug: None,

@@ -21,7 +21,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-use crate::model::{Answer, Conn, ConnIx, End};
+use crate::model::{Answer, Conn, ConnIx, End, Push, Shown};
 use crate::rng::Rng;
 use crate::world::{bounds, lock, World};
 
@@ -345,26 +345,23 @@ impl Device {
 
     /// A live update for a watcher (a frame with no request id): the connection's view changes.
     fn on_push(&mut self, c: ConnIx, entries: &[PresenceEntry], text: &str) {
+        let now = self.now();
         let mut m = lock(&self.w.model);
         m.pushes += 1;
         let subscribed = m.conns[c].subscribed.is_some();
-        let mut shown = Vec::new();
+        let mut traced = Vec::new();
         for e in entries {
             let Some(u) = m.user_ix(e.user.as_str()) else { continue };
-            let ls = e.last_seen.map(|v| v.0);
-            m.conns[c].view.insert(u, (e.online, ls));
-            shown.push(format!(
-                "{}:{}:{}",
-                e.user.as_str(),
-                if e.online { "on" } else { "off" },
-                ls.map_or("-".to_owned(), |v| v.to_string())
-            ));
+            let shown = shown_of(e);
+            let before = m.conns[c].view.insert(u, shown);
+            m.push_log.push(Push { conn: c, t: now, user: u, shown, before });
+            traced.push(trace_entry(e));
         }
         drop(m);
         if !subscribed {
             self.w.violation(format!("{} c{c} got a push without subscribing: {text}", self.name));
         }
-        self.w.trace(format!("{} c{c} push {}", self.name, shown.join(" ")));
+        self.w.trace(format!("{} c{c} push {}", self.name, traced.join(" ")));
     }
 
     /// The answer to request `id`, sent at `sent`, received at `now`: recorded for the oracles.
@@ -378,23 +375,19 @@ impl Device {
         entries: Vec<PresenceEntry>,
     ) {
         let mut m = lock(&self.w.model);
-        let mut shown = Vec::new();
-        let mut out = Vec::new();
-        for e in entries {
+        let traced: Vec<String> = entries.iter().map(trace_entry).collect();
+        let (mut out, mut hidden) = (Vec::new(), Vec::new());
+        let snapshot = id.is_some() && m.conns[c].subscribed == id;
+        for e in &entries {
             let Some(u) = m.user_ix(e.user.as_str()) else { continue };
-            let ls = e.last_seen.map(|v| v.0);
-            shown.push(format!(
-                "{}:{}:{}",
-                e.user.as_str(),
-                if e.online { "on" } else { "off" },
-                ls.map_or("-".to_owned(), |v| v.to_string())
-            ));
-            out.push((u, e.online, ls));
-        }
-        // The subscription's snapshot: what the server will push changes against.
-        if id.is_some() && m.conns[c].subscribed == id {
-            for &(u, online, ls) in &out {
-                m.conns[c].view.insert(u, (online, ls));
+            let shown = shown_of(e);
+            match shown {
+                (online, ls, None) => out.push((u, online, ls)),
+                _ => hidden.push((u, shown)),
+            }
+            // The subscription's snapshot: what the server will push changes against.
+            if snapshot {
+                m.conns[c].view.insert(u, shown);
             }
         }
         // The reader's core may extrapolate past its clock's readings after a backward step, but
@@ -403,9 +396,11 @@ impl Device {
         let reader_max_wall = clock
             .max_returned()
             .max((crate::world::EPOCH_MS + now as i64).saturating_add(clock.max_offset()));
-        m.answers.push(Answer { conn: c, server, t_sent: sent, t_recv: now, reader_max_wall, entries: out });
+        let answer =
+            Answer { conn: c, server, t_sent: sent, t_recv: now, reader_max_wall, entries: out, hidden };
+        m.answers.push(answer);
         drop(m);
-        self.w.trace(format!("{} c{c} recv #{} presence {}", self.name, id.unwrap_or(0), shown.join(" ")));
+        self.w.trace(format!("{} c{c} recv #{} presence {}", self.name, id.unwrap_or(0), traced.join(" ")));
     }
 
     /// Ends a live session in one of the ways a client does.
@@ -505,4 +500,21 @@ async fn readyz(s: usize) -> Result<serde_json::Value, String> {
     let text = String::from_utf8_lossy(&body);
     let json = text.split("\r\n\r\n").nth(1).ok_or("no body")?;
     serde_json::from_str(json).map_err(|e| e.to_string())
+}
+
+/// An entry as the model keeps it.
+fn shown_of(e: &PresenceEntry) -> Shown {
+    (e.online, e.last_seen.map(|v| v.0), e.last_seen_approx)
+}
+
+/// An entry in the trace: `user:on|off:<last_seen ms>|-`, or `user:on|off:~<bucket>` when the
+/// privacy rule hid the exact last_seen.
+fn trace_entry(e: &PresenceEntry) -> String {
+    let state = if e.online { "on" } else { "off" };
+    match (e.last_seen, e.last_seen_approx) {
+        (_, Some(a)) => format!("{}:{state}:~{}", e.user.as_str(), a.as_str()),
+        (ls, None) => {
+            format!("{}:{state}:{}", e.user.as_str(), ls.map_or("-".to_owned(), |v| v.0.to_string()))
+        }
+    }
 }

@@ -5,7 +5,7 @@
 //! host that speaks RESP and loses its data when it crashes, and an in-process DynamoDB stand-in.
 //! Simulated devices hold real WebSocket sessions with real tokens. A nemesis drawn from the seed
 //! partitions, clogs, crashes, restarts, throttles and skews clocks; a quiet phase at the end lets
-//! the system converge; oracles check invariants I1-I9 of `design-notes.md` section 5 against a
+//! the system converge; oracles check invariants I1-I10 of `design-notes.md` section 5 against a
 //! reference model. `docs/SIMULATION.md` is the manual.
 //!
 //! | module        | role                                                                   |
@@ -21,7 +21,9 @@
 //! | [`device`]    | simulated users' devices (tokio-tungstenite clients) and the `/readyz` probe |
 //! | [`nemesis`]   | the seeded fault schedule and its execution                            |
 //! | [`model`]     | the reference model: sessions as clients saw them, answers, faults     |
+//! | [`settings`]  | the settings host: privacy changes through the real HTTP API           |
 //! | [`oracle`]    | the invariant checks                                                   |
+//! | [`privacy_oracle`] | I10: what each viewer received against the privacy rule in force  |
 //! | [`run`]       | one seed end to end; traces and replay lines                           |
 
 pub mod clock;
@@ -31,11 +33,13 @@ pub mod model;
 pub mod nemesis;
 pub mod oracle;
 pub mod params;
+pub mod privacy_oracle;
 pub mod redis_host;
 pub mod redis_server;
 pub mod rng;
 pub mod run;
 pub mod server_host;
+pub mod settings;
 pub mod trace;
 pub mod witness;
 pub mod world;

@@ -1,6 +1,9 @@
 //! The reference model: what the simulated clients know for certain about their sessions, every
 //! presence answer they received, and the faults the nemesis injected (as intervals of virtual
-//! time). The oracles (`crate::oracle`) judge the answers and the stores against it.
+//! time), and the privacy changes the settings host requested. The oracles (`crate::oracle`,
+//! `crate::privacy_oracle`) judge the answers, the pushes and the stores against it.
+
+use presence_core::frame::Approx;
 
 /// A client-side connection (one WebSocket attempt).
 pub type ConnIx = usize;
@@ -48,10 +51,13 @@ pub struct Conn {
     pub end: Option<(End, u64)>,
     /// The request id of this connection's `subscribe` to every other user, if it sent one.
     pub subscribed: Option<u64>,
-    /// What this connection was last shown of each watched user (snapshot, then pushes):
-    /// `user -> (online, last_seen)`.
-    pub view: std::collections::BTreeMap<usize, (bool, Option<i64>)>,
+    /// What this connection was last shown of each watched user (snapshot, then pushes).
+    pub view: std::collections::BTreeMap<usize, Shown>,
 }
+
+/// One user's entry as a viewer received it: `(online, last_seen, last_seen_approx)`; the bucket
+/// is there only when the privacy rule hid the exact last_seen.
+pub type Shown = (bool, Option<i64>, Option<Approx>);
 
 impl Conn {
     /// The moment after which the client sent nothing more on this connection (for a silent
@@ -76,8 +82,67 @@ pub struct Answer {
     /// Upper bound of the answering server's core "now" at `t_recv`: its largest clock reading,
     /// or true time + its largest clock offset, whichever is larger.
     pub reader_max_wall: i64,
-    /// `(user index, online, last_seen)`.
+    /// `(user index, online, last_seen)` of the entries the viewer saw in full (the other
+    /// oracles judge these as the truth).
     pub entries: Vec<(usize, bool, Option<i64>)>,
+    /// `(user index, entry)` of the entries the privacy rule hid (they carry a bucket): only the
+    /// privacy oracle judges them.
+    pub hidden: Vec<(usize, Shown)>,
+}
+
+/// A live `presence` frame's entry, as a watcher received it.
+#[derive(Clone, Debug)]
+pub struct Push {
+    /// The watching connection.
+    pub conn: ConnIx,
+    /// When it arrived.
+    pub t: u64,
+    /// About whom.
+    pub user: usize,
+    /// What it showed.
+    pub shown: Shown,
+    /// What the connection showed of the user before (its snapshot or the previous push).
+    pub before: Option<Shown>,
+}
+
+/// A user's privacy settings as the settings host sets them (the rule's inputs).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SimSettings {
+    /// `last_seen`: 0 everyone, 1 contacts, 2 nobody.
+    pub last_seen: u8,
+    /// `online` is `everyone` (else `same_as_last_seen`).
+    pub online_everyone: bool,
+    /// `except`, as user indices.
+    pub except: std::collections::BTreeSet<usize>,
+}
+
+impl SimSettings {
+    /// What a user who never set any has (the servers' `--default-privacy` is `everyone`).
+    pub fn default_everyone() -> SimSettings {
+        SimSettings { last_seen: 0, online_everyone: false, except: Default::default() }
+    }
+}
+
+/// One change request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PrivacyEdit {
+    /// `PUT /v1/me/privacy`.
+    Settings(SimSettings),
+    /// `PUT /v1/me/contacts`, as user indices.
+    Contacts(std::collections::BTreeSet<usize>),
+}
+
+/// A change request the settings host sent.
+#[derive(Clone, Debug)]
+pub struct PrivacyChange {
+    /// Whose (the token's user).
+    pub user: usize,
+    /// What.
+    pub edit: PrivacyEdit,
+    /// When it was sent.
+    pub t_sent: u64,
+    /// When it was answered, and the HTTP status; `None` if it never was (it may have landed).
+    pub answer: Option<(u64, u16)>,
 }
 
 /// Something the nemesis did, as an interval of virtual time (`start == end` for instants).
@@ -122,6 +187,10 @@ pub struct Model {
     pub answers: Vec<Answer>,
     /// Live `presence` frames the watchers received.
     pub pushes: u64,
+    /// Every entry of those frames.
+    pub push_log: Vec<Push>,
+    /// Every privacy change the settings host requested, in order of sending.
+    pub privacy: Vec<PrivacyChange>,
     /// Queries answered with an error (`unavailable`, `rate_limited`, ...), by code.
     pub errors: std::collections::BTreeMap<String, u64>,
     /// Faults.

@@ -1,6 +1,6 @@
-//! The oracles: invariants I1-I8 of the design notes (section 5), judged against the reference
-//! model after the run (over every answer the clients received during it, and over the stores
-//! after the quiet phase). I7 and the store half of I5 are checked live by the stand-ins; I9
+//! The oracles: invariants I1-I8 of the design notes (section 5; I10 is in
+//! `crate::privacy_oracle`), judged against the reference model after the run (over every answer
+//! the clients received during it, and over the stores after the quiet phase). I7 and the store half of I5 are checked live by the stand-ins; I9
 //! (determinism) by running a seed twice. Bounds are in `crate::world::bounds` and explained in
 //! `docs/SIMULATION.md`.
 
@@ -20,11 +20,11 @@ pub struct Verdict {
 }
 
 impl Verdict {
-    fn count(&mut self, what: &str) {
+    pub(crate) fn count(&mut self, what: &str) {
         *self.counts.entry(what.to_owned()).or_default() += 1;
     }
 
-    fn violate(&mut self, inv: &str, msg: String) {
+    pub(crate) fn violate(&mut self, inv: &str, msg: String) {
         self.count(&format!("{inv} violations"));
         let shown = self.violations.iter().filter(|v| v.starts_with(inv)).count();
         if shown < 5 {
@@ -33,7 +33,7 @@ impl Verdict {
     }
 }
 
-fn secs(t: u64) -> String {
+pub(crate) fn secs(t: u64) -> String {
     format!("{}.{:03}s", t / 1000, t % 1000)
 }
 
@@ -59,6 +59,7 @@ pub fn check(w: &World, end: u64) -> Verdict {
     check_durable(&m, &mut v, &crash, &durable);
     check_durable_timely(&m, &mut v, end, &crash, &history);
     check_convergence(w, &m, &mut v, end, &crash, &durable);
+    crate::privacy_oracle::check(&m, &mut v, end);
     v
 }
 
@@ -424,6 +425,13 @@ fn check_durable_timely(
     }
 }
 
+/// A connection still open at `end`, opened well before it, whose requests are answered.
+pub(crate) fn healthy_at_end(c: &crate::model::Conn, end: u64) -> bool {
+    c.end.is_none()
+        && c.t_open.is_some_and(|o| o + 3_000 <= end)
+        && c.last_acked_send.is_some_and(|s| s + 2_500 >= end)
+}
+
 /// Watchers: after the quiet phase, a healthy connection that subscribed to every other
 /// user shows each user whose final state is settled as the truth: online exactly as the user is
 /// (a healthy session, as in I6), and for an offline user the last_seen DynamoDB holds. Users whose
@@ -436,11 +444,7 @@ fn check_watchers(
     redis: &RedisState,
     durable: &BTreeMap<String, i64>,
 ) {
-    let healthy = |c: &crate::model::Conn| {
-        c.end.is_none()
-            && c.t_open.is_some_and(|o| o + 3_000 <= end)
-            && c.last_acked_send.is_some_and(|s| s + 2_500 >= end)
-    };
+    let healthy = |c: &crate::model::Conn| healthy_at_end(c, end);
     for (cx, w) in m.conns.iter().enumerate() {
         if w.subscribed.is_none() || !healthy(w) || w.view.is_empty() {
             continue;
@@ -456,8 +460,13 @@ fn check_watchers(
                 v.count("W1 skipped (user's state ambiguous at the end)");
                 continue;
             }
+            let shown = w.view.get(&u).map(|&(online, last, approx)| (online, last, approx.is_some()));
+            if shown.is_some_and(|s| s.2) {
+                v.count("W1 skipped (hidden by the privacy rule: I10 judges it)");
+                continue;
+            }
+            let shown = shown.map(|(online, last, _)| (online, last));
             v.count("W1 checks");
-            let shown = w.view.get(&u).copied();
             let want_last = durable.get(name).copied();
             let ok = match shown {
                 Some((online, last)) => online == live && (live || last == want_last),
@@ -510,7 +519,6 @@ fn stores_disagree_excuse(
 
 /// I6 (and I8): after the quiet phase the registry matches the live sessions, Redis's cached
 /// last_seen matches DynamoDB's, and no server has pending writes.
-#[allow(clippy::too_many_arguments)]
 fn check_convergence(
     w: &World,
     m: &Model,
@@ -528,11 +536,7 @@ fn check_convergence(
     check_watchers(m, v, (end, settle), crash, &redis, durable);
     for (u, name) in m.users.iter().enumerate() {
         let conns: Vec<_> = m.conns.iter().filter(|c| c.user == u).collect();
-        let live = conns.iter().any(|c| {
-            c.end.is_none()
-                && c.t_open.is_some_and(|o| o + 3_000 <= end)
-                && c.last_acked_send.is_some_and(|s| s + 2_500 >= end)
-        });
+        let live = conns.iter().any(|c| healthy_at_end(c, end));
         let offline = conns.iter().all(|c| c.gone_at().is_some_and(|g| g + settle <= end));
         let online = redis.online(name);
         v.count("I6 checks");
@@ -550,9 +554,7 @@ fn check_convergence(
         } else if !live && !offline {
             v.count("I6 skipped (user's state ambiguous at the end)");
         }
-        let cached = redis.last_seen(name);
-        let stored = durable.get(name).copied();
-        match (cached, stored) {
+        match (redis.last_seen(name), durable.get(name).copied()) {
             (Some(c), Some(d)) if c == d => {}
             (None, _) => {}
             (Some(c), d) => match stores_disagree_excuse(m, crash, &redis, name, c, d) {

@@ -42,7 +42,7 @@ impl Default for Params {
 }
 
 /// A bug planted on purpose, to check that the oracles catch it: (a) and (b) in the sim's
-/// stand-ins, (c) and (d) in the real core through its test-only
+/// stand-ins, (c) to (f) in the real core through its test-only
 /// [`presence_core::Config::planted_bug`] switch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Plant {
@@ -56,12 +56,22 @@ pub enum Plant {
     NoReregister,
     /// (d) The core drops a failed durable write instead of retrying it.
     NoDurableRetry,
+    /// (e) The core answers queries with the true entry, ignoring the asker's view.
+    PrivacyIgnored,
+    /// (f) The core re-evaluates no subscription when a user's settings change.
+    NoPrivacyReeval,
 }
 
 impl Plant {
     /// Every planted bug, in the order of the issue.
-    pub const ALL: [Plant; 4] =
-        [Plant::UnconditionalDelete, Plant::PlainOverwrite, Plant::NoReregister, Plant::NoDurableRetry];
+    pub const ALL: [Plant; 6] = [
+        Plant::UnconditionalDelete,
+        Plant::PlainOverwrite,
+        Plant::NoReregister,
+        Plant::NoDurableRetry,
+        Plant::PrivacyIgnored,
+        Plant::NoPrivacyReeval,
+    ];
 
     /// Parses the command-line spelling.
     pub fn parse(s: &str) -> Option<Plant> {
@@ -75,6 +85,8 @@ impl Plant {
             Plant::PlainOverwrite => "plain-overwrite",
             Plant::NoReregister => "no-reregister",
             Plant::NoDurableRetry => "no-durable-retry",
+            Plant::PrivacyIgnored => "privacy-ignored",
+            Plant::NoPrivacyReeval => "no-privacy-reeval",
         }
     }
 
@@ -83,6 +95,8 @@ impl Plant {
         match self {
             Plant::NoReregister => Some(presence_core::config::PlantedBug::NoReregister),
             Plant::NoDurableRetry => Some(presence_core::config::PlantedBug::NoDurableRetry),
+            Plant::PrivacyIgnored => Some(presence_core::config::PlantedBug::PrivacyIgnored),
+            Plant::NoPrivacyReeval => Some(presence_core::config::PlantedBug::NoPrivacyReeval),
             Plant::UnconditionalDelete | Plant::PlainOverwrite => None,
         }
     }
@@ -121,6 +135,14 @@ pub mod bounds {
     /// After a lease expires, its sessions are reaped (claimed, written durably, removed) within
     /// this: the next renewal of a live server plus the store round trips and a retry.
     pub const REAP_SLACK_MS: u64 = 3_000;
+    /// Privacy: every server applies an answered settings change within this while the change
+    /// feed works (docs/PRIVACY.md, "Propagation").
+    pub const PRIVACY_PROPAGATION_MS: u64 = 1_000;
+    /// The privacy cache's TTL in the sim (`--privacy-cache-ttl`, also the core's
+    /// `privacy_refresh`): the backstop bound when a change's notice may have been lost.
+    pub const PRIVACY_TTL_MS: u64 = 3_000;
+    /// A push was computed by its server at most this long before it arrived (network latency).
+    pub const PUSH_SLACK_MS: u64 = 200;
     /// Watchers: a watched user's offline is pushed only if not back within this.
     pub const OFFLINE_GRACE_MS: u64 = 1_000;
     /// A session's end is durable (DynamoDB holds its last proof of life, within the skew) within

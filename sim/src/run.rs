@@ -112,6 +112,10 @@ pub fn run_seed(seed: u64, params: &Params, keep_trace: bool) -> Outcome {
         let w = w.clone();
         sim.host("probe", move || probe_main(w.clone()));
     }
+    {
+        let w = w.clone();
+        sim.host("settings", move || crate::settings::settings_main(w.clone()));
+    }
 
     let mut nemesis = Nemesis::default();
     let mut next = 0;

@@ -56,6 +56,7 @@ pub fn core_config(plant: Option<presence_core::config::PlantedBug>) -> presence
         lease_ttl: Duration::from_millis(bounds::LEASE_TTL_MS),
         lease_renew_interval: Duration::from_millis(bounds::LEASE_RENEW_MS),
         presence_grace: Duration::from_millis(bounds::OFFLINE_GRACE_MS),
+        privacy_refresh: Duration::from_millis(bounds::PRIVACY_TTL_MS),
         planted_bug: plant,
         ..presence_core::Config::default()
     }
@@ -85,7 +86,11 @@ pub async fn server_main(w: Arc<World>, i: usize) -> turmoil::Result {
         redis::RedisConnectionInfo::default(),
         redis_config,
     );
-    let privacy = PrivacyCache::new(Arc::new(w.privacy.clone()), PrivacyCacheConfig::default());
+    let cache = PrivacyCacheConfig {
+        ttl: Duration::from_millis(bounds::PRIVACY_TTL_MS),
+        ..PrivacyCacheConfig::default()
+    };
+    let privacy = PrivacyCache::new(Arc::new(w.privacy.clone()), cache);
     let stores = Stores { registry: Arc::new(registry), durable: Arc::new(w.dynamo.clone()), privacy };
     let config = ServerConfig {
         server_id: name.clone(),

@@ -6,7 +6,7 @@
 //!   in `KNOWN` reproduce a known product bug: they must still fail (so the bug stays visible)
 //!   until it is fixed, when the test says to remove them.
 //! - `same_seed_same_trace` (I9): a seed run twice in this process gives the same trace hash.
-//! - `planted_bugs_are_caught`: the four planted bugs ((a), (b) in the stand-ins, (c), (d) in the
+//! - `planted_bugs_are_caught`: the six planted bugs ((a), (b) in the stand-ins, (c) to (f) in the
 //!   core) are each found within a bounded number of seeds, by the invariant meant to catch them.
 //! - `crash_seeds_are_reaped`: seeds with server crashes, their sessions reaped at the lease bounds.
 
@@ -87,7 +87,7 @@ fn same_seed_same_trace() {
 /// tick: (a) seed 1, (b) 3, (c) 9, (d) 4); the runner's `--plant` finds more.
 #[test]
 fn planted_bugs_are_caught() {
-    let cases: [(Plant, u64, &[&str]); 4] = [
+    let cases: [(Plant, u64, &[&str]); 6] = [
         // (a) I7 live in the Redis host, then live sessions missing (I3, I6, W1).
         (Plant::UnconditionalDelete, 4, &["I7"]),
         // (b) DynamoDB goes back in time: the stores disagree (I6), or answers do (I1, I2).
@@ -97,6 +97,10 @@ fn planted_bugs_are_caught() {
         (Plant::NoReregister, 16, &["I3", "I6", "W1"]),
         // (d) a durable write dropped during a DynamoDB fault: not durable in time (I2).
         (Plant::NoDurableRetry, 10, &["I2"]),
+        // (e) answers show what the settings hide (I10).
+        (Plant::PrivacyIgnored, 2, &["I10"]),
+        // (f) subscriptions keep the view from before a settings change (I10).
+        (Plant::NoPrivacyReeval, 4, &["I10"]),
     ];
     let mut report = Vec::new();
     for (plant, within, expected) in cases {
@@ -108,12 +112,12 @@ fn planted_bugs_are_caught() {
     println!("{}", report.join("\n"));
 }
 
-/// (c) through a Redis restart proper: seed 14 crashes Redis twice (9.1 s, 11.5 s) and cuts no
-/// server off from it; sessions registered before the second crash are never registered again.
+/// (c) through a Redis restart proper: seed 51 crashes Redis once (3.1 s, back at 4.3 s) and cuts
+/// no server off from it; sessions registered before the crash are never registered again.
 #[test]
 fn no_reregister_is_caught_after_a_redis_restart() {
     use presence_sim::nemesis::Action;
-    const SEED: u64 = 14;
+    const SEED: u64 = 51;
     let schedule = presence_sim::nemesis::plan(SEED, &Params::default());
     assert!(schedule.iter().any(|(_, a)| *a == Action::RedisCrash), "seed {SEED} no longer crashes Redis");
     assert!(

@@ -52,6 +52,9 @@ pub(super) struct Conn {
     /// What this connection's user may see of each watched user (from the latest privacy read
     /// answered; absent until one is: then nothing is pushed, failing closed).
     pub(super) views: BTreeMap<UserId, SeenView>,
+    /// When this connection's views are next read again without a notice
+    /// (`Config::privacy_refresh`; armed in `Watches::privacy_retry`).
+    pub(super) privacy_refresh_at: Option<MonoTime>,
 }
 
 impl Presence {
@@ -93,6 +96,7 @@ impl Presence {
                 watching: BTreeSet::new(),
                 shown: BTreeMap::new(),
                 views: BTreeMap::new(),
+                privacy_refresh_at: None,
             },
         );
         self.timers.insert((timer_at, conn));
@@ -269,6 +273,9 @@ impl Presence {
         self.timers.remove(&(c.timer_at, conn));
         if let Some(at) = c.expires {
             self.expiries.remove(&(at, conn));
+        }
+        if let Some(at) = c.privacy_refresh_at {
+            self.watches.privacy_retry.remove(&(at, conn));
         }
         self.unwatch_all(conn, &c.user, c.watching);
         if c.scopes.service {

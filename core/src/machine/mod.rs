@@ -202,7 +202,13 @@ impl Presence {
             Input::Shutdown => self.on_shutdown(),
             Input::Changed { user } => self.on_changed(user),
             Input::Resync => self.on_resync(),
-            Input::PrivacyChanged { user } => self.on_privacy_changed(&user),
+            Input::PrivacyChanged { user } => {
+                #[cfg(feature = "planted-bugs")]
+                if self.config.planted_bug == Some(crate::config::PlantedBug::NoPrivacyReeval) {
+                    return;
+                }
+                self.on_privacy_changed(&user)
+            }
         }
         // Deadlines are checked on every input, not only on `Timeout`: a driver that wakes late
         // still gets the same decisions, and a late `Timeout` is never required for progress.

@@ -293,6 +293,11 @@ impl Presence {
             .collect();
         // What the viewer may see of each (the true state for the watch re-reads and services).
         let truth = users;
+        #[cfg(feature = "planted-bugs")]
+        if self.config.planted_bug == Some(crate::config::PlantedBug::PrivacyIgnored) {
+            // Planted bug (simulation only): every view is taken as full.
+            q.views = None;
+        }
         let users = match &q.views {
             Some(views) => truth.iter().zip(views).map(|(e, v)| privacy::apply(e, *v, self.wall)).collect(),
             None => truth.clone(),

@@ -31,7 +31,9 @@
 //!   timing) reveals a change the viewer may not see. A settings change ([`Input::PrivacyChanged`])
 //!   re-reads the privacy of every subscription with that user on either side, and a connection
 //!   whose view changed is pushed the entry as it now shows. Until a connection's view of a user
-//!   is known, nothing about that user is pushed to it (fail closed).
+//!   is known, nothing about that user is pushed to it (fail closed). A change whose notice was
+//!   lost (its server could not announce it) is covered by a periodic re-read of each
+//!   connection's views, every `Config::privacy_refresh`.
 //!
 //! Limits: `Config::max_watched_users` per connection and `Config::max_watched_users_total`
 //! distinct users for the whole server (`too_many_users` past either); everything a connection
@@ -119,7 +121,8 @@ pub(super) struct Watches {
     /// Deadlines to read a user again, (when, user): a held-back offline's grace, or a retry
     /// after a failed read.
     pub(super) grace: BTreeSet<(MonoTime, UserId)>,
-    /// Deadlines to read a connection's privacy again after a failed read, (when, conn).
+    /// Deadlines to read a connection's privacy again, (when, conn): after a failed read, or the
+    /// periodic refresh.
     pub(super) privacy_retry: BTreeSet<(MonoTime, ConnId)>,
     /// Per user, its connections that watch someone: whose views a change of the user's own
     /// settings re-evaluates (reciprocity), found without scanning every connection.
@@ -258,6 +261,9 @@ impl Presence {
             // Read once more, also for a user this connection watched already: this snapshot
             // may be older than a push it got meanwhile.
             joined.push(e.user.clone());
+        }
+        if views.is_some() {
+            self.arm_privacy_refresh(conn);
         }
         for user in joined {
             self.on_changed(user);
@@ -408,9 +414,14 @@ impl Presence {
         }
     }
 
-    /// A failed privacy read's retry is due: read every subscription of `conn` again.
+    /// A failed privacy read's retry, or the periodic refresh, is due: read every subscription of
+    /// `conn` again.
     pub(super) fn privacy_retry_due(&mut self, conn: ConnId) {
-        let Some(c) = self.conns.get(&conn) else { return };
+        let now = self.now;
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        if c.privacy_refresh_at.is_some_and(|at| at <= now) {
+            c.privacy_refresh_at = None;
+        }
         let targets = c.watching.iter().filter(|t| **t != c.user).cloned().collect();
         self.read_watch_privacy(conn, targets);
     }
@@ -458,6 +469,19 @@ impl Presence {
         }
         for target in changed {
             self.reshow(conn, &target);
+        }
+        self.arm_privacy_refresh(conn);
+    }
+
+    /// Arms the next periodic re-read of `conn`'s views (`Config::privacy_refresh`), if none is:
+    /// a change whose notice was lost reaches existing subscriptions within that bound, as it
+    /// reaches queries when the privacy cache's entries expire.
+    fn arm_privacy_refresh(&mut self, conn: ConnId) {
+        let at = self.now.saturating_add(self.config.privacy_refresh);
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        if c.privacy_refresh_at.is_none() && !c.scopes.read_all {
+            c.privacy_refresh_at = Some(at);
+            self.watches.privacy_retry.insert((at, conn));
         }
     }
 

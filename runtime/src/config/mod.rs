@@ -304,8 +304,9 @@ pub struct PrivacyArgs {
     /// DynamoDB table of contact lists. Default: `<--dynamodb-table>_contacts`.
     #[arg(long, env = "PRESENCE_DYNAMODB_CONTACTS_TABLE")]
     pub dynamodb_contacts_table: Option<String>,
-    /// How long this server may use cached settings and contacts without a change notice: the
-    /// bound for a change whose notice was never sent (its server died right after the write).
+    /// How long this server may use cached settings and contacts without a change notice, and how
+    /// often each subscription's privacy is read again: the bound for a change whose notice was
+    /// never sent (its server could not reach Redis, or died right after the write).
     #[arg(long, env = "PRESENCE_PRIVACY_CACHE_TTL", default_value = "60s", value_parser = humantime::parse_duration)]
     pub privacy_cache_ttl: Duration,
 }
@@ -468,6 +469,7 @@ impl ServeArgs {
             max_watched_users: self.max_watched_users,
             max_watched_users_total: self.max_watched_users_total,
             presence_grace: self.offline_grace,
+            privacy_refresh: self.privacy.privacy_cache_ttl,
             limits,
             ..presence_core::Config::default()
         }

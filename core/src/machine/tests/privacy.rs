@@ -89,6 +89,26 @@ fn a_settings_change_pushes_the_entry_as_each_view_now_shows_it() {
 }
 
 #[test]
+fn a_change_whose_notice_was_lost_reaches_subscriptions_at_the_next_refresh() {
+    // (Within the 30 s heartbeat timeout: alice sends nothing meanwhile.)
+    let config = Config { privacy_refresh: std::time::Duration::from_secs(5), ..Config::default() };
+    let mut r = Rig::new(config);
+    r.open(1, "alice");
+    let e = r.text(1, r#"{"type":"subscribe","users":["bob"]}"#);
+    assert!(answer_snapshot(&mut r, &e, vec![entry_of(false, Some(T0 - HOUR))]).contains(BOB_SEEN));
+    // Bob hides his last seen, and no notice comes (his server could not announce it).
+    r.set_privacy("bob", LastSeenAudience::Nobody, &[]);
+    let sends =
+        |e: &[Effect]| e.iter().filter(|e| matches!(e, Effect::Send { .. })).map(text_of).collect::<Vec<_>>();
+    assert!(sends(&r.advance(4_999)).is_empty());
+    assert_eq!(sends(&r.advance(1)), vec![format!(r#"{{"type":"presence","users":[{BOB_HIDDEN}]}}"#)]);
+    // And again every 5 s: nothing to push while nothing changed.
+    assert!(sends(&r.advance(5_000)).is_empty());
+    r.set_privacy("bob", LastSeenAudience::Everyone, &[]);
+    assert_eq!(sends(&r.advance(5_000)), vec![format!(r#"{{"type":"presence","users":[{BOB_SEEN}]}}"#)]);
+}
+
+#[test]
 fn a_failed_privacy_read_fails_the_query_and_never_answers_the_entry() {
     let mut r = Rig::new(Config::default());
     r.manual_privacy = true;
