@@ -237,6 +237,18 @@ impl Model {
         }
     }
 
+    /// Whether fault `f` disturbs some server's path to Redis (so some server's change feed may
+    /// lose a notice).
+    pub fn disturbs_some_redis_path(f: &Fault) -> bool {
+        match &f.kind {
+            FaultKind::LinkDown { from, to } => {
+                (from == "redis" && to.starts_with("srv")) || (to == "redis" && from.starts_with("srv"))
+            }
+            FaultKind::RedisDown => true,
+            _ => false,
+        }
+    }
+
     /// The latest end of a fault on server `s`'s Redis path that started at or before `t`
     /// (`None` if there was none). Open faults count as ending at `u64::MAX`.
     pub fn last_redis_disturbance(&self, s: usize, t: u64) -> Option<u64> {

@@ -1,7 +1,7 @@
-//! The oracles: invariants I1-I8 of the design notes (section 5; I10 is in
-//! `crate::privacy_oracle`), judged against the reference model after the run (over every answer
-//! the clients received during it, and over the stores after the quiet phase). I7 and the store half of I5 are checked live by the stand-ins; I9
-//! (determinism) by running a seed twice. Bounds are in `crate::world::bounds` and explained in
+//! The oracles: invariants I1-I8 of the design notes (section 5; I10 is in `crate::privacy_oracle`),
+//! judged against the reference model after the run (over every answer the clients received during
+//! it, and over the stores after the quiet phase). I7 and the store half of I5 are checked live by
+//! the stand-ins; I9 (determinism) by running a seed twice. Bounds are in `crate::world::bounds` and explained in
 //! `docs/SIMULATION.md`.
 
 use std::collections::BTreeMap;
@@ -460,12 +460,11 @@ fn check_watchers(
                 v.count("W1 skipped (user's state ambiguous at the end)");
                 continue;
             }
-            let shown = w.view.get(&u).map(|&(online, last, approx)| (online, last, approx.is_some()));
-            if shown.is_some_and(|s| s.2) {
+            if w.view.get(&u).is_some_and(|s| s.2.is_some()) {
                 v.count("W1 skipped (hidden by the privacy rule: I10 judges it)");
                 continue;
             }
-            let shown = shown.map(|(online, last, _)| (online, last));
+            let shown = w.view.get(&u).map(|&(online, last, _)| (online, last));
             v.count("W1 checks");
             let want_last = durable.get(name).copied();
             let ok = match shown {

@@ -19,7 +19,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::model::{FaultKind, Model, PrivacyChange, PrivacyEdit, Shown, SimSettings};
+use crate::model::{Model, PrivacyChange, PrivacyEdit, Shown, SimSettings};
 use crate::oracle::{healthy_at_end, secs, Verdict};
 use crate::world::bounds;
 
@@ -194,43 +194,29 @@ fn spans<T>(m: &Model, initial: T, changes: Vec<(&PrivacyChange, T)>) -> Vec<Spa
         (status == 200).then(|| stale_until(m, c.t_sent, done))
     };
     let ends: Vec<Option<u64>> = changes.iter().map(|(c, _)| superseded_at(c)).collect();
-    // The value before change i+1 ends at the first answered change from i+1 on.
+    // The value before change `i` ends at the first answered change from `i` on (never, if none).
     let until = |i: usize| ends[i..].iter().flatten().min().copied().unwrap_or(u64::MAX);
-    let mut out = Vec::with_capacity(changes.len() + 1);
-    let first_until = if changes.is_empty() { u64::MAX } else { until(0) };
-    out.push(Span { value: initial, from: 0, until: first_until });
-    let count = changes.len();
+    let mut out = vec![Span { value: initial, from: 0, until: until(0) }];
     for (i, (c, value)) in changes.into_iter().enumerate() {
-        let until = if i + 1 < count { until(i + 1) } else { u64::MAX };
-        out.push(Span { value, from: c.t_sent, until });
+        out.push(Span { value, from: c.t_sent, until: until(i + 1) });
     }
     out
 }
 
 /// Until when a server may still apply the value a change sent at `sent` and answered at `done`
 /// replaced: the propagation bound, or, if the change feed may have lost its notice meanwhile,
-/// the end of that fault plus the privacy cache's TTL.
+/// the end of that fault plus two of the privacy cache's TTLs.
 fn stale_until(m: &Model, sent: u64, done: u64) -> u64 {
     let normal = done + bounds::PRIVACY_PROPAGATION_MS;
     // A fault counts until its servers have reconnected to Redis after it healed.
     let feed_faults = m.faults.iter().filter(|f| {
-        f.start <= normal && f.end.saturating_add(bounds::REDIS_RECOVER_MS) >= sent && disturbs_feed(&f.kind)
+        f.start <= normal
+            && f.end.saturating_add(bounds::REDIS_RECOVER_MS) >= sent
+            && Model::disturbs_some_redis_path(f)
     });
     match feed_faults.map(|f| f.end).max() {
         // A view's periodic re-read may hit a cache entry filled up to a TTL earlier.
         Some(healed) => healed.max(done) + 2 * bounds::PRIVACY_TTL_MS + bounds::PRIVACY_PROPAGATION_MS,
         None => normal,
-    }
-}
-
-/// Whether a fault may make some server's change feed lose a notice: Redis down, or a link between
-/// Redis and a server down (either way).
-fn disturbs_feed(kind: &FaultKind) -> bool {
-    match kind {
-        FaultKind::RedisDown => true,
-        FaultKind::LinkDown { from, to } => {
-            (from == "redis" && to.starts_with("srv")) || (to == "redis" && from.starts_with("srv"))
-        }
-        _ => false,
     }
 }

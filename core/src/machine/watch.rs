@@ -118,8 +118,8 @@ pub(super) struct Watched {
 #[derive(Debug, Default)]
 pub(super) struct Watches {
     pub(super) users: BTreeMap<UserId, Watched>,
-    /// Deadlines to read a user again, (when, user): a held-back offline's grace, or a retry
-    /// after a failed read.
+    /// Deadlines to read a user again, (when, user): a held-back offline's grace, a retry after a
+    /// failed read, or a clamped value's recheck.
     pub(super) grace: BTreeSet<(MonoTime, UserId)>,
     /// Deadlines to read a connection's privacy again, (when, conn): after a failed read, or the
     /// periodic refresh.
