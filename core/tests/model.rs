@@ -222,7 +222,7 @@ impl Harness {
                 prop_assert!(self.live.contains_key(&conn), "effect for closed connection {:?}", conn);
                 self.record_shown(conn, &message);
             }
-            Effect::Ping { conn } | Effect::VerifyToken { conn, .. } => {
+            Effect::VerifyToken { conn, .. } => {
                 prop_assert!(self.live.contains_key(&conn), "effect for closed connection {:?}", conn);
             }
             Effect::Close { conn, reason, .. } => match self.live.get(&conn) {

@@ -72,7 +72,7 @@ impl Run {
         self.p.handle(now, input);
         while let Some(e) = self.p.poll_effect() {
             match e {
-                Effect::Send { conn, .. } | Effect::Ping { conn } => assert!(self.open.contains_key(&conn)),
+                Effect::Send { conn, .. } => assert!(self.open.contains_key(&conn)),
                 Effect::Close { conn, .. } => {
                     self.open.remove(&conn);
                 }

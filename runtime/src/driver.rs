@@ -30,8 +30,6 @@ use crate::store::{DurableStore, Notice, RegistryStore};
 pub enum Outbound {
     /// Send this message.
     Message(OutMessage),
-    /// Send a WebSocket ping.
-    Ping,
     /// Send a close frame with this code and reason, then stop.
     Close(u16, &'static str),
 }
@@ -351,7 +349,6 @@ impl Driver {
     fn execute(&mut self, effect: Effect) {
         match effect {
             Effect::Send { conn, message } => self.send_to_conn(conn, Outbound::Message(message)),
-            Effect::Ping { conn } => self.send_to_conn(conn, Outbound::Ping),
             Effect::Close { conn, code, reason } => {
                 self.send_to_conn(conn, Outbound::Close(code, reason));
                 // The core has forgotten the connection; so do we.

@@ -1,7 +1,8 @@
 //! One WebSocket connection: its socket on one side, the driver on the other.
 //!
 //! The task reads messages and forwards them to the driver (data frames, and pongs/pings as proof of
-//! life), and writes what the driver puts in its outbox. It decides nothing about presence; it only
+//! life), writes what the driver puts in its outbox, and pings the client when it has been quiet
+//! for the ping interval (the heartbeat's probe; the core owns the deadline). It decides nothing about presence; it only
 //! reports how the connection ended: a Close frame or EOF is graceful, an I/O error is not.
 //!
 //! Per-connection limits are enforced here, before anything reaches the one driver that all
@@ -88,6 +89,9 @@ pub(crate) struct ConnContext {
     pub(crate) driver: DriverHandle,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) limits: WsLimits,
+    /// The heartbeat's probe: ping once the connection has been quiet this long
+    /// (`presence_core::Config::ping_interval`; the core owns the deadline).
+    pub(crate) ping_interval: Duration,
 }
 
 /// Runs the connection to its end. `refuse`: over the connection limit, close with 1013 at once.
@@ -122,6 +126,15 @@ async fn serve<Io: AsyncRead + AsyncWrite + Unpin + Send>(mut ws: WebSocketStrea
     debug!("open");
     let started = tokio::time::Instant::now();
     let mut frames = TokenBucket::full(ctx.limits.frame_burst, MonoTime::ZERO);
+    // The heartbeat's probe runs here, not in the driver, so a ping and its pong cost one
+    // crossing between tasks (the pong, as proof of life), as in a bare echo server. One ping per
+    // quiet spell: once `ping_interval` has passed since the last inbound message, and not again
+    // until the client sends something. The timer is re-armed lazily, when it fires, so traffic
+    // does not touch the timer wheel.
+    let mut quiet_since = started;
+    let mut pinged = false;
+    let probe = tokio::time::sleep(ctx.ping_interval);
+    tokio::pin!(probe);
     // `Some(graceful)` once the connection ended on the client's side (or by an I/O error);
     // `None` when the server closed it (the core already knows).
     let ended: Option<bool> = loop {
@@ -131,8 +144,21 @@ async fn serve<Io: AsyncRead + AsyncWrite + Unpin + Send>(mut ws: WebSocketStrea
             // branch choice is not seeded).
             biased;
             out = rx.next() => outbound(&mut ws, out, &ctx.limits).await,
+            () = &mut probe, if !pinged => {
+                let due = quiet_since + ctx.ping_interval;
+                if tokio::time::Instant::now() >= due {
+                    pinged = true;
+                    ping(&mut ws, &ctx.limits).await
+                } else {
+                    probe.as_mut().reset(due);
+                    Step::Continue
+                }
+            }
             msg = ws.next() => {
-                let at = MonoTime::from_nanos(u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX));
+                let now = tokio::time::Instant::now();
+                quiet_since = now;
+                pinged = false;
+                let at = MonoTime::from_nanos(u64::try_from((now - started).as_nanos()).unwrap_or(u64::MAX));
                 inbound(&mut ws, msg, &ctx, &mut frames, at).await
             }
         };
@@ -179,13 +205,6 @@ async fn outbound<Io: AsyncRead + AsyncWrite + Unpin>(
                 Step::End(Some(false))
             }
         }
-        Some(Outbound::Ping) => {
-            if send(ws, Message::Ping(Default::default()), limits).await {
-                Step::Continue
-            } else {
-                Step::End(Some(false))
-            }
-        }
         Some(Outbound::Close(code, reason)) => {
             let _ = close(ws, code, reason, limits).await;
             Step::End(None)
@@ -195,6 +214,15 @@ async fn outbound<Io: AsyncRead + AsyncWrite + Unpin>(
             let _ = close(ws, close_code::GOING_AWAY, "connection closed by server", limits).await;
             Step::End(None)
         }
+    }
+}
+
+/// Sends the heartbeat's probe.
+async fn ping<Io: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<Io>, limits: &WsLimits) -> Step {
+    if send(ws, Message::Ping(Default::default()), limits).await {
+        Step::Continue
+    } else {
+        Step::End(Some(false))
     }
 }
 

@@ -21,7 +21,9 @@ use presence_core::store::{LeaseToken, RegistryEntry, RegistryOp, StoreOutput};
 use presence_core::time::UnixMillis;
 use presence_core::user::{SessionId, UserId};
 use presence_runtime::store::redis::{last_seen_key, pending_key, ws_key, ws_lease_key};
-use presence_runtime::store::{open_redis, RedisClusterRegistry, RedisConfig, RegistryStore};
+use presence_runtime::store::{
+    change_channel, open_redis, Notice, RedisClusterRegistry, RedisConfig, RegistryStore,
+};
 use redis::AsyncCommands;
 
 const NEEDS: &str = "PRESENCE_TEST_REDIS_CLUSTER_URL is not set: this test needs a Redis Cluster, e.g. \
@@ -169,4 +171,121 @@ async fn cluster_ops_work_across_slots() {
 async fn open_redis_picks_the_cluster_executor() {
     let reg = open_redis(&cluster_url(), RedisConfig::new("srv-c")).unwrap();
     assert_eq!(reg.kind(), "redis-cluster");
+}
+
+/// The next notice, within `limit`.
+async fn next_notice(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Notice>, limit: Duration) -> Notice {
+    tokio::time::timeout(limit, rx.recv()).await.expect("a notice in time").expect("the feed is running")
+}
+
+/// A plain connection to each node of the cluster (from the URL's seed list, which scripts/test
+/// makes the whole cluster).
+async fn node_connections(url: &str) -> Vec<redis::aio::MultiplexedConnection> {
+    let mut conns = Vec::new();
+    for node in url.trim_start_matches("redis+cluster://").split(',') {
+        let client = redis::Client::open(format!("redis://{node}")).unwrap();
+        conns.push(client.get_multiplexed_async_connection().await.unwrap());
+    }
+    conns
+}
+
+/// Which of `conns` owns `key`'s slot: the one node that answers instead of redirecting.
+async fn owner_of(conns: &mut [redis::aio::MultiplexedConnection], key: &str) -> usize {
+    let mut owners = Vec::new();
+    for (i, c) in conns.iter_mut().enumerate() {
+        if redis::cmd("EXISTS").arg(key).query_async::<i64>(c).await.is_ok() {
+            owners.push(i);
+        }
+    }
+    assert_eq!(owners.len(), 1, "exactly one node owns {key}'s slot: {owners:?}");
+    owners[0]
+}
+
+/// `PUBSUB SHARDNUMSUB channel` (sharded subscribers) and `PUBSUB NUMSUB channel` (plain) on one node.
+async fn subscribers(c: &mut redis::aio::MultiplexedConnection, channel: &str) -> (i64, i64) {
+    let count = |reply: Vec<redis::Value>| match reply.get(1) {
+        Some(redis::Value::Int(n)) => *n,
+        other => panic!("PUBSUB reply {other:?}"),
+    };
+    let sharded = redis::cmd("PUBSUB").arg("SHARDNUMSUB").arg(channel).query_async(c).await.unwrap();
+    let plain = redis::cmd("PUBSUB").arg("NUMSUB").arg(channel).query_async(c).await.unwrap();
+    (count(sharded), count(plain))
+}
+
+/// Change notices use sharded pub/sub (`SSUBSCRIBE` / `SPUBLISH`): each watched user's channel is
+/// subscribed on the node that owns the user's slot and on no other, and a `Register` there, or a
+/// privacy announcement, reaches the watcher. A plain `PUBLISH` would not reach a shard-channel
+/// subscriber, so the notices arriving also shows they are `SPUBLISH`ed.
+#[tokio::test]
+#[ignore = "needs a redis cluster: run via scripts/test"]
+async fn change_notices_reach_the_watcher_through_the_slot_owner() {
+    let url = cluster_url();
+    let reg = RedisClusterRegistry::from_url(&url, RedisConfig::new("srv-feed")).unwrap();
+    assert!(reg.wait_connected(Duration::from_secs(10)).await, "no cluster at {url}");
+    let mut notices = reg.notices().expect("the notices, once");
+    // The privacy channel's confirmation: whatever was cached before may be stale.
+    assert_eq!(next_notice(&mut notices, Duration::from_secs(10)).await, Notice::Resync);
+
+    let tag = format!("{}-feed", std::process::id());
+    let users: Vec<UserId> = (0..12).map(|i| UserId::new(&format!("w{i}-{tag}")).unwrap()).collect();
+    for u in &users {
+        reg.watch(u);
+    }
+    // Each subscription, once in effect, asks for a read of its user (a change made before it
+    // took effect is read too).
+    let mut confirmed = std::collections::BTreeSet::new();
+    while confirmed.len() < users.len() {
+        match next_notice(&mut notices, Duration::from_secs(10)).await {
+            Notice::Changed(u) => assert!(confirmed.insert(u.clone()), "{u} confirmed twice"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    let mut nodes = node_connections(&url).await;
+    let mut owners = std::collections::BTreeSet::new();
+    for u in &users {
+        let channel = change_channel(u);
+        let owner = owner_of(&mut nodes, &ws_key(u)).await;
+        owners.insert(owner);
+        for (i, node) in nodes.iter_mut().enumerate() {
+            let expected = if i == owner { (1, 0) } else { (0, 0) };
+            assert_eq!(subscribers(node, &channel).await, expected, "{channel} on node {i} (owner {owner})");
+        }
+    }
+    assert!(owners.len() > 1, "the users should spread over several nodes: {owners:?}");
+
+    for u in &users {
+        ok(&reg, RegistryOp::Register { user: u.clone(), session: SessionId::new("s1"), token: TOKEN }).await;
+        assert_eq!(next_notice(&mut notices, Duration::from_secs(5)).await, Notice::Changed(u.clone()));
+    }
+    assert_eq!(reg.announce_privacy(&users[0]).await, Ok(StoreOutput::Done));
+    assert_eq!(
+        next_notice(&mut notices, Duration::from_secs(5)).await,
+        Notice::PrivacyChanged(users[0].clone())
+    );
+
+    // Unwatching takes the subscription off its shard.
+    let (u, channel) = (&users[0], change_channel(&users[0]));
+    reg.unwatch(u);
+    let owner = owner_of(&mut nodes, &ws_key(u)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while subscribers(&mut nodes[owner], &channel).await != (0, 0) {
+        assert!(tokio::time::Instant::now() < deadline, "{channel} still subscribed after unwatch");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Leave nothing behind: end the sessions (which empties the lease's index), then delete the
+    // users' keys on their owners.
+    for u in &users {
+        let end = RegistryOp::EndSession {
+            user: u.clone(),
+            session: SessionId::new("s1"),
+            last_seen: UnixMillis(T0),
+            token: Some(TOKEN),
+        };
+        ok(&reg, end).await;
+        let owner = owner_of(&mut nodes, &ws_key(u)).await;
+        let keys = [ws_key(u), ws_lease_key(u), last_seen_key(u), pending_key(u)];
+        let _: () = nodes[owner].del(&keys).await.unwrap();
+    }
 }

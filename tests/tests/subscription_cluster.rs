@@ -1,7 +1,7 @@
 //! Live presence on Redis Cluster: Alice on B watches Bob and Carol (users whose keys live on
 //! different masters); they connect to A and leave; Alice is pushed each change. The change
-//! notices use plain pub/sub, which the cluster broadcasts to every node, so B's one subscriber
-//! connection (to any seed node) hears every user's channel.
+//! notices use sharded pub/sub: B's feed subscribes to each user's channel on the master that owns
+//! the user's slot, and A's `SPUBLISH` goes to that master only.
 
 use std::time::Duration;
 

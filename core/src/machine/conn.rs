@@ -32,8 +32,6 @@ pub(super) struct Conn {
     /// drives the heartbeat, the wall time is the last_seen of an ungraceful end.
     last_proof: MonoTime,
     last_proof_wall: UnixMillis,
-    /// A probe was sent since the last proof of life.
-    pinged: bool,
     /// When this connection's heartbeat check is armed in `Presence::timers`.
     timer_at: MonoTime,
     /// Encoding of the client's latest data frame; unsolicited frames use it.
@@ -78,7 +76,7 @@ impl Presence {
         }
         self.next_sid += 1;
         let sid = Sid(self.next_sid);
-        let timer_at = self.now.saturating_add(self.first_check_delay());
+        let timer_at = self.now.saturating_add(self.config.heartbeat_timeout);
         let expires = self.deadline_of(expires);
         self.conns.insert(
             conn,
@@ -87,7 +85,6 @@ impl Presence {
                 sid,
                 last_proof: self.now,
                 last_proof_wall: self.wall,
-                pinged: false,
                 timer_at,
                 encoding: Encoding::Json,
                 frames: TokenBucket::full(self.config.frame_burst, self.now),
@@ -122,10 +119,6 @@ impl Presence {
         Some(self.now.saturating_add(Duration::from_millis(left)))
     }
 
-    fn first_check_delay(&self) -> std::time::Duration {
-        self.config.ping_interval.min(self.config.heartbeat_timeout)
-    }
-
     /// Records proof of life. Returns false if the connection is unknown (closed).
     fn proof_of_life(&mut self, conn: ConnId) -> bool {
         let (now, wall) = (self.now, self.wall);
@@ -133,7 +126,6 @@ impl Presence {
             Some(c) => {
                 c.last_proof = now;
                 c.last_proof_wall = wall;
-                c.pinged = false;
                 true
             }
             None => false,
@@ -231,30 +223,21 @@ impl Presence {
         }
     }
 
-    /// The heartbeat check armed for `conn` fired.
+    /// The heartbeat check armed for `conn` fired: dead if no proof of life came within the
+    /// timeout, else armed again for the timeout after the latest proof. (The probes that draw
+    /// proofs are the runtime's: each connection's task pings it when it has been quiet for
+    /// `Config::ping_interval`; the core owns only the deadline.)
     pub(super) fn check_heartbeat(&mut self, conn: ConnId) {
-        let (ping, timeout, now) = (self.config.ping_interval, self.config.heartbeat_timeout, self.now);
+        let (timeout, now) = (self.config.heartbeat_timeout, self.now);
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
         let dead_at = c.last_proof.saturating_add(timeout);
-        let next = if now >= dead_at {
-            None
-        } else if !c.pinged && now >= c.last_proof.saturating_add(ping) {
-            c.pinged = true;
-            self.effects.push_back(Effect::Ping { conn });
-            Some(dead_at)
-        } else if c.pinged {
-            Some(dead_at)
+        if now >= dead_at {
+            self.close(conn, close_code::GOING_AWAY, "heartbeat timeout", EndReason::Timeout);
         } else {
-            Some(c.last_proof.saturating_add(ping).min(dead_at))
-        };
-        match next {
-            Some(at) => {
-                c.timer_at = at;
-                self.timers.insert((at, conn));
-            }
-            None => self.close(conn, close_code::GOING_AWAY, "heartbeat timeout", EndReason::Timeout),
+            c.timer_at = dead_at;
+            self.timers.insert((dead_at, conn));
         }
     }
 

@@ -189,11 +189,6 @@ pub enum Effect {
         /// What to send.
         message: OutMessage,
     },
-    /// Send a WebSocket ping (heartbeat probe).
-    Ping {
-        /// Which connection.
-        conn: ConnId,
-    },
     /// Close the connection with this code (best effort) and drop it. The core has already ended
     /// its session; it emits nothing more for this connection and ignores later inputs about it.
     Close {

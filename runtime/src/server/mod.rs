@@ -462,6 +462,7 @@ fn upgrade(shared: &Arc<Shared>, mut req: Request<Incoming>, peer: Option<IpAddr
                     driver: shared.driver.clone(),
                     metrics: shared.metrics.clone(),
                     limits: shared.config.ws.clone(),
+                    ping_interval: shared.config.core.ping_interval,
                 };
                 ws::run(TokioIo::new(upgraded), ctx, over).await;
                 shared.active.fetch_sub(1, Ordering::AcqRel);

@@ -95,10 +95,9 @@ pub enum Notice {
     Resync,
 }
 
-/// The pub/sub channel of `user`'s changes: `presence:{<user>}`. Plain `PUBLISH`, also on a
-/// cluster, where it is broadcast to every node (so one subscriber connection anywhere hears every
-/// channel); the hash tag would put the channel in the user's slot under sharded pub/sub
-/// (`SPUBLISH`), which is not used.
+/// The pub/sub channel of `user`'s changes: `presence:{<user>}`. Plain `PUBLISH` on a single
+/// node; on a cluster, sharded pub/sub (`SPUBLISH` / `SSUBSCRIBE`), where the hash tag puts the
+/// channel in the user's slot, so a notice stays on the shard that holds the user's keys.
 pub fn change_channel(user: &UserId) -> String {
     format!("presence:{{{user}}}")
 }

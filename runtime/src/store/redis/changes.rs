@@ -1,4 +1,5 @@
-//! Change notices for subscriptions over Redis pub/sub (single node).
+//! Change notices for subscriptions over Redis pub/sub: the feed's handle, and its task on a
+//! single node (a cluster's task is in [`super::sharded`]).
 //!
 //! Every registry write that changes a user's sessions (`Register`, `EndSession`, `Reap`) is
 //! followed by `PUBLISH presence:{<user>}` (see the Redis executor). A server whose clients watch a
@@ -32,7 +33,8 @@ use super::config::RedisConfig;
 use super::connect::{AbortOnDrop, RedisConnector};
 use crate::store::{change_channel, channel_user, Notice, PRIVACY_CHANNEL};
 
-enum Cmd {
+/// What the feed's owner asks of its task.
+pub(super) enum Cmd {
     Watch(UserId),
     Unwatch(UserId),
 }
@@ -57,6 +59,14 @@ impl ChangeFeed {
         ChangeFeed { cmds, notices: Mutex::new(Some(rx)), _task: task }
     }
 
+    /// A feed on a Redis Cluster, over sharded pub/sub ([`super::sharded`]).
+    pub(crate) fn cluster(nodes: Vec<redis::ConnectionInfo>, config: RedisConfig) -> ChangeFeed {
+        let (cmds, cmd_rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = AbortOnDrop(tokio::spawn(super::sharded::run(nodes, config, cmd_rx, tx)));
+        ChangeFeed { cmds, notices: Mutex::new(Some(rx)), _task: task }
+    }
+
     pub(crate) fn watch(&self, user: &UserId) {
         let _ = self.cmds.send(Cmd::Watch(user.clone()));
     }
@@ -70,7 +80,7 @@ impl ChangeFeed {
     }
 }
 
-fn apply(wanted: &mut BTreeSet<UserId>, cmd: Cmd) {
+pub(super) fn apply(wanted: &mut BTreeSet<UserId>, cmd: Cmd) {
     match cmd {
         Cmd::Watch(u) => {
             wanted.insert(u);

@@ -14,8 +14,8 @@ use redis::ConnectionInfo;
 use tokio::sync::{mpsc, watch, Notify};
 
 use super::changes::ChangeFeed;
-use super::config::{RedisConfig, RedisTarget, RedisUrlError};
-use super::connect::{AbortOnDrop, SeedRotation, TcpConnector};
+use super::config::{check_addr, RedisConfig, RedisTarget, RedisUrlError};
+use super::connect::AbortOnDrop;
 use super::ops::{publish_privacy, run_op, Topology};
 use super::reply::{classify, read_run_ids};
 use super::single::wait_true;
@@ -55,11 +55,11 @@ impl RedisClusterRegistry {
         if nodes.is_empty() {
             return Err(RedisUrlError::NoClusterNodes);
         }
-        // Change notices use plain pub/sub, which a cluster broadcasts to every node: one
-        // subscriber connection to any seed node hears every user's channel.
-        let seeds = nodes.iter().map(|n| TcpConnector::for_addr(n.addr())).collect::<Result<Vec<_>, _>>()?;
-        let feed_info = nodes[0].redis_settings().clone();
-        let changes = ChangeFeed::single(Arc::new(SeedRotation::new(seeds)), feed_info, config.clone());
+        for node in &nodes {
+            check_addr(node.addr())?;
+        }
+        // Change notices use sharded pub/sub: the feed reaches each channel's shard (sharded.rs).
+        let changes = ChangeFeed::cluster(nodes.clone(), config.clone());
         let client = ClusterClient::builder(nodes)
             .connection_timeout(config.connect_timeout)
             .response_timeout(config.op_timeout)
@@ -143,7 +143,7 @@ impl RegistryStore for RedisClusterRegistry {
 
     fn announce_privacy(&self, user: &UserId) -> StoreFuture {
         let user = user.clone();
-        self.run(move |mut conn| async move { publish_privacy(&mut conn, &user).await })
+        self.run(move |mut conn| async move { publish_privacy(&mut conn, Topology::Cluster, &user).await })
     }
 
     fn restarts(&self) -> watch::Receiver<u64> {

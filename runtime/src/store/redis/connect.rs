@@ -8,7 +8,6 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use redis::ConnectionAddr;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -77,25 +76,6 @@ impl RedisConnector for TcpConnector {
                 )),
             }
         })
-    }
-}
-
-/// Connects to each of several nodes in turn (the cluster's seed nodes, for the change feed).
-pub(super) struct SeedRotation {
-    nodes: Vec<TcpConnector>,
-    next: AtomicUsize,
-}
-
-impl SeedRotation {
-    pub(super) fn new(nodes: Vec<TcpConnector>) -> SeedRotation {
-        SeedRotation { nodes, next: AtomicUsize::new(0) }
-    }
-}
-
-impl RedisConnector for SeedRotation {
-    fn connect(&self) -> ConnectFuture {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.nodes.len();
-        self.nodes[i].connect()
     }
 }
 

@@ -17,7 +17,7 @@
 //!
 //! | op                        | Redis                                                             |
 //! |---------------------------|-------------------------------------------------------------------|
-//! | `Register`                | one pipeline `SADD sessions:{lease}`, `HSET ws_lease:{u}`, `HSET ws:{u}`, `PUBLISH presence:{u}` (cluster: the `SADD` first, on its own) |
+//! | `Register`                | one pipeline `SADD sessions:{lease}`, `HSET ws_lease:{u}`, `HSET ws:{u}`, `PUBLISH presence:{u}` (cluster: the `SADD` first, on its own, then `SPUBLISH`) |
 //! | `EndSession`              | script [`RegistryScript::EndSession`]: `HDEL` both hashes + record the end, then `SREM sessions:{lease}` |
 //! | `SetLastSeen`             | script [`RegistryScript::SetLastSeen`]                                 |
 //! | `RecordLastSeen`          | script [`RegistryScript::RecordLastSeen`]                                 |
@@ -89,6 +89,7 @@ mod ops;
 mod reply;
 pub mod schema;
 pub mod scripts;
+mod sharded;
 mod single;
 
 pub use self::cluster::RedisClusterRegistry;

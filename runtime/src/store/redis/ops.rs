@@ -96,9 +96,7 @@ async fn register<C: Conn>(
         .arg(session.as_str())
         .arg(server_id)
         .ignore()
-        .cmd("PUBLISH")
-        .arg(change_channel(user))
-        .arg("")
+        .add_command(publish(topology, &change_channel(user), ""))
         .ignore()
         .query_async::<()>(conn)
         .await?;
@@ -358,15 +356,30 @@ async fn read_cluster<C: Conn>(conn: &mut C, users: &[UserId]) -> RedisResult<Ve
     Ok(futures_util::future::try_join_all(reads).await?.into_iter().flatten().collect())
 }
 
-/// `PUBLISH presence:privacy <user>`: `user`'s privacy settings or contacts changed. One channel
-/// for every user (every server's caches may hold anyone's settings, and changes are rare); on a
-/// cluster, plain `PUBLISH` reaches the feed's connection wherever it is.
-pub(super) async fn publish_privacy<C: Conn>(conn: &mut C, user: &UserId) -> RedisResult<StoreOutput> {
-    redis::cmd("PUBLISH").arg(PRIVACY_CHANNEL).arg(user.as_str()).query_async::<()>(conn).await?;
+/// The publish command of a topology: plain `PUBLISH` on a single node; `SPUBLISH` on a cluster,
+/// where it stays on the shard that owns the channel's slot instead of crossing the cluster bus to
+/// every node (the feed subscribes with `SSUBSCRIBE`, sharded.rs).
+fn publish(topology: Topology, channel: &str, message: &str) -> redis::Cmd {
+    let name = match topology {
+        Topology::Single => "PUBLISH",
+        Topology::Cluster => "SPUBLISH",
+    };
+    redis::cmd(name).arg(channel).arg(message).clone()
+}
+
+/// `PUBLISH presence:privacy <user>` (`SPUBLISH` on a cluster): `user`'s privacy settings or
+/// contacts changed. One channel for every user: every server's caches may hold anyone's
+/// settings, and changes are rare.
+pub(super) async fn publish_privacy<C: Conn>(
+    conn: &mut C,
+    topology: Topology,
+    user: &UserId,
+) -> RedisResult<StoreOutput> {
+    publish(topology, PRIVACY_CHANNEL, user.as_str()).query_async::<()>(conn).await?;
     Ok(StoreOutput::Done)
 }
 
-/// Runs `first` (if any), then `PUBLISH presence:{u}` for each user: one pipeline on a single
+/// Runs `first` (if any), then `PUBLISH presence:{u}` (cluster: `SPUBLISH`) for each user: one pipeline on a single
 /// node; on a cluster, separate commands (a cluster pipeline must stay in one slot, and each
 /// channel is in its user's slot).
 async fn then_publish<C: Conn>(
@@ -375,7 +388,7 @@ async fn then_publish<C: Conn>(
     first: Option<redis::Cmd>,
     users: &[UserId],
 ) -> RedisResult<()> {
-    let publish = |user: &UserId| redis::cmd("PUBLISH").arg(change_channel(user)).arg("").clone();
+    let publish = |user: &UserId| publish(topology, &change_channel(user), "");
     match topology {
         Topology::Single => {
             let mut pipe = redis::pipe();

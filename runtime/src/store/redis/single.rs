@@ -183,7 +183,7 @@ impl RegistryStore for RedisRegistry {
 
     fn announce_privacy(&self, user: &UserId) -> StoreFuture {
         let user = user.clone();
-        self.run(move |mut conn| async move { publish_privacy(&mut conn, &user).await })
+        self.run(move |mut conn| async move { publish_privacy(&mut conn, Topology::Single, &user).await })
     }
 
     fn restarts(&self) -> watch::Receiver<u64> {

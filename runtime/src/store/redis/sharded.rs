@@ -1,0 +1,201 @@
+//! Change notices on a Redis Cluster, over sharded pub/sub (`SSUBSCRIBE` / `SPUBLISH`, Redis 7).
+//!
+//! A cluster broadcasts a plain `PUBLISH` over its bus to every node, so one notice costs every
+//! shard some work, and that cost grows with the cluster. `SPUBLISH` stays on the shard that owns
+//! the channel's slot. `presence:{<user>}` carries the user's hash tag, so a user's notices stay on
+//! the shard that holds the user's keys; `presence:privacy` lives on the one shard that owns its
+//! slot.
+//!
+//! A subscriber must therefore reach the owner of every watched user's slot. The `redis` crate's
+//! cluster connection does that for us, with RESP3 and a push sender: it keeps a connection per
+//! node, routes each `SSUBSCRIBE` to the slot's owner, and, through its subscription tracker,
+//! subscribes again after a reconnect and after a topology refresh. What this task adds:
+//!
+//! - an `ssubscribe` confirmation of a user's channel becomes [`Notice::Changed`] for that user. A
+//!   confirmation comes for our own subscribe and for every resubscription the crate makes after a
+//!   lost connection, so a notice lost while unsubscribed is made good by a read that starts after
+//!   the subscription is in effect again;
+//! - an `ssubscribe` confirmation of [`PRIVACY_CHANNEL`] becomes [`Notice::Resync`]: privacy
+//!   notices may have been lost, so the privacy cache is dropped (the single-node feed sends it on
+//!   every connect for the same reason);
+//! - a `sunsubscribe` of a channel we still want (Redis unsubscribes a shard channel when its slot
+//!   moves to another node) is subscribed again, which the crate routes to the new owner;
+//! - `smessage` pushes become notices as in the single-node feed.
+//!
+//! A lost node connection shows as a `Disconnection` push and is logged; the crate reconnects and
+//! resubscribes. Unlike the single-node feed there is no `PING` of the subscription connections:
+//! a silent partition of one is noticed when its TCP connection fails (the same limit as the
+//! cluster executor's crate-managed connections, see [`super`]).
+
+use std::collections::BTreeSet;
+
+use presence_core::user::UserId;
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{ConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value};
+use tokio::sync::mpsc;
+
+use super::changes::{apply, Cmd};
+use super::config::RedisConfig;
+use crate::store::{change_channel, channel_user, Notice, PRIVACY_CHANNEL};
+
+/// The feed's task: connects (with backoff), subscribes, then serves commands and pushes until the
+/// feed is dropped.
+pub(super) async fn run(
+    nodes: Vec<ConnectionInfo>,
+    config: RedisConfig,
+    mut cmds: mpsc::UnboundedReceiver<Cmd>,
+    notices: mpsc::UnboundedSender<Notice>,
+) {
+    let (push_tx, mut pushes) = mpsc::unbounded_channel::<PushInfo>();
+    let client = match ClusterClient::builder(nodes)
+        .use_protocol(ProtocolVersion::RESP3)
+        .push_sender(push_tx)
+        .connection_timeout(config.connect_timeout)
+        .response_timeout(config.op_timeout)
+        .build()
+    {
+        Ok(client) => client,
+        Err(e) => {
+            // The executor built a client from the same nodes, so this cannot happen in practice.
+            tracing::error!(error = %e, "change feed: cannot build the cluster client; no live notices");
+            return;
+        }
+    };
+    let mut wanted: BTreeSet<UserId> = BTreeSet::new();
+    let Some(mut conn) = connect(&client, &config, &mut cmds, &mut wanted).await else {
+        return;
+    };
+    let mut channels: Vec<String> = wanted.iter().map(change_channel).collect();
+    channels.push(PRIVACY_CHANNEL.to_owned());
+    // Until this lands nothing is heard; the confirmations it brings make up for what was missed.
+    subscribe(&mut conn, &config, channels).await;
+    loop {
+        tokio::select! {
+            biased;
+            cmd = cmds.recv() => {
+                let Some(cmd) = cmd else { return };
+                on_cmd(&mut conn, &config, &mut wanted, cmd).await;
+            }
+            push = pushes.recv() => {
+                let Some(push) = push else { return };
+                on_push(&mut conn, &config, &wanted, &notices, push).await;
+            }
+        }
+    }
+}
+
+/// The first connection, retried with backoff; commands that arrive meanwhile are kept.
+async fn connect(
+    client: &ClusterClient,
+    config: &RedisConfig,
+    cmds: &mut mpsc::UnboundedReceiver<Cmd>,
+    wanted: &mut BTreeSet<UserId>,
+) -> Option<ClusterConnection> {
+    let mut attempt = 0u32;
+    loop {
+        match tokio::time::timeout(config.connect_timeout, client.get_async_connection()).await {
+            Ok(Ok(conn)) => {
+                while let Ok(cmd) = cmds.try_recv() {
+                    apply(wanted, cmd);
+                }
+                return Some(conn);
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "change feed: cannot connect to the cluster; retrying"),
+            Err(_) => tracing::warn!("change feed: cluster connect timed out; retrying"),
+        }
+        if cmds.is_closed() && cmds.is_empty() {
+            return None;
+        }
+        tokio::time::sleep(config.backoff(attempt)).await;
+        attempt = attempt.saturating_add(1);
+    }
+}
+
+async fn on_cmd(conn: &mut ClusterConnection, config: &RedisConfig, wanted: &mut BTreeSet<UserId>, cmd: Cmd) {
+    match cmd {
+        Cmd::Watch(user) => {
+            if wanted.insert(user.clone()) {
+                subscribe(conn, config, vec![change_channel(&user)]).await;
+            }
+        }
+        Cmd::Unwatch(user) => {
+            if wanted.remove(&user) {
+                let channel = change_channel(&user);
+                match tokio::time::timeout(config.op_timeout, conn.sunsubscribe(&channel)).await {
+                    Ok(Ok(())) => {}
+                    // A stray subscription costs only its messages, which on_push drops.
+                    _ => tracing::warn!("change feed: SUNSUBSCRIBE failed"),
+                }
+            }
+        }
+    }
+}
+
+/// `SSUBSCRIBE`s `channels`. The crate tracks the subscription before it sends the command, so a
+/// failure here (a node down) is retried by the crate when it reconnects: the confirmation, and
+/// with it the read that makes up for lost notices, comes then.
+async fn subscribe(conn: &mut ClusterConnection, config: &RedisConfig, channels: Vec<String>) {
+    for channel in channels {
+        // One command per channel: the channels of different users live in different slots.
+        match tokio::time::timeout(config.op_timeout, conn.ssubscribe(&channel)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "change feed: SSUBSCRIBE failed; the cluster connection retries")
+            }
+            Err(_) => tracing::warn!("change feed: SSUBSCRIBE timed out; the cluster connection retries"),
+        }
+    }
+}
+
+async fn on_push(
+    conn: &mut ClusterConnection,
+    config: &RedisConfig,
+    wanted: &BTreeSet<UserId>,
+    notices: &mpsc::UnboundedSender<Notice>,
+    push: PushInfo,
+) {
+    let channel = push.data.first().and_then(text);
+    match (push.kind, channel) {
+        (PushKind::SMessage, Some(channel)) => {
+            if channel == PRIVACY_CHANNEL {
+                let named = push.data.get(1).and_then(text).and_then(|u| UserId::new(&u).ok());
+                // Not a user id: drop everything rather than keep a stale grant.
+                let _ = notices.send(named.map_or(Notice::Resync, Notice::PrivacyChanged));
+            } else if let Some(user) = channel_user(&channel).filter(|u| wanted.contains(u)) {
+                let _ = notices.send(Notice::Changed(user));
+            }
+        }
+        (PushKind::SSubscribe, Some(channel)) => {
+            if channel == PRIVACY_CHANNEL {
+                let _ = notices.send(Notice::Resync);
+            } else if let Some(user) = channel_user(&channel).filter(|u| wanted.contains(u)) {
+                let _ = notices.send(Notice::Changed(user));
+            }
+        }
+        (PushKind::SUnsubscribe, Some(channel)) => {
+            let still_wanted =
+                channel == PRIVACY_CHANNEL || channel_user(&channel).is_some_and(|u| wanted.contains(&u));
+            if still_wanted {
+                tracing::info!(
+                    "change feed: a shard channel was unsubscribed (slot moved); subscribing again"
+                );
+                subscribe(conn, config, vec![channel]).await;
+            }
+        }
+        (PushKind::Disconnection, _) => {
+            tracing::warn!(
+                "change feed: a cluster node connection was lost; the crate reconnects and resubscribes"
+            );
+        }
+        _ => {}
+    }
+}
+
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
