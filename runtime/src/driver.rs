@@ -218,8 +218,19 @@ impl Driver {
     /// Runs until shutdown has flushed every pending write (or its deadline passed), or every
     /// handle is gone. Returns whether everything was flushed.
     pub(crate) async fn run(mut self) -> bool {
+        // One timer for the next deadline, moved only when the deadline moves: a fresh
+        // `sleep_until` per turn would register and drop a timer entry for every input.
+        let timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(timer);
+        let mut armed: Option<Instant> = None;
         loop {
             let deadline = self.next_deadline();
+            if deadline != armed {
+                if let Some(at) = deadline {
+                    timer.as_mut().reset(at);
+                }
+                armed = deadline;
+            }
             tokio::select! {
                 // Store results first: they free capacity and finish queries.
                 biased;
@@ -252,7 +263,11 @@ impl Driver {
                         }
                     }
                 },
-                () = sleep_until_opt(deadline) => self.feed(Input::Timeout),
+                () = &mut timer, if armed.is_some() => {
+                    // Fired: armed again next turn, even for the same instant.
+                    armed = None;
+                    self.feed(Input::Timeout);
+                }
             }
             if let Some(limit) = self.shutdown_deadline {
                 if self.core.is_idle() {
@@ -462,9 +477,3 @@ async fn recv_opt(rx: &mut Option<mpsc::UnboundedReceiver<Notice>>) -> Option<No
     }
 }
 
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
