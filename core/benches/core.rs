@@ -54,7 +54,7 @@ fn heartbeat(c: &mut Criterion) {
             // Within one ping interval: proof of life for every session, no effects expected.
             t += 1;
             for i in 0..SESSIONS {
-                p.handle(at(t), Input::Alive { conn: ConnId(black_box(i)) });
+                p.handle(at(t), Input::Alive { conn: ConnId(black_box(i)), at: at(t).mono });
             }
             debug_assert!(p.poll_effect().is_none());
         })

@@ -15,6 +15,12 @@ pub struct Config {
     /// A connection with no proof of life for this long is dead: its session ends ungracefully with
     /// last_seen = its last proof of life. Default 30 s.
     pub heartbeat_timeout: Duration,
+    /// Heartbeat deadlines are checked on a grid of this step (of monotonic time from zero): the
+    /// checks of all connections due within one step fall on one instant and cost the runtime one
+    /// wake-up, where exact deadlines would wake it once per connection and ping interval. A dead
+    /// connection is closed up to this long after its deadline; its last_seen is its last proof
+    /// of life all the same. Zero: each at its exact deadline. Default 250 ms.
+    pub heartbeat_check_step: Duration,
     /// Most users in one query (default 256; at most [`crate::frame::MAX_USERS_PER_FRAME`]).
     pub max_query_users: usize,
     /// Cap on pending last_seen writes (sessions whose end is not yet in the registry, plus users
@@ -98,6 +104,7 @@ impl Default for Config {
         Config {
             ping_interval: Duration::from_secs(15),
             heartbeat_timeout: Duration::from_secs(30),
+            heartbeat_check_step: Duration::from_millis(250),
             max_query_users: crate::frame::MAX_USERS_PER_FRAME,
             max_pending_writes: 100_000,
             max_clock_skew: Duration::from_secs(5),

@@ -7,7 +7,8 @@
 //!
 //! - last_seen values the core asks to record never regress per user;
 //! - every ended session ends up in the durable store with a value >= its last proof of life;
-//! - the core's local online/offline agrees with the model, and heartbeat deadlines are exact;
+//! - the core's local online/offline agrees with the model, and heartbeat deadlines are exact (on
+//!   the check grid: closed at the first grid instant at or after the deadline, never before it);
 //! - the registry converges to exactly the live sessions (no session removes another's entry, no
 //!   ghost registration lands after an end);
 //! - no effect names a connection after it closed;
@@ -311,9 +312,12 @@ impl Harness {
             prop_assert_eq!(self.p.is_locally_online(&u), model_online, "online state of {}", u);
         }
         prop_assert_eq!(self.p.connections(), self.live.len());
+        // Checked on the grid: a connection dead at `d` is closed at the first grid instant >= d.
         let timeout = self.config.heartbeat_timeout.as_millis() as u64;
+        let step = (self.config.heartbeat_check_step.as_millis() as u64).max(1);
         for (conn, c) in &self.live {
-            prop_assert!(self.mono_ms - c.last_proof_mono < timeout, "{:?} should have timed out", conn);
+            let check_at = (c.last_proof_mono + timeout).div_ceil(step) * step;
+            prop_assert!(self.mono_ms < check_at, "{:?} should have timed out at {} ms", conn, check_at);
         }
         // At the cap no session opens; each session live then adds at most a registry end and a
         // durable write when it ends.
@@ -333,7 +337,8 @@ impl Harness {
     fn heartbeat_and_wait(&mut self) -> Result<(), TestCaseError> {
         for conn in self.live.keys().copied().collect::<Vec<_>>() {
             self.proof(conn);
-            self.feed(Input::Alive { conn })?;
+            let at = MonoTime::from_nanos(self.mono_ms * 1_000_000);
+            self.feed(Input::Alive { conn, at })?;
         }
         self.mono_ms += 500;
         self.wall_ms += 500;
@@ -452,7 +457,8 @@ impl Harness {
             Step::Alive(c) => match self.pick(c) {
                 Some(conn) => {
                     self.proof(conn);
-                    self.feed(Input::Alive { conn })
+                    let at = MonoTime::from_nanos(self.mono_ms * 1_000_000);
+                    self.feed(Input::Alive { conn, at })
                 }
                 None => Ok(()),
             },

@@ -173,7 +173,9 @@ fuzz_target!(|ops: Vec<Op>| {
             }
             Op::Alive(c) => {
                 let conn = pick(&r, c);
-                r.feed(Input::Alive { conn });
+                // Handed in late by up to 255 ms, as the runtime batches proofs of life.
+                let at = MonoTime::from_nanos(r.mono_ms.saturating_sub(u64::from(c)) * 1_000_000);
+                r.feed(Input::Alive { conn, at });
             }
             Op::Close(c, graceful) => {
                 let conn = pick(&r, c);
@@ -235,7 +237,8 @@ fuzz_target!(|ops: Vec<Op>| {
             break;
         }
         for conn in r.open.keys().copied().collect::<Vec<_>>() {
-            r.feed(Input::Alive { conn });
+            let at = MonoTime::from_nanos(r.mono_ms * 1_000_000);
+            r.feed(Input::Alive { conn, at });
         }
         r.mono_ms += 500;
         r.wall_ms += 500;

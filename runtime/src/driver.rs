@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use presence_core::frame::{Encoding, ErrorCode, PresenceEntry};
 use presence_core::store::{EffectId, RegistryOp, StoreError, StoreOp, StoreOutput};
-use presence_core::time::UnixMillis;
+use presence_core::time::{MonoTime, UnixMillis};
 use presence_core::user::{SessionId, UserId};
 use presence_core::{ConnId, Effect, Input, LookupError, LookupId, OutMessage, Presence, Scopes};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
@@ -23,6 +23,7 @@ use crate::auth::Auth;
 use crate::clock::{MonoOrigin, WallClock};
 use crate::metrics::Metrics;
 use crate::privacy::PrivacyCache;
+use crate::proofs::{self, Proofs};
 use crate::store::{DurableStore, Notice, RegistryStore};
 
 /// What a connection task is told to do.
@@ -49,9 +50,6 @@ pub(crate) enum ToDriver {
         conn: ConnId,
         encoding: Encoding,
         payload: Vec<u8>,
-    },
-    Alive {
-        conn: ConnId,
     },
     Closed {
         conn: ConnId,
@@ -113,9 +111,17 @@ pub struct Stores {
 #[derive(Clone, Debug)]
 pub(crate) struct DriverHandle {
     tx: mpsc::Sender<ToDriver>,
+    proofs: Arc<Proofs>,
+    origin: MonoOrigin,
 }
 
 impl DriverHandle {
+    /// Records that `conn` proved alive at `at` (a pong or a ping), for the driver to take in its
+    /// next batch ([`crate::proofs`]): no message, no wake-up.
+    pub(crate) fn proof_of_life(&self, conn: ConnId, at: Instant, slot: &mut proofs::Slot) {
+        self.proofs.record(conn, self.origin.mono(at), slot);
+    }
+
     /// Sends a message; false if the driver has stopped.
     pub(crate) async fn send(&self, msg: ToDriver) -> bool {
         self.tx.send(msg).await.is_ok()
@@ -154,6 +160,9 @@ pub(crate) struct Driver {
     /// Verifies the tokens of `auth` frames ([`Effect::VerifyToken`]).
     auth: Auth,
     origin: MonoOrigin,
+    /// Proofs of life recorded by the connection tasks, and the buffer their batch is taken into.
+    proofs: Arc<Proofs>,
+    proof_batch: Vec<(ConnId, MonoTime)>,
     clock: Arc<dyn WallClock>,
     stores: Stores,
     registry_slots: Arc<Semaphore>,
@@ -191,10 +200,14 @@ impl Driver {
         let mut restarts = stores.registry.restarts();
         restarts.mark_unchanged();
         let notices = stores.registry.notices();
+        let origin = MonoOrigin::now();
+        let proofs = Arc::new(Proofs::default());
         let driver = Driver {
             core: Presence::new(core, config.seed),
             auth,
-            origin: MonoOrigin::now(),
+            origin,
+            proofs: Arc::clone(&proofs),
+            proof_batch: Vec::new(),
             clock,
             registry_slots: Arc::new(Semaphore::new(config.registry_concurrency)),
             durable_slots: Arc::new(Semaphore::new(config.durable_concurrency)),
@@ -212,7 +225,7 @@ impl Driver {
             config,
             shutdown_deadline: None,
         };
-        (driver, DriverHandle { tx })
+        (driver, DriverHandle { tx, proofs, origin })
     }
 
     /// Runs until shutdown has flushed every pending write (or its deadline passed), or every
@@ -300,7 +313,6 @@ impl Driver {
             ToDriver::Message { conn, encoding, payload } => {
                 self.feed(Input::Message { conn, encoding, payload: &payload })
             }
-            ToDriver::Alive { conn } => self.feed(Input::Alive { conn }),
             ToDriver::Closed { conn, graceful } => {
                 self.outboxes.remove(&conn);
                 self.feed(Input::Closed { conn, graceful });
@@ -353,7 +365,22 @@ impl Driver {
     }
 
     /// Feeds one input, then executes every effect it produced.
+    /// Feeds one input, after the proofs of life recorded since the last one: so a connection's
+    /// proofs always reach the core before its next input (its `Closed` above all), and before
+    /// any heartbeat check (a `Timeout`).
     fn feed(&mut self, input: Input<'_>) {
+        self.proofs.take(&mut self.proof_batch);
+        if !self.proof_batch.is_empty() {
+            let batch = std::mem::take(&mut self.proof_batch);
+            for &(conn, at) in &batch {
+                self.feed_one(Input::Alive { conn, at });
+            }
+            self.proof_batch = batch;
+        }
+        self.feed_one(input);
+    }
+
+    fn feed_one(&mut self, input: Input<'_>) {
         let now = self.origin.read(&*self.clock);
         self.core.handle(now, input);
         while let Some(effect) = self.core.poll_effect() {
@@ -476,4 +503,3 @@ async fn recv_opt(rx: &mut Option<mpsc::UnboundedReceiver<Notice>>) -> Option<No
         None => std::future::pending().await,
     }
 }
-

@@ -28,6 +28,7 @@ pub mod driver;
 pub mod edge;
 pub mod metrics;
 pub mod privacy;
+pub(crate) mod proofs;
 pub mod server;
 pub(crate) mod status;
 pub mod store;

@@ -32,6 +32,7 @@ use tracing::{debug, Instrument};
 
 use crate::driver::{DriverHandle, Outbound, ToDriver, OUTBOX};
 use crate::metrics::Metrics;
+use crate::proofs;
 
 /// Per-connection WebSocket limits.
 #[derive(Debug, Clone)]
@@ -125,7 +126,11 @@ async fn serve<Io: AsyncRead + AsyncWrite + Unpin + Send>(mut ws: WebSocketStrea
     }
     debug!("open");
     let started = tokio::time::Instant::now();
-    let mut frames = TokenBucket::full(ctx.limits.frame_burst, MonoTime::ZERO);
+    let mut state = Inbound {
+        started,
+        frames: TokenBucket::full(ctx.limits.frame_burst, MonoTime::ZERO),
+        proof: proofs::Slot::default(),
+    };
     // The heartbeat's probe runs here, not in the driver, so a ping and its pong cost one
     // crossing between tasks (the pong, as proof of life), as in a bare echo server. One ping per
     // quiet spell: once `ping_interval` has passed since the last inbound message, and not again
@@ -158,8 +163,7 @@ async fn serve<Io: AsyncRead + AsyncWrite + Unpin + Send>(mut ws: WebSocketStrea
                 let now = tokio::time::Instant::now();
                 quiet_since = now;
                 pinged = false;
-                let at = MonoTime::from_nanos(u64::try_from((now - started).as_nanos()).unwrap_or(u64::MAX));
-                inbound(&mut ws, msg, &ctx, &mut frames, at).await
+                inbound(&mut ws, msg, &ctx, &mut state, now).await
             }
         };
         match step {
@@ -175,6 +179,16 @@ async fn serve<Io: AsyncRead + AsyncWrite + Unpin + Send>(mut ws: WebSocketStrea
         // Flush tungstenite's automatic reply to the client's Close frame, briefly.
         let _ = tokio::time::timeout(Duration::from_millis(200), ws.flush()).await;
     }
+}
+
+/// What the connection's task keeps between inbound messages.
+struct Inbound {
+    /// When the task started: the origin of `frames`' clock.
+    started: tokio::time::Instant,
+    /// The frame-rate bucket (`--frame-rate`, `--frame-burst`).
+    frames: TokenBucket,
+    /// This connection's place in the driver's batch of proofs of life.
+    proof: proofs::Slot,
 }
 
 /// What the connection's loop does after one event.
@@ -232,10 +246,12 @@ async fn inbound<Io: AsyncRead + AsyncWrite + Unpin>(
     ws: &mut WebSocketStream<Io>,
     msg: Option<Result<Message, WsError>>,
     ctx: &ConnContext,
-    frames: &mut TokenBucket,
-    at: MonoTime,
+    state: &mut Inbound,
+    now: tokio::time::Instant,
 ) -> Step {
     let conn = ctx.conn;
+    let at = MonoTime::from_nanos(u64::try_from((now - state.started).as_nanos()).unwrap_or(u64::MAX));
+    let frames = &mut state.frames;
     let counted =
         matches!(msg, Some(Ok(Message::Text(_) | Message::Binary(_) | Message::Ping(_) | Message::Pong(_))));
     if counted && !frames.try_take(1, ctx.limits.frame_rate, ctx.limits.frame_burst, at) {
@@ -253,9 +269,10 @@ async fn inbound<Io: AsyncRead + AsyncWrite + Unpin>(
             let payload = b.to_vec();
             ctx.driver.send(ToDriver::Message { conn, encoding: Encoding::Binary, payload }).await;
         }
-        // tungstenite answers pings itself; both directions prove the peer is alive.
+        // tungstenite answers pings itself; both directions prove the peer is alive. Recorded
+        // for the driver's next batch, not sent: no wake-up per pong (crate::proofs).
         Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
-            ctx.driver.send(ToDriver::Alive { conn }).await;
+            ctx.driver.proof_of_life(conn, now, &mut state.proof)
         }
         Some(Ok(Message::Close(_))) | None => return Step::End(Some(true)),
         Some(Ok(Message::Frame(_))) => {}

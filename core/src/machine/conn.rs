@@ -76,7 +76,8 @@ impl Presence {
         }
         self.next_sid += 1;
         let sid = Sid(self.next_sid);
-        let timer_at = self.now.saturating_add(self.config.heartbeat_timeout);
+        let dead_at = self.now.saturating_add(self.config.heartbeat_timeout);
+        let timer_at = grid_up(dead_at, self.config.heartbeat_check_step);
         let expires = self.deadline_of(expires);
         self.conns.insert(
             conn,
@@ -132,8 +133,21 @@ impl Presence {
         }
     }
 
-    pub(super) fn on_alive(&mut self, conn: ConnId) {
-        self.proof_of_life(conn);
+    /// Proof of life that arrived at `at` (handed in late, perhaps batched: see `Input::Alive`).
+    pub(super) fn on_alive(&mut self, conn: ConnId, at: MonoTime) {
+        let (now, wall) = (self.now, self.wall);
+        let at = at.min(now);
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if at <= c.last_proof {
+            return;
+        }
+        // The wall time of that instant: now's, less the time since. (A wall-clock step in
+        // between shifts it as it shifts now; it never goes below the proof held.)
+        let behind = i64::try_from(now.since(at).as_millis()).unwrap_or(i64::MAX);
+        c.last_proof = at;
+        c.last_proof_wall = c.last_proof_wall.max(UnixMillis(wall.0.saturating_sub(behind)));
     }
 
     pub(super) fn on_message(&mut self, conn: ConnId, encoding: Encoding, payload: &[u8]) {
@@ -228,7 +242,8 @@ impl Presence {
     /// proofs are the runtime's: each connection's task pings it when it has been quiet for
     /// `Config::ping_interval`; the core owns only the deadline.)
     pub(super) fn check_heartbeat(&mut self, conn: ConnId) {
-        let (timeout, now) = (self.config.heartbeat_timeout, self.now);
+        let (timeout, step, now) =
+            (self.config.heartbeat_timeout, self.config.heartbeat_check_step, self.now);
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
@@ -236,8 +251,9 @@ impl Presence {
         if now >= dead_at {
             self.close(conn, close_code::GOING_AWAY, "heartbeat timeout", EndReason::Timeout);
         } else {
-            c.timer_at = dead_at;
-            self.timers.insert((dead_at, conn));
+            let at = grid_up(dead_at, step);
+            c.timer_at = at;
+            self.timers.insert((at, conn));
         }
     }
 
@@ -306,4 +322,14 @@ fn truncate_utf8(s: &mut String, max: usize) {
         }
         s.truncate(cut);
     }
+}
+
+/// The first multiple of `step` at or after `at` (`at` itself for a zero step): when the heartbeat
+/// check of a connection dead at `at` runs (`Config::heartbeat_check_step`).
+fn grid_up(at: MonoTime, step: Duration) -> MonoTime {
+    let step = u64::try_from(step.as_nanos()).unwrap_or(u64::MAX);
+    if step == 0 {
+        return at;
+    }
+    MonoTime::from_nanos(at.as_nanos().div_ceil(step).saturating_mul(step))
 }

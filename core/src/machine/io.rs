@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::frame::{Encoding, ErrorCode, PresenceEntry, Token};
 use crate::store::{EffectId, StoreError, StoreOp, StoreOutput};
-use crate::time::UnixMillis;
+use crate::time::{MonoTime, UnixMillis};
 use crate::user::{SessionId, UserId};
 
 /// A connection, named by the driver. Ids must not be reused within one core's lifetime.
@@ -44,10 +44,16 @@ pub enum Input<'a> {
         /// The payload.
         payload: &'a [u8],
     },
-    /// Proof of life without data: a WebSocket pong (or ping) arrived.
+    /// Proof of life without data: a WebSocket pong (or ping) arrived at `at`. The runtime may
+    /// hand these in late and in batches, as long as each comes before the connection's next
+    /// input and before its heartbeat deadline (`at` + the timeout): `at` is the last proof of
+    /// life an ungraceful end records. An `at` after now counts as now; one older than the proof
+    /// held changes nothing.
     Alive {
         /// Which connection.
         conn: ConnId,
+        /// When the proof arrived (monotonic, on the clock of `Now::mono`).
+        at: MonoTime,
     },
     /// The connection ended. `graceful`: a Close frame or an orderly TCP FIN; otherwise an I/O
     /// error or reset, and last_seen is the last proof of life rather than now.

@@ -189,7 +189,7 @@ impl Presence {
                 self.on_open(conn, user, session, expires, scopes)
             }
             Input::Message { conn, encoding, payload } => self.on_message(conn, encoding, payload),
-            Input::Alive { conn } => self.on_alive(conn),
+            Input::Alive { conn, at } => self.on_alive(conn, at),
             Input::Closed { conn, graceful } => self.on_closed(conn, graceful),
             Input::PolicyClosed { conn } => self.on_policy_closed(conn),
             Input::TokenChecked { conn, result } => self.on_token_checked(conn, result),

@@ -93,6 +93,12 @@ impl Rig {
             scopes: Default::default(),
         })
     }
+    /// Proof of life of `conn` that arrived `ago_ms` before now (handed in late, as the runtime
+    /// batches them).
+    fn alive(&mut self, conn: u64, ago_ms: u64) -> Vec<Effect> {
+        let at = MonoTime::from_nanos(self.ms.saturating_sub(ago_ms) * 1_000_000);
+        self.input(Input::Alive { conn: ConnId(conn), at })
+    }
     fn text(&mut self, conn: u64, s: &str) -> Vec<Effect> {
         self.input(Input::Message { conn: ConnId(conn), encoding: Encoding::Json, payload: s.as_bytes() })
     }
@@ -193,7 +199,7 @@ fn heartbeat_ends_with_last_proof_of_life() {
     // The first check is armed for the timeout after the open (the probes are the runtime's).
     assert_eq!(r.p.poll_timeout(), Some(MonoTime::from_nanos(30_000 * 1_000_000)));
     r.advance(4_000);
-    assert!(r.input(Input::Alive { conn: ConnId(1) }).is_empty());
+    assert!(r.alive(1, 0).is_empty());
     // The check at 30 s finds proof at 4 s: armed again for 34 s, nothing sent.
     assert!(r.advance(26_000).is_empty());
     assert_eq!(r.p.poll_timeout(), Some(MonoTime::from_nanos(34_000 * 1_000_000)));
@@ -221,6 +227,72 @@ fn heartbeat_ends_with_last_proof_of_life() {
     // Nothing more for the closed connection.
     assert!(r.input(Input::Closed { conn: ConnId(1), graceful: false }).is_empty());
     assert!(r.text(1, r#"{"type":"ping"}"#).is_empty());
+}
+
+#[test]
+fn a_late_proof_of_life_counts_at_its_own_time() {
+    let config = Config {
+        lease_renew_interval: Duration::from_secs(60),
+        lease_ttl: Duration::from_secs(120),
+        ..Config::default()
+    };
+    let mut r = Rig::new(config);
+    let e = r.open(1, "bob");
+    r.done(store(&e[0]).0, Ok(StoreOutput::Done));
+    // A pong at 10 s handed in at 12 s (batched): proof at 10 s, not 12 s.
+    r.ms = 12_000;
+    assert!(r.alive(1, 2_000).is_empty());
+    // One from before it, handed in after it, changes nothing.
+    assert!(r.alive(1, 5_000).is_empty());
+    // The check at 30 s finds proof at 10 s: armed for 40 s.
+    assert!(r.advance(18_000).is_empty());
+    assert_eq!(r.p.poll_timeout(), Some(MonoTime::from_nanos(40_000 * 1_000_000)));
+    // Reset at 39 s: the session ends with the proof at 10 s as its last_seen.
+    r.ms = 39_000;
+    let e = r.input(Input::Closed { conn: ConnId(1), graceful: false });
+    assert_eq!(
+        store(&e[0]).1,
+        reg(RegistryOp::EndSession {
+            user: uid("bob"),
+            session: SessionId::new("s1"),
+            last_seen: UnixMillis(T0 + 10_000),
+            token: Some(LEASE),
+        })
+    );
+}
+
+#[test]
+fn heartbeat_checks_fall_on_a_grid() {
+    let config = Config {
+        lease_renew_interval: Duration::from_secs(60),
+        lease_ttl: Duration::from_secs(120),
+        heartbeat_check_step: Duration::from_millis(250),
+        ..Config::default()
+    };
+    let mut r = Rig::new(config);
+    r.ms = 10;
+    let e = r.open(1, "bob");
+    r.done(store(&e[0]).0, Ok(StoreOutput::Done));
+    r.ms = 100;
+    let e = r.open(2, "carol");
+    r.done(store(&e[0]).0, Ok(StoreOutput::Done));
+    // Dead at 30.01 s and 30.1 s: both checked at 30.25 s, one wake-up.
+    assert_eq!(r.p.poll_timeout(), Some(MonoTime::from_nanos(30_250 * 1_000_000)));
+    assert!(r.advance(30_149).is_empty());
+    let e = r.advance(1);
+    let closed: Vec<&Effect> = e.iter().filter(|e| matches!(e, Effect::Close { .. })).collect();
+    assert_eq!(closed.len(), 2, "{e:?}");
+    // Each ends with its own last proof of life (its open), not the check's time.
+    let ends: Vec<UnixMillis> = e
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Store { op: StoreOp::Registry(RegistryOp::EndSession { last_seen, .. }), .. } => {
+                Some(*last_seen)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ends, vec![UnixMillis(T0 + 10), UnixMillis(T0 + 100)]);
 }
 
 #[test]

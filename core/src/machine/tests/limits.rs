@@ -50,7 +50,7 @@ fn an_expired_token_closes_with_4001_and_records_the_close_time() {
     assert_eq!(r.p.poll_timeout().map(|t| t.as_nanos()), Some(3_000_000_000));
     // Proof of life does not extend a token.
     r.ms = 2_999;
-    assert!(r.input(Input::Alive { conn: ConnId(1) }).is_empty());
+    assert!(r.alive(1, 0).is_empty());
     let e = r.advance(1);
     assert_eq!(text_of(&e[0]), EXPIRED_FRAME);
     assert_eq!(e[1], expired_close(1));
@@ -133,7 +133,7 @@ fn a_token_without_expiry_is_never_closed_for_it() {
         result: Ok(TokenGrant { user: uid("bob"), expires: None, scopes: Default::default() }),
     });
     for _ in 0..10 {
-        r.input(Input::Alive { conn: ConnId(1) });
+        r.alive(1, 0);
         r.advance(10_000);
     }
     assert_eq!(r.p.connections(), 1);
