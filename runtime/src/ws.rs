@@ -97,13 +97,19 @@ pub(crate) struct ConnContext {
 
 /// Runs the connection to its end. `refuse`: over the connection limit, close with 1013 at once.
 pub(crate) async fn run<Io: AsyncRead + AsyncWrite + Unpin + Send>(io: Io, ctx: ConnContext, refuse: bool) {
-    let mut ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ctx.limits.config())).await;
+    // Boxed stages, as in `serve`: this future lives as long as the connection.
+    let ws = Box::pin(WebSocketStream::from_raw_socket(io, Role::Server, Some(ctx.limits.config()))).await;
     if refuse {
-        let _ = close(&mut ws, close_code::TRY_AGAIN_LATER, "server at connection limit", &ctx.limits).await;
+        let limits = ctx.limits;
+        Box::pin(async move {
+            let mut ws = ws;
+            close(&mut ws, close_code::TRY_AGAIN_LATER, "server at connection limit", &limits).await
+        })
+        .await;
         return;
     }
     let span = tracing::debug_span!("conn", id = ctx.conn.0);
-    serve(ws, ctx).instrument(span).await;
+    Box::pin(serve(ws, ctx).instrument(span)).await;
 }
 
 async fn serve<Io: AsyncRead + AsyncWrite + Unpin + Send>(mut ws: WebSocketStream<Io>, ctx: ConnContext) {
@@ -111,7 +117,7 @@ async fn serve<Io: AsyncRead + AsyncWrite + Unpin + Send>(mut ws: WebSocketStrea
     // futures' bounded channel, not tokio's: tokio's allocates a block of 32 slots up front, about
     // 1 KiB for every idle connection; this one allocates per queued message. Capacity is
     // `buffer + 1` (one per sender), so OUTBOX in all.
-    let (outbox, mut rx) = futures_channel::mpsc::channel(OUTBOX - 1);
+    let (outbox, rx) = futures_channel::mpsc::channel(OUTBOX - 1);
     let open = ToDriver::Open {
         conn,
         user: ctx.user.clone(),
@@ -120,40 +126,64 @@ async fn serve<Io: AsyncRead + AsyncWrite + Unpin + Send>(mut ws: WebSocketStrea
         scopes: ctx.scopes,
         outbox,
     };
-    if !ctx.driver.send(open).await {
-        let _ = close(&mut ws, close_code::GOING_AWAY, "server shutting down", &ctx.limits).await;
+    // Every stage is a boxed future of its own: this one lives as long as the connection, and a
+    // future is as large as the largest of its stages, so unboxed they would all stay allocated
+    // for every idle connection (the loop's handlers included: about 4.8 KiB in all, measured).
+    if !Box::pin(ctx.driver.send(open)).await {
+        Box::pin(close(&mut ws, close_code::GOING_AWAY, "server shutting down", &ctx.limits)).await;
         return;
     }
     debug!("open");
+    // `Some(graceful)` once the connection ended on the client's side (or by an I/O error);
+    // `None` when the server closed it (the core already knows).
+    let Step::End(Some(graceful)) = Box::pin(serve_open(&mut ws, &ctx, rx)).await else {
+        return;
+    };
+    debug!(graceful, "closed by client");
+    Box::pin(async {
+        // Tell the core first: the close time is the last_seen.
+        ctx.driver.send(ToDriver::Closed { conn, graceful }).await;
+        // Flush tungstenite's automatic reply to the client's Close frame, briefly.
+        let _ = tokio::time::timeout(Duration::from_millis(200), ws.flush()).await;
+    })
+    .await;
+}
+
+/// The open connection's loop, until it ends: `Step::End` (by the client or an I/O error, or by
+/// the server when `None`) or `Step::Done` (closed here, the driver told).
+async fn serve_open<Io: AsyncRead + AsyncWrite + Unpin + Send>(
+    ws: &mut WebSocketStream<Io>,
+    ctx: &ConnContext,
+    mut rx: futures_channel::mpsc::Receiver<Outbound>,
+) -> Step {
     let started = tokio::time::Instant::now();
     let mut state = Inbound {
         started,
         frames: TokenBucket::full(ctx.limits.frame_burst, MonoTime::ZERO),
         proof: proofs::Slot::default(),
     };
-    // The heartbeat's probe runs here, not in the driver, so a ping and its pong cost one
-    // crossing between tasks (the pong, as proof of life), as in a bare echo server. One ping per
-    // quiet spell: once `ping_interval` has passed since the last inbound message, and not again
-    // until the client sends something. The timer is re-armed lazily, when it fires, so traffic
-    // does not touch the timer wheel.
+    // The heartbeat's probe runs here, not in the driver, and its pong goes into the driver's
+    // batch of proofs (crate::proofs), so a ping costs what it costs a bare echo server. One ping
+    // per quiet spell: once `ping_interval` has passed since the last inbound message, and not
+    // again until the client sends something. The timer is re-armed lazily, when it fires, so
+    // traffic does not touch the timer wheel.
     let mut quiet_since = started;
     let mut pinged = false;
     let probe = tokio::time::sleep(ctx.ping_interval);
     tokio::pin!(probe);
-    // `Some(graceful)` once the connection ended on the client's side (or by an I/O error);
-    // `None` when the server closed it (the core already knows).
-    let ended: Option<bool> = loop {
+    loop {
         let step = tokio::select! {
             // Fixed polling order, the server's own messages first (a client flooding frames
             // cannot delay its close), and the simulation replays runs exactly (tokio's random
             // branch choice is not seeded).
             biased;
-            out = rx.next() => outbound(&mut ws, out, &ctx.limits).await,
+            // The handlers' futures are boxed too (allocated per event, freed at once).
+            out = rx.next() => Box::pin(outbound(ws, out, &ctx.limits)).await,
             () = &mut probe, if !pinged => {
                 let due = quiet_since + ctx.ping_interval;
                 if tokio::time::Instant::now() >= due {
                     pinged = true;
-                    ping(&mut ws, &ctx.limits).await
+                    Box::pin(ping(ws, &ctx.limits)).await
                 } else {
                     probe.as_mut().reset(due);
                     Step::Continue
@@ -163,21 +193,12 @@ async fn serve<Io: AsyncRead + AsyncWrite + Unpin + Send>(mut ws: WebSocketStrea
                 let now = tokio::time::Instant::now();
                 quiet_since = now;
                 pinged = false;
-                inbound(&mut ws, msg, &ctx, &mut state, now).await
+                Box::pin(inbound(ws, msg, ctx, &mut state, now)).await
             }
         };
-        match step {
-            Step::Continue => {}
-            Step::End(ended) => break ended,
-            Step::Done => return,
+        if !matches!(step, Step::Continue) {
+            return step;
         }
-    };
-    if let Some(graceful) = ended {
-        debug!(graceful, "closed by client");
-        // Tell the core first: the close time is the last_seen.
-        ctx.driver.send(ToDriver::Closed { conn, graceful }).await;
-        // Flush tungstenite's automatic reply to the client's Close frame, briefly.
-        let _ = tokio::time::timeout(Duration::from_millis(200), ws.flush()).await;
     }
 }
 

@@ -45,6 +45,11 @@ struct Args {
     /// Handshakes in flight at once.
     #[arg(long, default_value_t = 128)]
     connect_concurrency: usize,
+    /// Paces the connect phase: at most this many handshakes started per second (0: as fast as
+    /// `connect_concurrency` allows). The idle-connection benchmark opens both servers' connections
+    /// at the same pace, so that their pings are spread over time the same way.
+    #[arg(long, default_value_t = 0)]
+    connect_rate: u64,
     /// Time limit for the connect phase.
     #[arg(long, default_value_t = 300)]
     connect_timeout_secs: u64,
@@ -243,6 +248,10 @@ async fn main() {
             (args.clone(), sem.clone(), closed.clone(), conn_tx.clone(), q_tx.clone(), go_rx.clone());
         tokio::spawn(async move {
             let user = format!("{}{}", args.user_prefix, args.user_start + i);
+            if args.connect_rate > 0 {
+                let at = started + Duration::from_secs_f64(i as f64 / args.connect_rate as f64);
+                tokio::time::sleep_until(at.into()).await;
+            }
             let permit = sem.acquire_owned().await.unwrap();
             let ws = open(&args, &user).await;
             drop(permit);
