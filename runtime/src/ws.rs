@@ -15,7 +15,8 @@
 
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::future::Either;
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use presence_core::frame::Encoding;
 use presence_core::ratelimit::TokenBucket;
 use presence_core::time::{MonoTime, UnixMillis};
@@ -96,66 +97,57 @@ pub(crate) struct ConnContext {
 }
 
 /// Runs the connection to its end. `refuse`: over the connection limit, close with 1013 at once.
-pub(crate) async fn run<Io: AsyncRead + AsyncWrite + Unpin + Send>(io: Io, ctx: ConnContext, refuse: bool) {
-    // Boxed stages, as in `serve`: this future lives as long as the connection.
-    let ws = Box::pin(WebSocketStream::from_raw_socket(io, Role::Server, Some(ctx.limits.config()))).await;
-    if refuse {
-        let limits = ctx.limits;
-        Box::pin(async move {
-            let mut ws = ws;
-            close(&mut ws, close_code::TRY_AGAIN_LATER, "server at connection limit", &limits).await
-        })
-        .await;
-        return;
-    }
-    let span = tracing::debug_span!("conn", id = ctx.conn.0);
-    Box::pin(serve(ws, ctx).instrument(span)).await;
+///
+/// This future, and the connection's task around it, live as long as the connection, and an
+/// `async fn` is as large as all the locals its stages keep across their awaits. So it is a chain
+/// of futures (`then` holds one stage at a time), and inside `serve` everything but the loop is a
+/// boxed future of its own, allocated while it runs; about 4.8 KiB per idle connection before
+/// (BENCHMARKS.md, idle memory).
+pub(crate) fn run<Io: AsyncRead + AsyncWrite + Unpin + Send>(
+    io: Io,
+    ctx: ConnContext,
+    refuse: bool,
+) -> impl std::future::Future<Output = ()> + Send {
+    let config = ctx.limits.config();
+    WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).then(move |ws| {
+        if refuse {
+            Either::Left(refuse_conn(ws, ctx.limits))
+        } else {
+            let span = tracing::debug_span!("conn", id = ctx.conn.0);
+            Either::Right(serve(ws, ctx).instrument(span))
+        }
+    })
 }
 
-async fn serve<Io: AsyncRead + AsyncWrite + Unpin + Send>(mut ws: WebSocketStream<Io>, ctx: ConnContext) {
-    let conn = ctx.conn;
+async fn refuse_conn<Io: AsyncRead + AsyncWrite + Unpin>(mut ws: WebSocketStream<Io>, limits: WsLimits) {
+    let _ = close(&mut ws, close_code::TRY_AGAIN_LATER, "server at connection limit", &limits).await;
+}
+
+/// Registers the connection with the driver; its outbox, or `None` if the driver has stopped.
+async fn announce(ctx: &ConnContext) -> Option<futures_channel::mpsc::Receiver<Outbound>> {
     // futures' bounded channel, not tokio's: tokio's allocates a block of 32 slots up front, about
     // 1 KiB for every idle connection; this one allocates per queued message. Capacity is
     // `buffer + 1` (one per sender), so OUTBOX in all.
     let (outbox, rx) = futures_channel::mpsc::channel(OUTBOX - 1);
     let open = ToDriver::Open {
-        conn,
+        conn: ctx.conn,
         user: ctx.user.clone(),
         session: ctx.session.clone(),
         expires: ctx.expires,
         scopes: ctx.scopes,
         outbox,
     };
-    // Every stage is a boxed future of its own: this one lives as long as the connection, and a
-    // future is as large as the largest of its stages, so unboxed they would all stay allocated
-    // for every idle connection (the loop's handlers included: about 4.8 KiB in all, measured).
-    if !Box::pin(ctx.driver.send(open)).await {
-        Box::pin(close(&mut ws, close_code::GOING_AWAY, "server shutting down", &ctx.limits)).await;
-        return;
-    }
-    debug!("open");
-    // `Some(graceful)` once the connection ended on the client's side (or by an I/O error);
-    // `None` when the server closed it (the core already knows).
-    let Step::End(Some(graceful)) = Box::pin(serve_open(&mut ws, &ctx, rx)).await else {
-        return;
-    };
-    debug!(graceful, "closed by client");
-    Box::pin(async {
-        // Tell the core first: the close time is the last_seen.
-        ctx.driver.send(ToDriver::Closed { conn, graceful }).await;
-        // Flush tungstenite's automatic reply to the client's Close frame, briefly.
-        let _ = tokio::time::timeout(Duration::from_millis(200), ws.flush()).await;
-    })
-    .await;
+    ctx.driver.send(open).await.then_some(rx)
 }
 
-/// The open connection's loop, until it ends: `Step::End` (by the client or an I/O error, or by
-/// the server when `None`) or `Step::Done` (closed here, the driver told).
-async fn serve_open<Io: AsyncRead + AsyncWrite + Unpin + Send>(
-    ws: &mut WebSocketStream<Io>,
-    ctx: &ConnContext,
-    mut rx: futures_channel::mpsc::Receiver<Outbound>,
-) -> Step {
+async fn serve<Io: AsyncRead + AsyncWrite + Unpin + Send>(mut ws: WebSocketStream<Io>, ctx: ConnContext) {
+    let conn = ctx.conn;
+    // Every stage but the loop is boxed (see `run`).
+    let Some(mut rx) = Box::pin(announce(&ctx)).await else {
+        Box::pin(close(&mut ws, close_code::GOING_AWAY, "server shutting down", &ctx.limits)).await;
+        return;
+    };
+    debug!("open");
     let started = tokio::time::Instant::now();
     let mut state = Inbound {
         started,
@@ -171,19 +163,21 @@ async fn serve_open<Io: AsyncRead + AsyncWrite + Unpin + Send>(
     let mut pinged = false;
     let probe = tokio::time::sleep(ctx.ping_interval);
     tokio::pin!(probe);
-    loop {
+    // `Some(graceful)` once the connection ended on the client's side (or by an I/O error);
+    // `None` when the server closed it (the core already knows).
+    let ended: Option<bool> = loop {
         let step = tokio::select! {
             // Fixed polling order, the server's own messages first (a client flooding frames
             // cannot delay its close), and the simulation replays runs exactly (tokio's random
             // branch choice is not seeded).
             biased;
-            // The handlers' futures are boxed too (allocated per event, freed at once).
-            out = rx.next() => Box::pin(outbound(ws, out, &ctx.limits)).await,
+            // The handlers are boxed too (allocated per event, freed at once).
+            out = rx.next() => Box::pin(outbound(&mut ws, out, &ctx.limits)).await,
             () = &mut probe, if !pinged => {
                 let due = quiet_since + ctx.ping_interval;
                 if tokio::time::Instant::now() >= due {
                     pinged = true;
-                    Box::pin(ping(ws, &ctx.limits)).await
+                    Box::pin(ping(&mut ws, &ctx.limits)).await
                 } else {
                     probe.as_mut().reset(due);
                     Step::Continue
@@ -193,12 +187,24 @@ async fn serve_open<Io: AsyncRead + AsyncWrite + Unpin + Send>(
                 let now = tokio::time::Instant::now();
                 quiet_since = now;
                 pinged = false;
-                Box::pin(inbound(ws, msg, ctx, &mut state, now)).await
+                Box::pin(inbound(&mut ws, msg, &ctx, &mut state, now)).await
             }
         };
-        if !matches!(step, Step::Continue) {
-            return step;
+        match step {
+            Step::Continue => {}
+            Step::End(ended) => break ended,
+            Step::Done => return,
         }
+    };
+    if let Some(graceful) = ended {
+        debug!(graceful, "closed by client");
+        Box::pin(async {
+            // Tell the core first: the close time is the last_seen.
+            ctx.driver.send(ToDriver::Closed { conn, graceful }).await;
+            // Flush tungstenite's automatic reply to the client's Close frame, briefly.
+            let _ = tokio::time::timeout(Duration::from_millis(200), ws.flush()).await;
+        })
+        .await;
     }
 }
 

@@ -468,7 +468,7 @@ fn upgrade(shared: &Arc<Shared>, mut req: Request<Incoming>, peer: Option<IpAddr
                 // be as large as the largest of its states (the upgrade's and the connection's
                 // together came to about 4.8 KiB per idle connection).
                 // Boxed: this task lives as long as the connection, and its future would otherwise
-                // be as large as the largest of its states (the upgrade's and the connection's).
+                // keep room for the upgrade's state beside the connection's.
                 Box::pin(ws::run(TokioIo::new(upgraded), ctx, over)).await;
                 shared.active.fetch_sub(1, Ordering::AcqRel);
             }
