@@ -140,7 +140,7 @@ impl Presence {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
-        if at <= c.last_proof {
+        if at < c.last_proof {
             return;
         }
         // The wall time of that instant: now's, less the time since. (A wall-clock step in
