@@ -1,9 +1,10 @@
 //! One WebSocket connection: its socket on one side, the driver on the other.
 //!
-//! The task reads messages and forwards them to the driver (data frames, and pongs/pings as proof of
-//! life), writes what the driver puts in its outbox, and pings the client when it has been quiet
-//! for the ping interval (the heartbeat's probe; the core owns the deadline). It decides nothing about presence; it only
-//! reports how the connection ended: a Close frame or EOF is graceful, an I/O error is not.
+//! The task reads messages and forwards them to the driver (data frames; pongs and pings go into the
+//! driver's batch of proofs of life, `crate::proofs`), writes what the driver puts in its outbox,
+//! and pings the client when it has been quiet for the ping interval (the heartbeat's probe; the
+//! core owns the deadline). It decides nothing about presence; it only reports how the connection
+//! ended: a Close frame or EOF is graceful, an I/O error is not.
 //!
 //! Per-connection limits are enforced here, before anything reaches the one driver that all
 //! connections share: every inbound message (data, ping and pong alike) takes a token from the

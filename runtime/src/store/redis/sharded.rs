@@ -9,7 +9,9 @@
 //! A subscriber must therefore reach the owner of every watched user's slot. The `redis` crate's
 //! cluster connection does that for us, with RESP3 and a push sender: it keeps a connection per
 //! node, routes each `SSUBSCRIBE` to the slot's owner, and, through its subscription tracker,
-//! subscribes again after a reconnect and after a topology refresh. What this task adds:
+//! subscribes again after a reconnect and after a topology refresh (the subscriptions the server
+//! confirmed; one that failed is this task's to retry, every health-check interval). What this task
+//! adds:
 //!
 //! - an `ssubscribe` confirmation of a user's channel becomes [`Notice::Changed`] for that user. A
 //!   confirmation comes for our own subscribe and for every resubscription the crate makes after a
@@ -63,26 +65,45 @@ pub(super) async fn run(
         }
     };
     let mut wanted: BTreeSet<UserId> = BTreeSet::new();
-    let Some(mut conn) = connect(&client, &config, &mut cmds, &mut wanted).await else {
+    let Some(conn) = connect(&client, &config, &mut cmds, &mut wanted).await else {
         return;
     };
-    let mut channels: Vec<String> = wanted.iter().map(change_channel).collect();
+    let mut feed = Feed { conn, config, wanted, retry: BTreeSet::new(), notices };
+    let mut channels: Vec<String> = feed.wanted.iter().map(change_channel).collect();
     channels.push(PRIVACY_CHANNEL.to_owned());
     // Until this lands nothing is heard; the confirmations it brings make up for what was missed.
-    subscribe(&mut conn, &config, channels).await;
+    feed.subscribe(channels).await;
+    let mut retry = tokio::time::interval(feed.config.health_check_interval);
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             biased;
             cmd = cmds.recv() => {
                 let Some(cmd) = cmd else { return };
-                on_cmd(&mut conn, &config, &mut wanted, cmd).await;
+                feed.on_cmd(cmd).await;
             }
             push = pushes.recv() => {
                 let Some(push) = push else { return };
-                on_push(&mut conn, &config, &wanted, &notices, push).await;
+                feed.on_push(push).await;
+            }
+            _ = retry.tick(), if !feed.retry.is_empty() => {
+                let channels = std::mem::take(&mut feed.retry).into_iter().filter(|c| feed.wants(c)).collect();
+                feed.subscribe(channels).await;
             }
         }
     }
+}
+
+/// The feed's task state once connected.
+struct Feed {
+    conn: ClusterConnection,
+    config: RedisConfig,
+    /// The users watched on this server.
+    wanted: BTreeSet<UserId>,
+    /// Channels whose `SSUBSCRIBE` failed (a node down): tried again every health-check interval.
+    /// The crate resubscribes only what the server confirmed, so these are ours to retry.
+    retry: BTreeSet<String>,
+    notices: mpsc::UnboundedSender<Notice>,
 }
 
 /// The first connection, retried with backoff; commands that arrive meanwhile are kept.
@@ -112,83 +133,85 @@ async fn connect(
     }
 }
 
-async fn on_cmd(conn: &mut ClusterConnection, config: &RedisConfig, wanted: &mut BTreeSet<UserId>, cmd: Cmd) {
-    match cmd {
-        Cmd::Watch(user) => {
-            if wanted.insert(user.clone()) {
-                subscribe(conn, config, vec![change_channel(&user)]).await;
+impl Feed {
+    fn wants(&self, channel: &str) -> bool {
+        channel == PRIVACY_CHANNEL || channel_user(channel).is_some_and(|u| self.wanted.contains(&u))
+    }
+
+    async fn on_cmd(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::Watch(user) => {
+                if self.wanted.insert(user.clone()) {
+                    self.subscribe(vec![change_channel(&user)]).await;
+                }
             }
-        }
-        Cmd::Unwatch(user) => {
-            if wanted.remove(&user) {
-                let channel = change_channel(&user);
-                match tokio::time::timeout(config.op_timeout, conn.sunsubscribe(&channel)).await {
-                    Ok(Ok(())) => {}
-                    // A stray subscription costs only its messages, which on_push drops.
-                    _ => tracing::warn!("change feed: SUNSUBSCRIBE failed"),
+            Cmd::Unwatch(user) => {
+                if self.wanted.remove(&user) {
+                    let channel = change_channel(&user);
+                    self.retry.remove(&channel);
+                    match tokio::time::timeout(self.config.op_timeout, self.conn.sunsubscribe(&channel)).await
+                    {
+                        Ok(Ok(())) => {}
+                        // A stray subscription costs only its messages, which on_push drops.
+                        _ => tracing::warn!("change feed: SUNSUBSCRIBE failed"),
+                    }
                 }
             }
         }
     }
-}
 
-/// `SSUBSCRIBE`s `channels`. The crate tracks the subscription before it sends the command, so a
-/// failure here (a node down) is retried by the crate when it reconnects: the confirmation, and
-/// with it the read that makes up for lost notices, comes then.
-async fn subscribe(conn: &mut ClusterConnection, config: &RedisConfig, channels: Vec<String>) {
-    for channel in channels {
-        // One command per channel: the channels of different users live in different slots.
-        match tokio::time::timeout(config.op_timeout, conn.ssubscribe(&channel)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "change feed: SSUBSCRIBE failed; the cluster connection retries")
+    /// `SSUBSCRIBE`s `channels`, one command each (the channels of different users live in
+    /// different slots). A failure (a node down, a slot moving) is kept for the retry: the
+    /// confirmation, and with it the read that makes up for lost notices, comes when it lands.
+    async fn subscribe(&mut self, channels: Vec<String>) {
+        for channel in channels {
+            match tokio::time::timeout(self.config.op_timeout, self.conn.ssubscribe(&channel)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "change feed: SSUBSCRIBE failed; retrying");
+                    self.retry.insert(channel);
+                }
+                Err(_) => {
+                    tracing::warn!("change feed: SSUBSCRIBE timed out; retrying");
+                    self.retry.insert(channel);
+                }
             }
-            Err(_) => tracing::warn!("change feed: SSUBSCRIBE timed out; the cluster connection retries"),
         }
     }
-}
 
-async fn on_push(
-    conn: &mut ClusterConnection,
-    config: &RedisConfig,
-    wanted: &BTreeSet<UserId>,
-    notices: &mpsc::UnboundedSender<Notice>,
-    push: PushInfo,
-) {
-    let channel = push.data.first().and_then(text);
-    match (push.kind, channel) {
-        (PushKind::SMessage, Some(channel)) => {
-            if channel == PRIVACY_CHANNEL {
-                let named = push.data.get(1).and_then(text).and_then(|u| UserId::new(&u).ok());
-                // Not a user id: drop everything rather than keep a stale grant.
-                let _ = notices.send(named.map_or(Notice::Resync, Notice::PrivacyChanged));
-            } else if let Some(user) = channel_user(&channel).filter(|u| wanted.contains(u)) {
-                let _ = notices.send(Notice::Changed(user));
+    async fn on_push(&mut self, push: PushInfo) {
+        let channel = push.data.first().and_then(text);
+        match (push.kind, channel) {
+            (PushKind::SMessage, Some(channel)) => {
+                if channel == PRIVACY_CHANNEL {
+                    let named = push.data.get(1).and_then(text).and_then(|u| UserId::new(&u).ok());
+                    // Not a user id: drop everything rather than keep a stale grant.
+                    let _ = self.notices.send(named.map_or(Notice::Resync, Notice::PrivacyChanged));
+                } else if let Some(user) = channel_user(&channel).filter(|u| self.wanted.contains(u)) {
+                    let _ = self.notices.send(Notice::Changed(user));
+                }
             }
-        }
-        (PushKind::SSubscribe, Some(channel)) => {
-            if channel == PRIVACY_CHANNEL {
-                let _ = notices.send(Notice::Resync);
-            } else if let Some(user) = channel_user(&channel).filter(|u| wanted.contains(u)) {
-                let _ = notices.send(Notice::Changed(user));
+            (PushKind::SSubscribe, Some(channel)) => {
+                if channel == PRIVACY_CHANNEL {
+                    let _ = self.notices.send(Notice::Resync);
+                } else if let Some(user) = channel_user(&channel).filter(|u| self.wanted.contains(u)) {
+                    let _ = self.notices.send(Notice::Changed(user));
+                }
             }
-        }
-        (PushKind::SUnsubscribe, Some(channel)) => {
-            let still_wanted =
-                channel == PRIVACY_CHANNEL || channel_user(&channel).is_some_and(|u| wanted.contains(&u));
-            if still_wanted {
+            // Unsubscribed by the server while still wanted: the slot moved to another node.
+            (PushKind::SUnsubscribe, Some(channel)) if self.wants(&channel) => {
                 tracing::info!(
                     "change feed: a shard channel was unsubscribed (slot moved); subscribing again"
                 );
-                subscribe(conn, config, vec![channel]).await;
+                self.subscribe(vec![channel]).await;
             }
+            (PushKind::Disconnection, _) => {
+                tracing::warn!(
+                    "change feed: a cluster node connection was lost; the crate reconnects and resubscribes"
+                );
+            }
+            _ => {}
         }
-        (PushKind::Disconnection, _) => {
-            tracing::warn!(
-                "change feed: a cluster node connection was lost; the crate reconnects and resubscribes"
-            );
-        }
-        _ => {}
     }
 }
 
