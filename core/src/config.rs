@@ -9,8 +9,8 @@ use crate::frame::Limits;
 pub struct Config {
     /// A connection with no proof of life for this long is sent a probe (WebSocket ping). Default
     /// 15 s. The probe is the runtime's: each connection's task runs this timer itself and reports
-    /// the answers as [`crate::Input::Alive`]; the core owns only the deadline
-    /// (`heartbeat_timeout`), so a ping and its pong cost one crossing between tasks, not two.
+    /// the answers as [`crate::Input::Alive`] (batched, with their arrival times); the core owns
+    /// only the deadline (`heartbeat_timeout`).
     pub ping_interval: Duration,
     /// A connection with no proof of life for this long is dead: its session ends ungracefully with
     /// last_seen = its last proof of life. Default 30 s.

@@ -120,38 +120,31 @@ impl Presence {
         Some(self.now.saturating_add(Duration::from_millis(left)))
     }
 
-    /// Records proof of life. Returns false if the connection is unknown (closed).
-    fn proof_of_life(&mut self, conn: ConnId) -> bool {
-        let (now, wall) = (self.now, self.wall);
-        match self.conns.get_mut(&conn) {
-            Some(c) => {
-                c.last_proof = now;
-                c.last_proof_wall = wall;
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Proof of life that arrived at `at` (handed in late, perhaps batched: see `Input::Alive`).
-    pub(super) fn on_alive(&mut self, conn: ConnId, at: MonoTime) {
+    /// Records proof of life that arrived at `at` (now for a data frame; earlier for a pong handed
+    /// in late, perhaps batched: see `Input::Alive`). Returns false if the connection is unknown
+    /// (closed).
+    fn proof_of_life(&mut self, conn: ConnId, at: MonoTime) -> bool {
         let (now, wall) = (self.now, self.wall);
         let at = at.min(now);
         let Some(c) = self.conns.get_mut(&conn) else {
-            return;
+            return false;
         };
-        if at < c.last_proof {
-            return;
+        if at >= c.last_proof {
+            // The wall time of that instant: now's, less the time since. (A wall-clock step in
+            // between shifts it as it shifts now; it never goes below the proof held.)
+            let behind = i64::try_from(now.since(at).as_millis()).unwrap_or(i64::MAX);
+            c.last_proof = at;
+            c.last_proof_wall = c.last_proof_wall.max(UnixMillis(wall.0.saturating_sub(behind)));
         }
-        // The wall time of that instant: now's, less the time since. (A wall-clock step in
-        // between shifts it as it shifts now; it never goes below the proof held.)
-        let behind = i64::try_from(now.since(at).as_millis()).unwrap_or(i64::MAX);
-        c.last_proof = at;
-        c.last_proof_wall = c.last_proof_wall.max(UnixMillis(wall.0.saturating_sub(behind)));
+        true
+    }
+
+    pub(super) fn on_alive(&mut self, conn: ConnId, at: MonoTime) {
+        self.proof_of_life(conn, at);
     }
 
     pub(super) fn on_message(&mut self, conn: ConnId, encoding: Encoding, payload: &[u8]) {
-        if !self.proof_of_life(conn) {
+        if !self.proof_of_life(conn, self.now) {
             return;
         }
         let (rate, burst, now) = (self.config.frame_rate, self.config.frame_burst, self.now);

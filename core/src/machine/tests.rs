@@ -185,14 +185,18 @@ fn superseded_durable_write_refreshes_the_cache_with_the_durable_value() {
     assert!(r.p.is_idle());
 }
 
-#[test]
-fn heartbeat_ends_with_last_proof_of_life() {
-    // Lease renewals far apart, so the only deadlines are the heartbeat's.
-    let config = Config {
+/// Lease renewals far apart, so the only deadlines are the heartbeat's.
+fn heartbeat_only() -> Config {
+    Config {
         lease_renew_interval: Duration::from_secs(60),
         lease_ttl: Duration::from_secs(120),
         ..Config::default()
-    };
+    }
+}
+
+#[test]
+fn heartbeat_ends_with_last_proof_of_life() {
+    let config = heartbeat_only();
     let mut r = Rig::new(config);
     let e = r.open(1, "bob");
     r.done(store(&e[0]).0, Ok(StoreOutput::Done));
@@ -231,11 +235,7 @@ fn heartbeat_ends_with_last_proof_of_life() {
 
 #[test]
 fn a_late_proof_of_life_counts_at_its_own_time() {
-    let config = Config {
-        lease_renew_interval: Duration::from_secs(60),
-        lease_ttl: Duration::from_secs(120),
-        ..Config::default()
-    };
+    let config = heartbeat_only();
     let mut r = Rig::new(config);
     let e = r.open(1, "bob");
     r.done(store(&e[0]).0, Ok(StoreOutput::Done));
@@ -263,12 +263,7 @@ fn a_late_proof_of_life_counts_at_its_own_time() {
 
 #[test]
 fn heartbeat_checks_fall_on_a_grid() {
-    let config = Config {
-        lease_renew_interval: Duration::from_secs(60),
-        lease_ttl: Duration::from_secs(120),
-        heartbeat_check_step: Duration::from_millis(250),
-        ..Config::default()
-    };
+    let config = Config { heartbeat_check_step: Duration::from_millis(250), ..heartbeat_only() };
     let mut r = Rig::new(config);
     r.ms = 10;
     let e = r.open(1, "bob");

@@ -441,7 +441,7 @@ fn upgrade(shared: &Arc<Shared>, mut req: Request<Incoming>, peer: Option<IpAddr
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let shared = shared.clone();
-    let fut = async move {
+    tokio::spawn(async move {
         let _slots: (Slot<UserId>, Option<Slot<IpAddr>>) = (user_slot, ip_slot);
         match on_upgrade.await {
             Ok(upgraded) => {
@@ -465,17 +465,13 @@ fn upgrade(shared: &Arc<Shared>, mut req: Request<Incoming>, peer: Option<IpAddr
                     ping_interval: shared.config.core.ping_interval,
                 };
                 // Boxed: this task lives as long as the connection, and its future would otherwise
-                // be as large as the largest of its states (the upgrade's and the connection's
-                // together came to about 4.8 KiB per idle connection).
-                // Boxed: this task lives as long as the connection, and its future would otherwise
                 // keep room for the upgrade's state beside the connection's.
                 Box::pin(ws::run(TokioIo::new(upgraded), ctx, over)).await;
                 shared.active.fetch_sub(1, Ordering::AcqRel);
             }
             Err(e) => debug!(error = %e, "upgrade failed"),
         }
-    };
-    tokio::spawn(fut);
+    });
     let mut r = Response::new(Full::new(Bytes::new()));
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(&key);

@@ -167,28 +167,38 @@ impl RegistryStore for RedisClusterRegistry {
     }
 }
 
-/// Connects (with backoff) once, then health-checks forever; bumps the generation per the
-/// module docs.
-async fn supervise_cluster(inner: Arc<Cluster>, client: ClusterClient) {
-    let config = inner.config.clone();
+/// A first connection to the cluster, retried with backoff until it succeeds (the crate reconnects
+/// by itself after that). `who` names the caller in the logs, which repeat every 20 attempts.
+pub(super) async fn connect_cluster(
+    client: &ClusterClient,
+    config: &RedisConfig,
+    who: &str,
+) -> ClusterConnection {
     let mut attempt: u32 = 0;
-    let mut conn = loop {
+    loop {
         match tokio::time::timeout(config.connect_timeout, client.get_async_connection()).await {
-            Ok(Ok(c)) => break c,
+            Ok(Ok(c)) => return c,
             Ok(Err(e)) => {
                 if attempt.is_multiple_of(20) {
-                    tracing::warn!(error = %e, attempt, "redis cluster connect failed; retrying");
+                    tracing::warn!(error = %e, attempt, "{who}: cluster connect failed; retrying");
                 }
             }
             Err(_) => {
                 if attempt.is_multiple_of(20) {
-                    tracing::warn!(attempt, "redis cluster connect timed out; retrying");
+                    tracing::warn!(attempt, "{who}: cluster connect timed out; retrying");
                 }
             }
         }
         tokio::time::sleep(config.backoff(attempt)).await;
         attempt = attempt.saturating_add(1);
-    };
+    }
+}
+
+/// Connects (with backoff) once, then health-checks forever; bumps the generation per the
+/// module docs.
+async fn supervise_cluster(inner: Arc<Cluster>, client: ClusterClient) {
+    let config = inner.config.clone();
+    let mut conn = connect_cluster(&client, &config, "redis cluster").await;
     let mut last_ids = match tokio::time::timeout(config.op_timeout, read_run_ids(&mut conn)).await {
         Ok(Ok(ids)) => ids,
         _ => {

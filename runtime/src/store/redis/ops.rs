@@ -379,16 +379,16 @@ pub(super) async fn publish_privacy<C: Conn>(
     Ok(StoreOutput::Done)
 }
 
-/// Runs `first` (if any), then `PUBLISH presence:{u}` (cluster: `SPUBLISH`) for each user: one pipeline on a single
-/// node; on a cluster, separate commands (a cluster pipeline must stay in one slot, and each
-/// channel is in its user's slot).
+/// Runs `first` (if any), then `PUBLISH presence:{u}` (cluster: `SPUBLISH`) for each user: one
+/// pipeline on a single node; on a cluster, separate commands (a cluster pipeline must stay in one
+/// slot, and each channel is in its user's slot).
 async fn then_publish<C: Conn>(
     conn: &mut C,
     topology: Topology,
     first: Option<redis::Cmd>,
     users: &[UserId],
 ) -> RedisResult<()> {
-    let publish = |user: &UserId| publish(topology, &change_channel(user), "");
+    let notice = |user: &UserId| publish(topology, &change_channel(user), "");
     match topology {
         Topology::Single => {
             let mut pipe = redis::pipe();
@@ -396,7 +396,7 @@ async fn then_publish<C: Conn>(
                 pipe.add_command(cmd).ignore();
             }
             for user in users {
-                pipe.add_command(publish(user)).ignore();
+                pipe.add_command(notice(user)).ignore();
             }
             pipe.query_async::<()>(conn).await
         }
@@ -406,7 +406,7 @@ async fn then_publish<C: Conn>(
             }
             let sends = users.iter().map(|user| {
                 let mut conn = conn.clone();
-                let cmd = publish(user);
+                let cmd = notice(user);
                 async move { cmd.query_async::<()>(&mut conn).await }
             });
             futures_util::future::try_join_all(sends).await.map(|_| ())

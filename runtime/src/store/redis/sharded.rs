@@ -38,6 +38,7 @@ use redis::{ConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value};
 use tokio::sync::mpsc;
 
 use super::changes::{apply, Cmd};
+use super::cluster::connect_cluster;
 use super::config::RedisConfig;
 use crate::store::{change_channel, channel_user, Notice, PRIVACY_CHANNEL};
 
@@ -64,10 +65,12 @@ pub(super) async fn run(
             return;
         }
     };
+    // No need to watch for the feed being dropped meanwhile: dropping it aborts this task.
+    let conn = connect_cluster(&client, &config, "change feed").await;
     let mut wanted: BTreeSet<UserId> = BTreeSet::new();
-    let Some(conn) = connect(&client, &config, &mut cmds, &mut wanted).await else {
-        return;
-    };
+    while let Ok(cmd) = cmds.try_recv() {
+        apply(&mut wanted, cmd);
+    }
     let mut feed = Feed { conn, config, wanted, retry: BTreeSet::new(), notices };
     let mut channels: Vec<String> = feed.wanted.iter().map(change_channel).collect();
     channels.push(PRIVACY_CHANNEL.to_owned());
@@ -104,33 +107,6 @@ struct Feed {
     /// The crate resubscribes only what the server confirmed, so these are ours to retry.
     retry: BTreeSet<String>,
     notices: mpsc::UnboundedSender<Notice>,
-}
-
-/// The first connection, retried with backoff; commands that arrive meanwhile are kept.
-async fn connect(
-    client: &ClusterClient,
-    config: &RedisConfig,
-    cmds: &mut mpsc::UnboundedReceiver<Cmd>,
-    wanted: &mut BTreeSet<UserId>,
-) -> Option<ClusterConnection> {
-    let mut attempt = 0u32;
-    loop {
-        match tokio::time::timeout(config.connect_timeout, client.get_async_connection()).await {
-            Ok(Ok(conn)) => {
-                while let Ok(cmd) = cmds.try_recv() {
-                    apply(wanted, cmd);
-                }
-                return Some(conn);
-            }
-            Ok(Err(e)) => tracing::warn!(error = %e, "change feed: cannot connect to the cluster; retrying"),
-            Err(_) => tracing::warn!("change feed: cluster connect timed out; retrying"),
-        }
-        if cmds.is_closed() && cmds.is_empty() {
-            return None;
-        }
-        tokio::time::sleep(config.backoff(attempt)).await;
-        attempt = attempt.saturating_add(1);
-    }
 }
 
 impl Feed {
