@@ -196,17 +196,19 @@ async fn settings_round_trip_beside_last_seen() {
     let f = Fixture::new("settings").await;
     let p = &f.privacy;
     assert_eq!(p.read_users(vec![]).await.unwrap(), vec![]);
-    assert_eq!(p.read_users(vec![user("bob")]).await.unwrap(), vec![StoredUser::default()]);
+    assert_eq!(p.read_users(vec![user("bob")]).await.unwrap(), vec![StoredUser::unknown()]);
 
     f.durable.execute(DurableOp::Write { user: user("bob"), last_seen: UnixMillis(1_000) }).await.unwrap();
     let bob = settings(LastSeenAudience::Contacts, &["eve", "dan"]);
     p.put_settings(user("bob"), bob.clone()).await.unwrap();
     p.put_settings(user("amy"), settings(LastSeenAudience::Nobody, &[])).await.unwrap();
-    let want_bob = StoredUser { settings: Some(bob), list: 0 };
-    let want_amy = StoredUser { settings: Some(settings(LastSeenAudience::Nobody, &[])), list: 0 };
+    // No list written: known to be empty.
+    let want_bob = StoredUser { settings: Some(bob), ..StoredUser::unknown() };
+    let want_amy =
+        StoredUser { settings: Some(settings(LastSeenAudience::Nobody, &[])), ..StoredUser::unknown() };
     assert_eq!(
         p.read_users(vec![user("bob"), user("carl"), user("amy"), user("bob")]).await.unwrap(),
-        vec![want_bob.clone(), StoredUser::default(), want_amy, want_bob]
+        vec![want_bob.clone(), StoredUser::unknown(), want_amy, want_bob]
     );
 
     // The item as an operator reads it: the API's JSON, and last_seen untouched either way.
@@ -330,11 +332,16 @@ async fn patch_replace_and_the_limit() {
     assert_eq!(p.contacts(user("bob")).await.unwrap(), vec![user("ivy")]);
     let asks = vec![ask("bob", v3, "carl"), ask("bob", v3, "ivy"), ask("bob", v3, "eve")];
     assert_eq!(p.read_memberships(asks).await.unwrap(), vec![false, true, false]);
-    // An empty list is a list (version kept, nobody in it).
+    // A list with members is asked member by member: read_users does not return it.
+    let read = p.read_users(vec![user("bob")]).await.unwrap();
+    assert_eq!((read[0].list, read[0].contacts.clone()), (v3, None));
+    // An empty list is a list (version kept, nobody in it), and known whole to be empty.
     p.put_contacts(user("bob"), BTreeSet::new()).await.unwrap();
     let v4 = f.version("bob").await;
     assert_eq!(p.contacts(user("bob")).await.unwrap(), Vec::<UserId>::new());
     assert_eq!(p.read_memberships(vec![ask("bob", v4, "ivy")]).await.unwrap(), vec![false]);
+    let read = p.read_users(vec![user("bob")]).await.unwrap();
+    assert_eq!((read[0].list, read[0].contacts.as_deref().map(<[UserId]>::len)), (v4, Some(0)));
 
     // The old versions are deleted in the background: only the current one's marker is left.
     let current = format!("bob#{v4}");
@@ -480,7 +487,13 @@ async fn step(backend: &dyn PrivacyBackend, rng: &mut Lcg) -> String {
                 .iter()
                 .map(|m| Membership { owner: owner.clone(), list: read[0].list, member: user(m) })
                 .collect();
-            format!("memberships {:?}", backend.read_memberships(asks).await)
+            let answers = backend.read_memberships(asks).await;
+            // Where a backend returns the list whole, it says what the membership reads say.
+            if let (Some(whole), Ok(answers)) = (&read[0].contacts, &answers) {
+                let from_whole: Vec<bool> = IDS.iter().map(|m| whole.contains(&user(m))).collect();
+                assert_eq!(&from_whole, answers, "{} whole list {whole:?}", backend.kind());
+            }
+            format!("memberships {answers:?}")
         }
     }
 }

@@ -92,7 +92,7 @@ impl World {
             model: Mutex::new(Model::new(users)),
             redis: Mutex::new(RedisState::new(seed, params.plant)),
             dynamo: SimDynamo::new(seed, params.plant),
-            privacy: presence_runtime::privacy::MemoryPrivacy::new(),
+            privacy: presence_runtime::privacy::MemoryPrivacy::new().with_whole_lists(whole_lists(seed)),
             clocks,
             servers: Mutex::new(servers),
             quiet: AtomicBool::new(false),
@@ -173,3 +173,10 @@ impl Witness for World {
 
 /// A sorted map helper used in reports.
 pub type Counts = BTreeMap<&'static str, u64>;
+
+/// How long a contact list the privacy store returns whole, by seed (the seed's other draws are
+/// untouched): every list asked member by member, lists of at most one contact whole (both
+/// cache paths in one run), or every list whole.
+fn whole_lists(seed: u64) -> Option<usize> {
+    [None, Some(1), Some(presence_runtime::privacy::WHOLE_LIST_MAX)][(seed % 3) as usize]
+}

@@ -16,6 +16,13 @@
 //!   no notice covers (the server that took a change died before publishing it).
 //! - Bounded: past [`PrivacyCacheConfig::max_entries`] the cache is emptied (a cold cache is slow,
 //!   never wrong).
+//!
+//! Why short lists are held whole: a viewer's batch asks about 200 memberships, so holding one
+//! answer per question needs viewers x targets x 2 entries, more than any bound at a few thousand
+//! viewers (at 18,000 viewers of 100 targets, 3.6 M; BENCHMARKS.md). Most lists are short, and the
+//! backends return a short list whole with the owner's settings ([`StoredUser::contacts`]), so
+//! one entry per owner answers every question about that owner, at the cost of its length.
+//! Longer lists keep one answer per question asked.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -26,6 +33,8 @@ use presence_core::store::{PrivacyOp, StoreError, StoreOutput};
 use presence_core::user::UserId;
 use tokio::time::Instant;
 
+#[cfg(doc)]
+use super::StoredUser;
 use super::{Membership, PrivacyBackend};
 use crate::store::{with_timeout, StoreFuture};
 
@@ -63,8 +72,40 @@ struct Cached {
     at: Instant,
     settings: Arc<Settings>,
     list: u64,
-    /// Is this member in the user's list (version `list`)?
-    members: HashMap<UserId, bool>,
+    /// What is known of the user's list (version `list`).
+    members: Members,
+}
+
+/// What the cache knows of one contact list.
+#[derive(Debug)]
+enum Members {
+    /// The whole list, sorted: every membership is answered.
+    Whole(Arc<[UserId]>),
+    /// The answers to the questions asked so far: is this member in the list?
+    Asked(HashMap<UserId, bool>),
+}
+
+impl Members {
+    fn of(stored: Option<Arc<[UserId]>>) -> Members {
+        stored.map_or_else(|| Members::Asked(HashMap::new()), Members::Whole)
+    }
+
+    /// Whether `member` is in the list, if known.
+    fn get(&self, member: &UserId) -> Option<bool> {
+        match self {
+            Members::Whole(list) => Some(list.binary_search(member).is_ok()),
+            Members::Asked(answers) => answers.get(member).copied(),
+        }
+    }
+
+    /// Entries this holds, towards [`PrivacyCacheConfig::max_entries`] (a whole list counts one
+    /// per id).
+    fn entries(&self) -> usize {
+        match self {
+            Members::Whole(list) => list.len(),
+            Members::Asked(answers) => answers.len(),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -140,7 +181,7 @@ impl PrivacyCache {
     pub fn invalidate(&self, user: &UserId) {
         let mut st = self.lock();
         if let Some(c) = st.users.remove(user) {
-            st.entries = st.entries.saturating_sub(1 + c.members.len());
+            st.entries = st.entries.saturating_sub(1 + c.members.entries());
         }
         st.bump(Some(user.clone()));
     }
@@ -176,7 +217,7 @@ impl PrivacyCache {
         // themselves (the answer for oneself is `false`, unused: oneself always sees).
         let member = |owner: &Cached, member: &UserId| -> Option<bool> {
             match needs_list(&owner.settings, member) {
-                true => owner.members.get(member).copied(),
+                true => owner.members.get(member),
                 false => Some(false),
             }
         };
@@ -256,13 +297,14 @@ impl PrivacyCache {
         for (u, s) in misses.into_iter().zip(stored) {
             let settings = Arc::new(s.settings.unwrap_or_else(|| self.default_settings()));
             if st.fresh_since(start, &u) {
-                self.make_room(&mut st, 1);
-                let cached =
-                    Cached { at: now, settings: settings.clone(), list: s.list, members: HashMap::new() };
+                let members = Members::of(s.contacts);
+                let size = 1 + members.entries();
+                self.make_room(&mut st, size);
+                let cached = Cached { at: now, settings: settings.clone(), list: s.list, members };
                 if let Some(old) = st.users.insert(u.clone(), cached) {
-                    st.entries = st.entries.saturating_sub(1 + old.members.len());
+                    st.entries = st.entries.saturating_sub(1 + old.members.entries());
                 }
-                st.entries += 1;
+                st.entries += size;
             }
             found.insert(u, (settings, s.list));
         }
@@ -285,7 +327,7 @@ impl PrivacyCache {
                 let cached =
                     st.users.get(&owner).filter(|c| c.list == list).and_then(|c| c.members.get(&member));
                 match cached {
-                    Some(&yes) => {
+                    Some(yes) => {
                         answers.insert((owner, member), yes);
                     }
                     None => misses.push(Membership { owner, list, member }),
@@ -302,9 +344,9 @@ impl PrivacyCache {
         let mut st = self.lock();
         for (m, yes) in misses.into_iter().zip(got) {
             if st.fresh_since(start, &m.owner) {
-                let added = match st.users.get_mut(&m.owner).filter(|c| c.list == m.list) {
-                    Some(c) => c.members.insert(m.member.clone(), yes).is_none(),
-                    None => false,
+                let added = match st.users.get_mut(&m.owner).map(|c| (c.list == m.list, &mut c.members)) {
+                    Some((true, Members::Asked(answers))) => answers.insert(m.member.clone(), yes).is_none(),
+                    _ => false,
                 };
                 if added {
                     st.entries += 1;
@@ -341,7 +383,7 @@ mod tests {
     use presence_core::privacy::OnlineAudience;
 
     use super::*;
-    use crate::privacy::MemoryPrivacy;
+    use crate::privacy::{MemoryPrivacy, WHOLE_LIST_MAX};
 
     fn u(s: &str) -> UserId {
         UserId::new(s).unwrap()
@@ -351,8 +393,10 @@ mod tests {
         PrivacyOp::Read { viewer: u(viewer), targets: targets.iter().map(|t| u(t)).collect() }
     }
 
-    async fn setup() -> (Arc<MemoryPrivacy>, Arc<PrivacyCache>) {
-        let backend = Arc::new(MemoryPrivacy::new());
+    /// Alice (contacts only, lists Bob) and Bob (contacts only, except Eve, lists Alice and Eve),
+    /// over a backend that returns lists of at most `whole_lists` ids whole.
+    async fn setup(whole_lists: Option<usize>) -> (Arc<MemoryPrivacy>, Arc<PrivacyCache>) {
+        let backend = Arc::new(MemoryPrivacy::new().with_whole_lists(whole_lists));
         let contacts = |s: &[&str]| s.iter().map(|t| u(t)).collect::<BTreeSet<_>>();
         let only_contacts = Settings {
             last_seen: LastSeenAudience::Contacts,
@@ -377,10 +421,10 @@ mod tests {
     }
 
     /// The fast path answers exactly what the full read answers, once the full read has filled
-    /// the cache, and nothing before.
+    /// the cache, and nothing before; with lists asked member by member.
     #[tokio::test]
     async fn cached_reads_answer_as_the_full_read() {
-        let (_backend, cache) = setup().await;
+        let (_backend, cache) = setup(None).await;
         let ops = [
             read_op("bob", &["alice", "eve", "bob", "carol"]),
             read_op("alice", &["bob", "carol"]),
@@ -406,7 +450,7 @@ mod tests {
     /// A membership the cache never answered is a miss, even if the owner's settings are cached.
     #[tokio::test]
     async fn an_unasked_membership_is_a_miss() {
-        let (_backend, cache) = setup().await;
+        let (_backend, cache) = setup(None).await;
         read(&cache, &read_op("bob", &["alice"])).await;
         assert!(cache.read_cached(&read_op("bob", &["alice"])).is_some());
         // Carol's settings are not cached, nor Alice's answer about Carol.
@@ -419,7 +463,13 @@ mod tests {
     /// An invalidation, of one user or of everything, turns the fast path into a miss.
     #[tokio::test]
     async fn invalidations_end_the_fast_path() {
-        let (backend, cache) = setup().await;
+        for whole_lists in [None, Some(WHOLE_LIST_MAX)] {
+            invalidations_end_the_fast_path_with(whole_lists).await;
+        }
+    }
+
+    async fn invalidations_end_the_fast_path_with(whole_lists: Option<usize>) {
+        let (backend, cache) = setup(whole_lists).await;
         let op = read_op("bob", &["alice"]);
         read(&cache, &op).await;
         backend.put_contacts(u("alice"), BTreeSet::new()).await.unwrap();
@@ -430,5 +480,41 @@ mod tests {
         assert_eq!(cache.read_cached(&op), Some(after));
         cache.invalidate_all();
         assert_eq!(cache.read_cached(&op), None);
+    }
+
+    /// With whole lists, one read of a user's settings answers every later question about its
+    /// list: Carol's first read is answered from the cache once Alice and Carol are cached, and
+    /// the cache holds one entry per user plus one per listed id, not one per question.
+    #[tokio::test]
+    async fn a_whole_list_answers_questions_never_asked() {
+        let (_backend, cache) = setup(Some(WHOLE_LIST_MAX)).await;
+        read(&cache, &read_op("bob", &["alice"])).await;
+        read(&cache, &read_op("carol", &["bob"])).await;
+        let op = read_op("carol", &["alice"]);
+        let fast = cache.read_cached(&op).expect("answered from the whole lists");
+        assert_eq!(fast, read(&cache, &op).await);
+        assert_eq!((fast.targets[0].has_viewer, fast.targets[0].viewer_has), (false, false));
+        let bob_sees = cache.read_cached(&read_op("bob", &["alice", "eve"])).is_none();
+        assert!(bob_sees, "Eve's settings were never read");
+        // Alice (1 + her 1 contact), Bob (1 + 2), Carol (1 + 0).
+        assert_eq!(cache.lock().entries, 6);
+    }
+
+    /// A list longer than the backend returns whole is asked member by member, and a stale
+    /// whole list is never used: after Alice's list changes (and the notice), the new one is read.
+    #[tokio::test]
+    async fn long_lists_are_asked_and_whole_lists_follow_changes() {
+        let (backend, cache) = setup(Some(1)).await;
+        let op = read_op("alice", &["bob"]);
+        // Bob lists two: asked; Alice lists one: whole.
+        let first = read(&cache, &op).await;
+        assert_eq!((first.targets[0].has_viewer, first.targets[0].viewer_has), (true, true));
+        assert_eq!(cache.read_cached(&op), Some(first));
+        assert_eq!(cache.read_cached(&read_op("alice", &["bob", "alice"])).map(|a| a.targets.len()), Some(2));
+        backend.put_contacts(u("alice"), BTreeSet::from([u("carol")])).await.unwrap();
+        cache.invalidate(&u("alice"));
+        let after = read(&cache, &op).await;
+        assert_eq!((after.targets[0].has_viewer, after.targets[0].viewer_has), (true, false));
+        assert_eq!(cache.read_cached(&op), Some(after));
     }
 }

@@ -26,10 +26,12 @@
 //!
 //! # Operations
 //!
-//! - `read_users`: `BatchGetItem` on `users`, `ConsistentRead=true`, projected to `privacy` and
-//!   `contacts_list`, 100 distinct keys per request, `UnprocessedKeys` retried (as the durable
-//!   read). A `privacy` that does not parse, or a `contacts_list` that is not an integer, fails the
-//!   call as `Unavailable` (fail closed; logged at warn with the user id only).
+//! - `read_users`: `BatchGetItem` on `users`, `ConsistentRead=true`, projected to `privacy`,
+//!   `contacts_list` and `contacts_count`, 100 distinct keys per request, `UnprocessedKeys`
+//!   retried (as the durable read). A `privacy` that does not parse, or a `contacts_list` or
+//!   `contacts_count` that is not an integer, fails the call as `Unavailable` (fail closed; logged
+//!   at warn with the user id only). A user without a list, or whose list is empty, is returned
+//!   with the whole (empty) list; other lists are asked member by member (no list is read here).
 //! - `read_memberships`: `BatchGetItem` on the contacts table, `ConsistentRead=true`, keys
 //!   (`<owner>#<version>`, member): never the list. Version 0 is "no list": false without a read.
 //! - `contacts`: `GetItem` (consistent) of the user's `contacts_list` and `contacts_count`, then a
@@ -235,7 +237,11 @@ fn parse_user(user: &str, item: &Item) -> Result<StoredUser, StoreError> {
         }
         Some(_) => return Err(corrupt(user, PRIVACY_ATTR)),
     };
-    Ok(StoredUser { settings, list: parse_count(user, item, CONTACTS_LIST_ATTR)? })
+    let list = parse_count(user, item, CONTACTS_LIST_ATTR)?;
+    // A count that is absent (never written with a version) says nothing: the list is asked.
+    let counted = item.contains_key(CONTACTS_COUNT_ATTR);
+    let empty = list == 0 || (counted && parse_count(user, item, CONTACTS_COUNT_ATTR)? == 0);
+    Ok(StoredUser { settings, list, contacts: empty.then(|| Arc::from([])) })
 }
 
 async fn read_users(
@@ -245,7 +251,12 @@ async fn read_users(
 ) -> Result<Vec<StoredUser>, StoreError> {
     let mut seen = HashSet::new();
     let unique: Vec<&str> = users.iter().map(UserId::as_str).filter(|u| seen.insert(*u)).collect();
-    let names = [("#uid", USER_ID_ATTR), ("#pv", PRIVACY_ATTR), ("#cl", CONTACTS_LIST_ATTR)];
+    let names = [
+        ("#uid", USER_ID_ATTR),
+        ("#pv", PRIVACY_ATTR),
+        ("#cl", CONTACTS_LIST_ATTR),
+        ("#cc", CONTACTS_COUNT_ATTR),
+    ];
     let chunks = unique.chunks(BATCH_GET_MAX_KEYS).map(|chunk| {
         let keys = chunk.iter().map(|u| user_key(u)).collect();
         batch_get_consistent(client, &config.users, keys, &names, config.unprocessed_retries)
@@ -257,7 +268,7 @@ async fn read_users(
             found.insert(user.clone(), stored);
         }
     }
-    Ok(users.iter().map(|u| found.get(u.as_str()).cloned().unwrap_or_default()).collect())
+    Ok(users.iter().map(|u| found.get(u.as_str()).cloned().unwrap_or_else(StoredUser::unknown)).collect())
 }
 
 async fn read_memberships(
@@ -486,17 +497,24 @@ mod tests {
     fn parses_a_users_item_and_fails_closed() {
         let s = |v: &str| AttributeValue::S(v.to_owned());
         let n = |v: &str| AttributeValue::N(v.to_owned());
-        assert_eq!(parse_user("bob", &item(&[])).unwrap(), StoredUser::default());
+        assert_eq!(parse_user("bob", &item(&[])).unwrap(), StoredUser::unknown());
         let text = r#"{"last_seen":"nobody","online":"everyone","except":["eve"]}"#;
         let got =
             parse_user("bob", &item(&[(PRIVACY_ATTR, s(text)), (CONTACTS_LIST_ATTR, n("42"))])).unwrap();
         assert_eq!(got.list, 42);
+        // A list of unknown size is asked member by member; an empty one is known whole.
+        assert_eq!(got.contacts, None);
+        let emptied = [(CONTACTS_LIST_ATTR, n("42")), (CONTACTS_COUNT_ATTR, n("0"))];
+        assert_eq!(parse_user("bob", &item(&emptied)).unwrap().contacts, Some(Arc::from([])));
+        let full = [(CONTACTS_LIST_ATTR, n("42")), (CONTACTS_COUNT_ATTR, n("3"))];
+        assert_eq!(parse_user("bob", &item(&full)).unwrap().contacts, None);
         assert_eq!(got.settings.map(|s| settings_to_stored(&s)), Some(text.to_owned()));
         for bad in [
             item(&[(PRIVACY_ATTR, s("{"))]),
             item(&[(PRIVACY_ATTR, n("1"))]),
             item(&[(CONTACTS_LIST_ATTR, n("-1"))]),
             item(&[(CONTACTS_LIST_ATTR, s("1"))]),
+            item(&[(CONTACTS_LIST_ATTR, n("1")), (CONTACTS_COUNT_ATTR, s("1"))]),
         ] {
             assert!(matches!(parse_user("bob", &bad), Err(StoreError::Unavailable(_))), "{bad:?}");
         }

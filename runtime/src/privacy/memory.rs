@@ -1,7 +1,9 @@
 //! An in-process privacy backend: settings and contact lists in a map behind a mutex. For tests
 //! and the simulator (where it plays the durable store, shared by the simulated servers), and the
 //! reference the other backends' tests compare with. Lists are updated in place, so the list
-//! version is unused (always 0).
+//! version is unused (always 0). Lists of at most [`MemoryPrivacy::with_whole_lists`] ids
+//! (default [`WHOLE_LIST_MAX`]) are returned whole by `read_users`; the simulator varies the
+//! bound per seed so both of the cache's membership paths run among the faults.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -10,7 +12,7 @@ use presence_core::privacy::Settings;
 use presence_core::store::StoreError;
 use presence_core::user::UserId;
 
-use super::{BackendFuture, ContactsError, Membership, PrivacyBackend, StoredUser};
+use super::{BackendFuture, ContactsError, Membership, PrivacyBackend, StoredUser, WHOLE_LIST_MAX};
 
 #[derive(Debug, Default)]
 struct UserPrivacy {
@@ -19,17 +21,32 @@ struct UserPrivacy {
 }
 
 /// The in-process backend. Clones share the data.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct MemoryPrivacy {
     users: Arc<Mutex<HashMap<UserId, UserPrivacy>>>,
     /// While set, every call fails as `Unavailable` (the simulator's outage windows).
     down: Arc<std::sync::atomic::AtomicBool>,
+    /// The longest list `read_users` returns whole; `None`: none.
+    whole_lists: Option<usize>,
+}
+
+impl Default for MemoryPrivacy {
+    fn default() -> MemoryPrivacy {
+        MemoryPrivacy { users: Arc::default(), down: Arc::default(), whole_lists: Some(WHOLE_LIST_MAX) }
+    }
 }
 
 impl MemoryPrivacy {
     /// An empty store.
     pub fn new() -> MemoryPrivacy {
         MemoryPrivacy::default()
+    }
+
+    /// Returns lists of at most `max` ids whole from `read_users` (at most [`WHOLE_LIST_MAX`];
+    /// `None`: never, so every membership is asked).
+    pub fn with_whole_lists(mut self, max: Option<usize>) -> MemoryPrivacy {
+        self.whole_lists = max.map(|m| m.min(WHOLE_LIST_MAX));
+        self
     }
 
     /// Makes every call fail (`true`) or succeed again (`false`).
@@ -60,7 +77,19 @@ impl PrivacyBackend for MemoryPrivacy {
             let map = self.lock();
             users
                 .iter()
-                .map(|u| StoredUser { settings: map.get(u).and_then(|p| p.settings.clone()), list: 0 })
+                .map(|u| {
+                    let p = map.get(u);
+                    let list = p.map(|p| &p.contacts);
+                    let len = list.map_or(0, BTreeSet::len);
+                    StoredUser {
+                        settings: p.and_then(|p| p.settings.clone()),
+                        list: 0,
+                        contacts: self
+                            .whole_lists
+                            .is_some_and(|max| len <= max)
+                            .then(|| list.into_iter().flatten().cloned().collect()),
+                    }
+                })
                 .collect()
         });
         Self::done(result)

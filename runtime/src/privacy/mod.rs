@@ -17,6 +17,10 @@
 //!   repeating the same request is safe).
 //! - **Membership without the list.** `read_memberships` answers "is `member` in `owner`'s list"
 //!   without reading the list (a 10,000-contact list is never read to answer a query).
+//! - **Small lists whole.** `read_users` may return, with a user's settings, the user's whole list
+//!   when it holds at most [`WHOLE_LIST_MAX`] ids and the backend can read it in the same
+//!   consistent read ([`StoredUser::contacts`]): the cache then answers every membership of that
+//!   owner from one entry instead of one entry per question (docs/PRIVACY.md, "Caching").
 //! - **Versioned lists.** `read_users` returns, with each user's settings, the version of the
 //!   user's current contact list (`list`): membership reads name the version they were derived
 //!   from, so a backend that writes a new list beside the old one (DynamoDB) answers from one
@@ -26,6 +30,7 @@
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use presence_core::privacy::Settings;
 use presence_core::store::StoreError;
@@ -47,13 +52,29 @@ pub use memory::MemoryPrivacy;
 pub type BackendFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
 /// What the store holds for one user.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredUser {
     /// The settings the user set; `None`: never set (the server's default applies).
     pub settings: Option<Settings>,
     /// The version of the user's current contact list (0: none ever written).
     pub list: u64,
+    /// The user's whole contact list of that version, sorted, when the backend read it with the
+    /// settings (at most [`WHOLE_LIST_MAX`] ids); `None`: memberships are asked one by one with
+    /// [`PrivacyBackend::read_memberships`].
+    pub contacts: Option<Arc<[UserId]>>,
 }
+
+impl StoredUser {
+    /// What a backend holds for a user who never set settings nor wrote a list: the default
+    /// settings and a known, empty list.
+    pub fn unknown() -> StoredUser {
+        StoredUser { settings: None, list: 0, contacts: Some(Arc::from([])) }
+    }
+}
+
+/// The longest contact list a backend returns whole with [`PrivacyBackend::read_users`]. Longer
+/// lists are asked member by member (a 10,000-contact list is never read to answer a query).
+pub const WHOLE_LIST_MAX: usize = 64;
 
 /// One membership question: is `member` in `owner`'s contact list (version `list`)?
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -85,8 +106,9 @@ pub enum ContactsError {
 
 /// The durable home of settings and contact lists.
 pub trait PrivacyBackend: Send + Sync + 'static {
-    /// Per user, in order: the stored settings and the current list version. Strongly
-    /// consistent (a read decides what viewers see).
+    /// Per user, in order: the stored settings, the current list version and, where the backend
+    /// has it at hand, the whole list if it is short ([`StoredUser::contacts`]). Strongly
+    /// consistent (a read decides what viewers see), settings and list from the same read.
     fn read_users(&self, users: Vec<UserId>) -> BackendFuture<Result<Vec<StoredUser>, StoreError>>;
 
     /// Per question, in order: whether the member is in the owner's list of that version.

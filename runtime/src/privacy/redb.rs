@@ -34,7 +34,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTran
 
 use super::json::{settings_from_stored, settings_to_stored};
 use super::memory::patched;
-use super::{BackendFuture, ContactsError, Membership, PrivacyBackend, StoredUser};
+use super::{BackendFuture, ContactsError, Membership, PrivacyBackend, StoredUser, WHOLE_LIST_MAX};
 use crate::store::with_timeout;
 #[cfg(doc)]
 use crate::store::RedbDurable;
@@ -142,8 +142,37 @@ fn read_list(
     owner: &str,
 ) -> Result<BTreeSet<UserId>, Failure> {
     let mut list = BTreeSet::new();
+    read_rows(table, owner, usize::MAX, |contact| {
+        list.insert(contact);
+    })?;
+    Ok(list)
+}
+
+/// `owner`'s contacts if there are at most `max`, in key order; `None` if there are more (only
+/// `max + 1` rows are read).
+fn read_short_list(
+    table: &impl ReadableTable<(&'static str, &'static str), ()>,
+    owner: &str,
+    max: usize,
+) -> Result<Option<Vec<UserId>>, Failure> {
+    let mut list = Vec::new();
+    let complete = read_rows(table, owner, max + 1, |contact| list.push(contact))? <= max;
+    Ok(complete.then_some(list))
+}
+
+/// Feeds up to `most` of `owner`'s contacts to `each`, in key order; how many it fed.
+fn read_rows(
+    table: &impl ReadableTable<(&'static str, &'static str), ()>,
+    owner: &str,
+    most: usize,
+    mut each: impl FnMut(UserId),
+) -> Result<usize, Failure> {
+    let mut n = 0;
     // All rows of `owner` sort together and start at (owner, ""): no id is smaller than "".
     for row in table.range((owner, "")..)? {
+        if n == most {
+            break;
+        }
         let (key, _) = row?;
         let (row_owner, contact) = key.value();
         if row_owner != owner {
@@ -153,9 +182,10 @@ fn read_list(
             tracing::warn!(user = owner, "invalid contact id in redb: the user's contacts are unavailable");
             Failure::Corrupt(format!("a stored contact of {owner} is not a valid user id"))
         })?;
-        list.insert(contact);
+        each(contact);
+        n += 1;
     }
-    Ok(list)
+    Ok(n)
 }
 
 /// Makes `owner`'s rows equal to `next`, given the current rows `current` (only the difference
@@ -178,9 +208,10 @@ fn write_list(
 impl PrivacyBackend for RedbPrivacy {
     fn read_users(&self, users: Vec<UserId>) -> BackendFuture<Result<Vec<StoredUser>, StoreError>> {
         self.run_store(move |db| {
-            // One read snapshot for all users.
+            // One read snapshot for all users, settings and short lists alike.
             let txn = db.begin_read()?;
             let table = txn.open_table(SETTINGS)?;
+            let lists = txn.open_table(CONTACTS)?;
             users
                 .iter()
                 .map(|u| {
@@ -188,7 +219,8 @@ impl PrivacyBackend for RedbPrivacy {
                         Some(text) => Some(parse_settings(u, text.value())?),
                         None => None,
                     };
-                    Ok(StoredUser { settings, list: 0 })
+                    let contacts = read_short_list(&lists, u.as_str(), WHOLE_LIST_MAX)?.map(Arc::from);
+                    Ok(StoredUser { settings, list: 0, contacts })
                 })
                 .collect()
         })
@@ -303,15 +335,21 @@ mod tests {
             let durable = RedbDurable::open(dir.path()).unwrap();
             let p = durable.privacy();
             assert_eq!(p.kind(), "redb");
-            let none = StoredUser { settings: None, list: 0 };
-            assert_eq!(p.read_users(vec![user("bob")]).await.unwrap(), vec![none.clone()]);
+            assert_eq!(p.read_users(vec![user("bob")]).await.unwrap(), vec![StoredUser::unknown()]);
             p.put_settings(user("bob"), settings(&["eve"])).await.unwrap();
             p.put_contacts(user("bob"), set(&["carl", "amy", "Zed"])).await.unwrap();
             p.put_contacts(user("amy"), set(&["bob"])).await.unwrap();
-            let bob = StoredUser { settings: Some(settings(&["eve"])), list: 0 };
+            // Short lists come whole, sorted, with the settings.
+            let whole = |ids: &[&str]| Some(ids.iter().map(|u| user(u)).collect());
+            let bob = StoredUser {
+                settings: Some(settings(&["eve"])),
+                list: 0,
+                contacts: whole(&["Zed", "amy", "carl"]),
+            };
+            let amy = StoredUser { settings: None, list: 0, contacts: whole(&["bob"]) };
             assert_eq!(
                 p.read_users(vec![user("bob"), user("amy"), user("bob")]).await.unwrap(),
-                vec![bob.clone(), none, bob]
+                vec![bob.clone(), amy, bob]
             );
         }
         let durable = RedbDurable::open(dir.path()).unwrap();
@@ -353,6 +391,24 @@ mod tests {
         assert_eq!(p.contacts(user("bob")).await.unwrap(), Vec::<UserId>::new());
     }
 
+    /// A list one longer than [`WHOLE_LIST_MAX`] is not returned whole; one of that length is.
+    #[tokio::test]
+    async fn only_short_lists_come_whole() {
+        let dir = TempDir::new("privacy-redb-short");
+        let durable = RedbDurable::open(dir.path()).unwrap();
+        let p = durable.privacy();
+        let ids: Vec<String> = (0..=WHOLE_LIST_MAX).map(|i| format!("c{i:03}")).collect();
+        let all: Vec<&str> = ids.iter().map(String::as_str).collect();
+        p.put_contacts(user("amy"), set(&all[..WHOLE_LIST_MAX])).await.unwrap();
+        p.put_contacts(user("bob"), set(&all)).await.unwrap();
+        // The user after bob in key order has rows too: bob's scan must stop at his own.
+        p.put_contacts(user("bobby"), set(&["x"])).await.unwrap();
+        let read = p.read_users(vec![user("amy"), user("bob"), user("bobby")]).await.unwrap();
+        let lens: Vec<Option<usize>> = read.iter().map(|u| u.contacts.as_ref().map(|c| c.len())).collect();
+        assert_eq!(lens, vec![Some(WHOLE_LIST_MAX), None, Some(1)]);
+        assert_eq!(read[0].contacts.as_deref().unwrap()[0], user("c000"));
+    }
+
     #[tokio::test]
     async fn unparseable_settings_fail_closed() {
         let dir = TempDir::new("privacy-redb-corrupt");
@@ -366,7 +422,7 @@ mod tests {
         let r = p.read_users(vec![user("amy"), user("bob")]).await;
         assert!(matches!(r, Err(StoreError::Unavailable(_))), "{r:?}");
         // Another user alone still reads.
-        assert_eq!(p.read_users(vec![user("amy")]).await.unwrap(), vec![StoredUser::default()]);
+        assert_eq!(p.read_users(vec![user("amy")]).await.unwrap(), vec![StoredUser::unknown()]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
