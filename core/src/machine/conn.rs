@@ -81,7 +81,7 @@ impl Presence {
         let expires = self.deadline_of(expires);
         self.conns.insert(
             conn,
-            Conn {
+            Box::new(Conn {
                 user: user.clone(),
                 sid,
                 last_proof: self.now,
@@ -95,7 +95,7 @@ impl Presence {
                 shown: BTreeMap::new(),
                 views: BTreeMap::new(),
                 privacy_refresh_at: None,
-            },
+            }),
         );
         self.timers.insert((timer_at, conn));
         if let Some(at) = expires {

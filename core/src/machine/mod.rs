@@ -58,7 +58,9 @@ pub struct Presence {
     next_sid: u64,
     /// Live connections. Looked up on every frame, so hashed with FxHash (the keys are ids the
     /// driver assigns, not attacker-chosen); never iterated into an output without sorting.
-    conns: FxHashMap<ConnId, Conn>,
+    /// Boxed: a hash table keeps up to half its buckets empty, and an empty bucket then costs 16
+    /// bytes instead of a `Conn`'s ~200 (idle memory per connection, BENCHMARKS.md).
+    conns: FxHashMap<ConnId, Box<Conn>>,
     /// One heartbeat check per connection, (when, conn). Re-armed lazily when it fires, so a frame
     /// costs a hash lookup and two stores, not a tree update.
     timers: BTreeSet<(MonoTime, ConnId)>,

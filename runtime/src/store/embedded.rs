@@ -21,7 +21,7 @@
 //! blocking pool and may still commit; that is the documented meaning of
 //! [`StoreError::Timeout`] ("may or may not have been applied").
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -37,13 +37,15 @@ use tokio::sync::{mpsc, watch};
 use super::{with_timeout, DurableStore, Notice, RegistryStore, StoreFuture};
 use crate::privacy::redb::RedbPrivacy;
 
-/// One user's registry state, mirroring the two Redis keys.
+/// One user's registry state, mirroring the Redis keys.
 #[derive(Default)]
 struct UserState {
-    /// `ws:{user}`: session id -> server id. A `BTreeMap` so inspection output is ordered.
-    sessions: BTreeMap<String, String>,
-    /// `ws_lease:{user}`: session id -> lease token.
-    leases: BTreeMap<String, LeaseToken>,
+    /// `ws:{user}` and `ws_lease:{user}` in one: (session id, lease token), sorted by session id
+    /// (so inspection output is ordered). The server id of every session is the registry's own,
+    /// and the two Redis hashes always change together here, so neither is stored per session.
+    /// A sorted `Vec`, not a map: a user has a handful of sessions, and this is per connection
+    /// memory (a `BTreeMap` node alone is over 500 bytes; BENCHMARKS.md, idle memory).
+    sessions: Vec<(Box<str>, LeaseToken)>,
     /// `last_seen:{user}`, already clamped to the wire range like the Redis string is. Created
     /// only from durable values, like the Redis cache (docs/STORES.md, "Cache fill").
     last_seen: Option<UnixMillis>,
@@ -87,7 +89,7 @@ impl MemoryRegistry {
     pub fn sessions(&self, user: &UserId) -> Vec<(String, String)> {
         self.lock()
             .get(user)
-            .map(|u| u.sessions.iter().map(|(s, v)| (s.clone(), v.clone())).collect())
+            .map(|u| u.sessions.iter().map(|(s, _)| (s.to_string(), self.server_id.to_string())).collect())
             .unwrap_or_default()
     }
 
@@ -110,15 +112,16 @@ impl MemoryRegistry {
         let mut users = self.lock();
         match op {
             RegistryOp::Register { user, session, token } => {
-                let state = users.entry(user).or_default();
-                state.leases.insert(session.as_str().to_owned(), token);
-                state.sessions.insert(session.as_str().to_owned(), self.server_id.to_string());
+                let sessions = &mut users.entry(user).or_default().sessions;
+                match sessions.binary_search_by(|(s, _)| (**s).cmp(session.as_str())) {
+                    Ok(i) => sessions[i].1 = token,
+                    Err(i) => sessions.insert(i, (session.as_str().into(), token)),
+                }
                 StoreOutput::Done
             }
             RegistryOp::EndSession { user, session, last_seen, .. } => {
                 let state = users.entry(user.clone()).or_default();
-                state.sessions.remove(session.as_str());
-                state.leases.remove(session.as_str());
+                state.sessions.retain(|(s, _)| **s != *session.as_str());
                 state.record_end(last_seen);
                 StoreOutput::Done
             }
@@ -147,7 +150,7 @@ impl MemoryRegistry {
                     .iter()
                     .map(|u| match users.get(u) {
                         Some(state) => RegistryEntry {
-                            leases: state.leases.values().copied().collect(),
+                            leases: state.sessions.iter().map(|(_, token)| *token).collect(),
                             last_seen: state.last_seen,
                             pending: state.pending,
                         },
