@@ -115,7 +115,14 @@ impl MemoryRegistry {
                 let sessions = &mut users.entry(user).or_default().sessions;
                 match sessions.binary_search_by(|(s, _)| (**s).cmp(session.as_str())) {
                     Ok(i) => sessions[i].1 = token,
-                    Err(i) => sessions.insert(i, (session.as_str().into(), token)),
+                    Err(i) => {
+                        // Most users have one session: room for exactly that, not the 4 a
+                        // growing Vec starts with (later growth stays amortized).
+                        if sessions.is_empty() {
+                            sessions.reserve_exact(1);
+                        }
+                        sessions.insert(i, (session.as_str().into(), token));
+                    }
                 }
                 StoreOutput::Done
             }
