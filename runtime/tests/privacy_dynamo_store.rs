@@ -196,19 +196,19 @@ async fn settings_round_trip_beside_last_seen() {
     let f = Fixture::new("settings").await;
     let p = &f.privacy;
     assert_eq!(p.read_users(vec![]).await.unwrap(), vec![]);
-    assert_eq!(p.read_users(vec![user("bob")]).await.unwrap(), vec![StoredUser::unknown()]);
+    assert_eq!(p.read_users(vec![user("bob")]).await.unwrap(), vec![StoredUser::never_set()]);
 
     f.durable.execute(DurableOp::Write { user: user("bob"), last_seen: UnixMillis(1_000) }).await.unwrap();
     let bob = settings(LastSeenAudience::Contacts, &["eve", "dan"]);
     p.put_settings(user("bob"), bob.clone()).await.unwrap();
     p.put_settings(user("amy"), settings(LastSeenAudience::Nobody, &[])).await.unwrap();
     // No list written: known to be empty.
-    let want_bob = StoredUser { settings: Some(bob), ..StoredUser::unknown() };
+    let want_bob = StoredUser { settings: Some(bob), ..StoredUser::never_set() };
     let want_amy =
-        StoredUser { settings: Some(settings(LastSeenAudience::Nobody, &[])), ..StoredUser::unknown() };
+        StoredUser { settings: Some(settings(LastSeenAudience::Nobody, &[])), ..StoredUser::never_set() };
     assert_eq!(
         p.read_users(vec![user("bob"), user("carl"), user("amy"), user("bob")]).await.unwrap(),
-        vec![want_bob.clone(), StoredUser::unknown(), want_amy, want_bob]
+        vec![want_bob.clone(), StoredUser::never_set(), want_amy, want_bob]
     );
 
     // The item as an operator reads it: the API's JSON, and last_seen untouched either way.

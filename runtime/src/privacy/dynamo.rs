@@ -268,7 +268,7 @@ async fn read_users(
             found.insert(user.clone(), stored);
         }
     }
-    Ok(users.iter().map(|u| found.get(u.as_str()).cloned().unwrap_or_else(StoredUser::unknown)).collect())
+    Ok(users.iter().map(|u| found.get(u.as_str()).cloned().unwrap_or_else(StoredUser::never_set)).collect())
 }
 
 async fn read_memberships(
@@ -497,7 +497,7 @@ mod tests {
     fn parses_a_users_item_and_fails_closed() {
         let s = |v: &str| AttributeValue::S(v.to_owned());
         let n = |v: &str| AttributeValue::N(v.to_owned());
-        assert_eq!(parse_user("bob", &item(&[])).unwrap(), StoredUser::unknown());
+        assert_eq!(parse_user("bob", &item(&[])).unwrap(), StoredUser::never_set());
         let text = r#"{"last_seen":"nobody","online":"everyone","except":["eve"]}"#;
         let got =
             parse_user("bob", &item(&[(PRIVACY_ATTR, s(text)), (CONTACTS_LIST_ATTR, n("42"))])).unwrap();

@@ -67,7 +67,7 @@ pub struct StoredUser {
 impl StoredUser {
     /// What a backend holds for a user who never set settings nor wrote a list: the default
     /// settings and a known, empty list.
-    pub fn unknown() -> StoredUser {
+    pub fn never_set() -> StoredUser {
         StoredUser { settings: None, list: 0, contacts: Some(Arc::from([])) }
     }
 }

@@ -335,7 +335,7 @@ mod tests {
             let durable = RedbDurable::open(dir.path()).unwrap();
             let p = durable.privacy();
             assert_eq!(p.kind(), "redb");
-            assert_eq!(p.read_users(vec![user("bob")]).await.unwrap(), vec![StoredUser::unknown()]);
+            assert_eq!(p.read_users(vec![user("bob")]).await.unwrap(), vec![StoredUser::never_set()]);
             p.put_settings(user("bob"), settings(&["eve"])).await.unwrap();
             p.put_contacts(user("bob"), set(&["carl", "amy", "Zed"])).await.unwrap();
             p.put_contacts(user("amy"), set(&["bob"])).await.unwrap();
@@ -422,7 +422,7 @@ mod tests {
         let r = p.read_users(vec![user("amy"), user("bob")]).await;
         assert!(matches!(r, Err(StoreError::Unavailable(_))), "{r:?}");
         // Another user alone still reads.
-        assert_eq!(p.read_users(vec![user("amy")]).await.unwrap(), vec![StoredUser::unknown()]);
+        assert_eq!(p.read_users(vec![user("amy")]).await.unwrap(), vec![StoredUser::never_set()]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
