@@ -17,7 +17,7 @@ use super::changes::ChangeFeed;
 use super::config::{check_addr, RedisConfig, RedisTarget, RedisUrlError};
 use super::connect::AbortOnDrop;
 use super::ops::{publish_privacy, run_op, Topology};
-use super::reply::{classify, read_run_ids};
+use super::reply::{classify, read_run_ids, warn_if_evicting};
 use super::single::wait_true;
 use crate::store::{Notice, RegistryStore, StoreFuture};
 
@@ -206,6 +206,7 @@ async fn supervise_cluster(inner: Arc<Cluster>, client: ClusterClient) {
             None
         }
     };
+    warn_if_evicting(&mut conn, config.op_timeout).await;
     *inner.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
     inner.connected.send_replace(true);
     tracing::info!("redis cluster connected");

@@ -1,5 +1,5 @@
-//! Reading Redis's replies: registry entries, the lease renewal, `INFO server` run ids, and how an
-//! error maps to the core's [`StoreError`].
+//! Reading Redis's replies: registry entries, the lease renewal, `INFO server` run ids, the
+//! `INFO memory` eviction policy, and how an error maps to the core's [`StoreError`].
 
 use presence_core::store::{LeaseToken, LeaseView, RegistryEntry, StoreError, StoreOutput};
 use presence_core::time::UnixMillis;
@@ -82,27 +82,63 @@ pub(super) fn classify(e: &RedisError) -> (StoreError, bool) {
 
 /// Extracts every `run_id:` line of an `INFO server` reply (one per node on a cluster), sorted.
 pub(super) fn run_ids(reply: &Value) -> Vec<String> {
-    fn walk(v: &Value, out: &mut Vec<String>) {
+    info_values(reply, "run_id")
+}
+
+/// The values of `field` in an `INFO` reply (one node's text, or a cluster's map of them), sorted.
+fn info_values(reply: &Value, field: &str) -> Vec<String> {
+    fn walk(v: &Value, prefix: &str, out: &mut Vec<String>) {
         let text = match v {
             Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
             Value::SimpleString(s) => s.clone(),
             Value::VerbatimString { text, .. } => text.clone(),
             Value::Array(items) | Value::Set(items) => {
-                items.iter().for_each(|i| walk(i, out));
+                items.iter().for_each(|i| walk(i, prefix, out));
                 return;
             }
             Value::Map(pairs) => {
-                pairs.iter().for_each(|(_, v)| walk(v, out));
+                pairs.iter().for_each(|(_, v)| walk(v, prefix, out));
                 return;
             }
             _ => return,
         };
-        out.extend(text.lines().filter_map(|l| l.strip_prefix("run_id:")).map(|id| id.trim().to_owned()));
+        out.extend(text.lines().filter_map(|l| l.strip_prefix(prefix)).map(|v| v.trim().to_owned()));
     }
     let mut out = Vec::new();
-    walk(reply, &mut out);
+    walk(reply, &format!("{field}:"), &mut out);
     out.sort();
     out
+}
+
+/// The eviction policies (`maxmemory_policy`) other than `noeviction` among the nodes' `INFO
+/// memory` replies, each once. Any other policy may evict a session entry, a lease or a pending
+/// last_seen under memory pressure (docs/OPERATIONS.md, "Redis"). Empty when every node keeps
+/// `noeviction`, or when the reply names no policy (a test double, a proxy that hides it).
+pub(super) fn evicting_policies(reply: &Value) -> Vec<String> {
+    let mut policies = info_values(reply, "maxmemory_policy");
+    policies.retain(|p| p != "noeviction");
+    policies.dedup();
+    policies
+}
+
+/// Reads the nodes' eviction policy at connect and warns if any node may evict our keys. Never
+/// fails the connection: the check is advice to the operator, and a Redis that hides `INFO
+/// memory` still serves.
+pub(super) async fn warn_if_evicting<C: ConnectionLike + Send>(conn: &mut C, limit: std::time::Duration) {
+    match tokio::time::timeout(limit, redis::cmd("INFO").arg("memory").query_async::<Value>(conn)).await {
+        Ok(Ok(v)) => {
+            let policies = evicting_policies(&v);
+            if !policies.is_empty() {
+                tracing::warn!(
+                    policies = %policies.join(","),
+                    "redis may evict presence keys (sessions, leases, pending last_seen) under memory \
+                     pressure: set maxmemory-policy noeviction (docs/OPERATIONS.md)"
+                );
+            }
+        }
+        Ok(Err(e)) => tracing::debug!(error = %e, "redis INFO memory failed; eviction policy not checked"),
+        Err(_) => tracing::debug!("redis INFO memory timed out; eviction policy not checked"),
+    }
 }
 
 /// Reads the run ids. `Ok(None)` when the server does not support `INFO` (a test double): the
@@ -154,5 +190,25 @@ mod tests {
             (Value::BulkString(b"n1".to_vec()), Value::BulkString(b"run_id:aa\r\n".to_vec())),
         ]);
         assert_eq!(run_ids(&cluster), vec!["aa".to_owned(), "zz".to_owned()]);
+    }
+
+    #[test]
+    fn finds_evicting_policies() {
+        let node = |p: &str| {
+            Value::BulkString(format!("# Memory\r\nmaxmemory:0\r\nmaxmemory_policy:{p}\r\n").into_bytes())
+        };
+        assert_eq!(evicting_policies(&node("noeviction")), Vec::<String>::new());
+        assert_eq!(evicting_policies(&node("allkeys-lru")), vec!["allkeys-lru".to_owned()]);
+        let cluster = Value::Map(vec![
+            (Value::BulkString(b"n1".to_vec()), node("volatile-ttl")),
+            (Value::BulkString(b"n2".to_vec()), node("noeviction")),
+            (Value::BulkString(b"n3".to_vec()), node("volatile-ttl")),
+        ]);
+        assert_eq!(evicting_policies(&cluster), vec!["volatile-ttl".to_owned()]);
+        // No policy in the reply (the simulator's Redis): nothing to warn about.
+        assert_eq!(
+            evicting_policies(&Value::BulkString(b"# Server\r\nrun_id:x\r\n".to_vec())),
+            Vec::<String>::new()
+        );
     }
 }

@@ -16,7 +16,7 @@ use super::changes::ChangeFeed;
 use super::config::{RedisConfig, RedisTarget, RedisUrlError};
 use super::connect::{AbortOnDrop, RedisConnector, TcpConnector};
 use super::ops::{publish_privacy, run_op, Topology};
-use super::reply::{classify, read_run_ids};
+use super::reply::{classify, read_run_ids, warn_if_evicting};
 use crate::store::{Notice, RegistryStore, StoreFuture};
 
 /// The registry on one Redis node, over a stream from a [`RedisConnector`], with its own
@@ -233,6 +233,7 @@ async fn connect_single(
         .await
         .map_err(|_| "INFO server timed out".to_owned())?
         .map_err(|e| format!("INFO server: {e}"))?;
+    warn_if_evicting(&mut conn, config.op_timeout).await;
     Ok((conn, driver, ids))
 }
 
