@@ -10,14 +10,16 @@
 //!   (token 1) is always live and there is never anything to reap. Change notices for
 //!   subscriptions are sent in process.
 //! - [`RedbDurable`] plays DynamoDB: a [`redb`] file `<data_dir>/presence.redb` with one table
-//!   `last_seen: user_id -> i64 epoch millis`. Every write is a max-register done inside one write
-//!   transaction (read, compare, insert, commit), so it is atomic against concurrent writers, and
-//!   each commit is durable (fsync'd) before the op reports success: last_seen survives a crash or
-//!   restart of the process. The same file holds the privacy tables ([`RedbDurable::privacy`],
+//!   `last_seen: user_id -> i64 epoch millis`. Every write is a max-register (read, compare,
+//!   insert) inside a write transaction, so it is atomic against concurrent writers, and its commit
+//!   is durable (fsync'd) before the op reports success: last_seen survives a crash or restart of
+//!   the process. One thread makes every last_seen write and commits the writes that queued up
+//!   meanwhile together (group commit, `super::redb_writer`): a burst of session ends pays one
+//!   fsync per batch, not one per end. The same file holds the privacy tables ([`RedbDurable::privacy`],
 //!   `crate::privacy::redb`), created here at open.
 //!
-//! redb's API is blocking, so each op runs on tokio's blocking pool (`spawn_blocking`) and the
-//! async side only waits for it, bounded by the op timeout. A timed-out op keeps running on the
+//! redb's API is blocking, so each read runs on tokio's blocking pool (`spawn_blocking`), each
+//! write on the writer thread, and the async side only waits for it, bounded by the op timeout. A timed-out op keeps running on the
 //! blocking pool and may still commit; that is the documented meaning of
 //! [`StoreError::Timeout`] ("may or may not have been applied").
 
@@ -31,9 +33,10 @@ use presence_core::store::{
 };
 use presence_core::time::UnixMillis;
 use presence_core::user::UserId;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, TableDefinition};
 use tokio::sync::{mpsc, watch};
 
+use super::redb_writer::Writer;
 use super::{with_timeout, DurableStore, Notice, RegistryStore, StoreFuture};
 use crate::privacy::redb::RedbPrivacy;
 
@@ -251,6 +254,14 @@ pub enum OpenError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The thread that makes the file's last_seen writes could not be started.
+    #[error("cannot start the writer thread for {path}: {source}")]
+    Writer {
+        /// The database file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// redb could not open or initialise the file (already open by another process, corrupt,
     /// unreadable, ...).
     #[error("cannot open {path}: {source}")]
@@ -268,8 +279,11 @@ pub enum OpenError {
 /// process, or this one before the first handle is dropped) fails with
 /// [`OpenError::Redb`] (`DatabaseAlreadyOpen`).
 pub struct RedbDurable {
-    /// Shared with the blocking tasks; the file closes when the last clone drops.
+    /// Shared with the blocking tasks and the writer thread; the file closes when the last clone
+    /// drops.
     db: Arc<Database>,
+    /// The thread that makes every last_seen write (group commit). Dropping it joins the thread.
+    writer: Writer,
     /// Bound on each op, including the wait for a blocking-pool thread.
     op_timeout: Duration,
 }
@@ -301,7 +315,10 @@ impl RedbDurable {
             Ok(())
         })()
         .map_err(wrap)?;
-        Ok(RedbDurable { db: Arc::new(db), op_timeout: RedbDurable::DEFAULT_OP_TIMEOUT })
+        let db = Arc::new(db);
+        let writer = Writer::start(Arc::clone(&db), LAST_SEEN)
+            .map_err(|source| OpenError::Writer { path: path.to_owned(), source })?;
+        Ok(RedbDurable { db, writer, op_timeout: RedbDurable::DEFAULT_OP_TIMEOUT })
     }
 
     /// Sets the bound on each op (default [`RedbDurable::DEFAULT_OP_TIMEOUT`]).
@@ -317,30 +334,6 @@ impl RedbDurable {
     }
 }
 
-/// Max-register write in one write transaction: nothing can interleave between the read and the
-/// insert, and the commit is durable before we return.
-/// Returns whether the value was applied (false: an equal or newer one is stored).
-fn redb_write(db: &Database, user: &UserId, last_seen: UnixMillis) -> Result<bool, redb::Error> {
-    let txn = db.begin_write()?;
-    let changed = {
-        let mut table = txn.open_table(LAST_SEEN)?;
-        let current = table.get(user.as_str())?.map(|v| v.value());
-        if current.is_none_or(|old| old < last_seen.0) {
-            table.insert(user.as_str(), last_seen.0)?;
-            true
-        } else {
-            false
-        }
-    };
-    if changed {
-        txn.commit()?;
-    } else {
-        // Nothing to persist: skip the fsync a commit would cost.
-        txn.abort()?;
-    }
-    Ok(changed)
-}
-
 /// Reads all users from one read snapshot, in request order.
 fn redb_read(db: &Database, users: &[UserId]) -> Result<Vec<Option<UnixMillis>>, redb::Error> {
     let txn = db.begin_read()?;
@@ -350,15 +343,25 @@ fn redb_read(db: &Database, users: &[UserId]) -> Result<Vec<Option<UnixMillis>>,
 
 impl DurableStore for RedbDurable {
     fn execute(&self, op: DurableOp) -> StoreFuture {
-        let db = Arc::clone(&self.db);
         let limit = self.op_timeout;
+        let users = match op {
+            DurableOp::Write { user, last_seen } => {
+                // Queued now, so writes apply in the order they were issued.
+                let outcome = self.writer.write(user, last_seen);
+                return Box::pin(with_timeout(limit, async move {
+                    match outcome.await {
+                        Ok(Ok(true)) => Ok(StoreOutput::Done),
+                        Ok(Ok(false)) => Ok(StoreOutput::Superseded),
+                        Ok(Err(e)) => Err(StoreError::Unavailable(e)),
+                        Err(_) => Err(StoreError::Unavailable("redb: the writer thread stopped".into())),
+                    }
+                }));
+            }
+            DurableOp::Read { users } => users,
+        };
+        let db = Arc::clone(&self.db);
         Box::pin(with_timeout(limit, async move {
-            let task =
-                tokio::task::spawn_blocking(move || match op {
-                    DurableOp::Write { user, last_seen } => redb_write(&db, &user, last_seen)
-                        .map(|applied| if applied { StoreOutput::Done } else { StoreOutput::Superseded }),
-                    DurableOp::Read { users } => redb_read(&db, &users).map(StoreOutput::Durable),
-                });
+            let task = tokio::task::spawn_blocking(move || redb_read(&db, &users).map(StoreOutput::Durable));
             match task.await {
                 Ok(Ok(out)) => Ok(out),
                 Ok(Err(e)) => {
@@ -558,5 +561,29 @@ mod tests {
             t.await.unwrap();
         }
         assert_eq!(durable_read(&db, &["bob"]).await, vec![Some(1_048)]);
+    }
+
+    #[tokio::test]
+    async fn redb_writes_issued_together_apply_in_order_each_with_its_outcome() {
+        let dir = TempDir::new("redb-group");
+        let db = RedbDurable::open(dir.path()).unwrap();
+        let writes = [("bob", 10), ("bob", 5), ("carol", 7), ("bob", 20), ("bob", 20), ("carol", 3)];
+        // Each write is queued when `execute` is called, so they apply in this order whether the
+        // writer thread takes them in one batch or several; order decides each outcome.
+        let pending: Vec<_> = writes
+            .iter()
+            .map(|&(u, t)| db.execute(DurableOp::Write { user: user(u), last_seen: UnixMillis(t) }))
+            .collect();
+        let mut outcomes = Vec::new();
+        for p in pending {
+            outcomes.push(p.await.unwrap());
+        }
+        use StoreOutput::{Done, Superseded};
+        assert_eq!(outcomes, vec![Done, Superseded, Done, Done, Superseded, Superseded]);
+        assert_eq!(durable_read(&db, &["bob", "carol"]).await, vec![Some(20), Some(7)]);
+        // Dropping the store joins the writer thread, so the file can be opened again at once.
+        drop(db);
+        let db = RedbDurable::open(dir.path()).unwrap();
+        assert_eq!(durable_read(&db, &["bob", "carol"]).await, vec![Some(20), Some(7)]);
     }
 }

@@ -36,6 +36,7 @@ use tokio::sync::mpsc;
 
 pub mod dynamo;
 pub mod embedded;
+mod redb_writer;
 pub mod redis;
 
 pub use self::dynamo::{DynamoConfig, DynamoDurable};
