@@ -410,8 +410,15 @@ impl Driver {
             // Most privacy reads are answered by the cache alone: then inline, as for tokens,
             // instead of a task and a trip through the store-results channel per query.
             Effect::Store { id, op: StoreOp::Privacy(op) } => match self.stores.privacy.read_cached(&op) {
-                Some(answer) => {
+                Some((answer, due)) => {
                     self.metrics.privacy_reads_cached.inc();
+                    if !due.is_empty() {
+                        // Entries near their TTL: re-read in the background, so that the queries
+                        // of the moment they would expire do not all miss at once.
+                        self.metrics.privacy_refreshes.add(due.len() as u64);
+                        let cache = self.stores.privacy.clone();
+                        tokio::spawn(async move { cache.refresh(due).await });
+                    }
                     self.feed(Input::StoreDone { id, result: Ok(StoreOutput::Privacy(answer)) });
                 }
                 None => self.spawn_store(id, StoreOp::Privacy(op)),

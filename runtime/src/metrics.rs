@@ -109,6 +109,8 @@ pub struct Metrics {
     /// Privacy reads answered from the cache alone, without a store task (the others are in the
     /// store histogram as `store="privacy"`).
     pub privacy_reads_cached: Counter,
+    /// Cached privacy entries re-read ahead of their TTL.
+    pub privacy_refreshes: Counter,
     in_flight: AtomicU64,
     /// (store, op) -> latency histogram.
     stores: Mutex<BTreeMap<(&'static str, &'static str), Histogram>>,
@@ -245,6 +247,7 @@ impl Metrics {
             ("presence_frame_rate_closes_total", "Connections closed by their own task for exceeding the frame rate (1008).", self.frame_rate_closes.get()),
             ("presence_registry_users_read_total", "Users named in registry reads (a user repeated in one request counts once).", self.registry_users_read.get()),
             ("presence_privacy_reads_cached_total", "Privacy reads answered from the cache alone (the others: store=\"privacy\" in the store histogram).", self.privacy_reads_cached.get()),
+            ("presence_privacy_refreshes_total", "Cached privacy entries (users) re-read from the store ahead of their TTL, in the background.", self.privacy_refreshes.get()),
             ("presence_lookups_refused_total", "Requests refused for the asking user's lookup budget or queries in flight (rate_limited, 429).", s.lookups_refused),
             ("presence_handshakes_refused_total", "Sockets closed at once at --max-handshakes.", self.handshakes_refused.get()),
             ("presence_refused_sessions_per_user_total", "Upgrades refused with 429 at --max-sessions-per-user.", self.refused_sessions_per_user.get()),
