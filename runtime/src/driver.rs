@@ -414,10 +414,15 @@ impl Driver {
                     self.metrics.privacy_reads_cached.inc();
                     if !due.is_empty() {
                         // Entries near their TTL: re-read in the background, so that the queries
-                        // of the moment they would expire do not all miss at once.
+                        // of the moment they would expire do not all miss at once. Under the
+                        // privacy reads' concurrency bound, like every privacy store read.
                         self.metrics.privacy_refreshes.add(due.len() as u64);
-                        let cache = self.stores.privacy.clone();
-                        tokio::spawn(async move { cache.refresh(due).await });
+                        let (cache, slots) = (self.stores.privacy.clone(), self.privacy_slots.clone());
+                        tokio::spawn(async move {
+                            if let Ok(_slot) = slots.acquire_owned().await {
+                                cache.refresh(due).await;
+                            }
+                        });
                     }
                     self.feed(Input::StoreDone { id, result: Ok(StoreOutput::Privacy(answer)) });
                 }
