@@ -15,13 +15,14 @@
 //!   is durable (fsync'd) before the op reports success: last_seen survives a crash or restart of
 //!   the process. One thread makes every last_seen write and commits the writes that queued up
 //!   meanwhile together (group commit, `super::redb_writer`): a burst of session ends pays one
-//!   fsync per batch, not one per end. The same file holds the privacy tables ([`RedbDurable::privacy`],
-//!   `crate::privacy::redb`), created here at open.
+//!   fsync per batch, not one per end. The same file holds the privacy tables
+//!   ([`RedbDurable::privacy`], `crate::privacy::redb`), created here at open.
 //!
 //! redb's API is blocking, so each read runs on tokio's blocking pool (`spawn_blocking`), each
-//! write on the writer thread, and the async side only waits for it, bounded by the op timeout. A timed-out op keeps running on the
-//! blocking pool and may still commit; that is the documented meaning of
-//! [`StoreError::Timeout`] ("may or may not have been applied").
+//! write on the writer thread, and the async side only waits for it, bounded by the op timeout.
+//! A timed-out op keeps running (on the pool, or queued on the writer thread) and may still
+//! commit; that is the documented meaning of [`StoreError::Timeout`] ("may or may not have been
+//! applied").
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -284,7 +285,7 @@ pub struct RedbDurable {
     db: Arc<Database>,
     /// The thread that makes every last_seen write (group commit). Dropping it joins the thread.
     writer: Writer,
-    /// Bound on each op, including the wait for a blocking-pool thread.
+    /// Bound on each op, including the wait for a blocking-pool thread or the writer thread.
     op_timeout: Duration,
 }
 
