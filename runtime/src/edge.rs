@@ -7,10 +7,10 @@
 //!   accepted without a free permit is closed at once, so slow clients cannot use up the process's
 //!   file descriptors);
 //! - WebSocket sessions per user (`--max-sessions-per-user`) and per client IP address
-//!   (`--max-connections-per-ip`) are counted in [`Counts`]; the upgrade that would go past the
+//!   (`--max-connections-per-ip`) are counted in `Counts`; the upgrade that would go past the
 //!   cap is answered with HTTP 429 before the WebSocket opens;
 //! - in dev mode, only requests whose `Host` names the loopback interface are served
-//!   ([`is_loopback_host`]): a page on another site that a DNS-rebinding attack points at
+//!   (`is_loopback_host`): a page on another site that a DNS-rebinding attack points at
 //!   127.0.0.1 sends its own host name, and must not get dev tokens.
 //!
 //! Counts are per server: a user's sessions on other servers are not seen here.

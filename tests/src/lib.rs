@@ -7,7 +7,7 @@
 //!
 //! | module        | role                                                                         |
 //! |---------------|------------------------------------------------------------------------------|
-//! | [`env`]       | the required environment (`PRESENCE_TEST_*`, `PRESENCE_SERVER_BIN`); fails with what to install |
+//! | [`env`](mod@env) | the required environment (`PRESENCE_TEST_*`, `PRESENCE_SERVER_BIN`); fails with what to install |
 //! | [`process`]   | a child process that is always killed and reaped on drop (even on panic), free ports |
 //! | [`stack`]     | [`Stack`]: one test's directory, Redis, dynalite, table and JWT secret       |
 //! | [`redis`]     | start/kill/restart `redis-server`, a local cluster, and read `ws:{u}` / `last_seen:{u}` |
@@ -21,7 +21,7 @@
 //! | [`scenarios`] | scenario bodies shared by several test files (seed, several devices)         |
 //!
 //! The tests need services, so every test is `#[ignore]`d with the reason; `scripts/test` installs
-//! the services, exports the variables [`env`] reads, and runs the suite with `--include-ignored`.
+//! the services, exports the variables [`env`](mod@env) reads, and runs the suite with `--include-ignored`.
 //! A test that runs without them fails with a message naming what to install; it never skips.
 //!
 //! Timing: servers run with a 200 ms ping interval and a 1 s heartbeat timeout, and every wait is

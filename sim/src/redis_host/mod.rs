@@ -1,6 +1,6 @@
 //! The Redis host's state: a small Redis, enough for what the runtime sends, with Redis
-//! semantics ([`commands`]), and the registry's real Lua scripts run by an embedded Lua 5.1
-//! ([`lua`]), as Redis runs them; the Redis clock (`TIME`) is true virtual time. Its software, the
+//! semantics (`commands`), and the registry's real Lua scripts run by an embedded Lua 5.1
+//! (`lua`), as Redis runs them; the Redis clock (`TIME`) is true virtual time. Its software, the
 //! RESP server on turmoil TCP, is [`crate::redis_server`].
 //!
 //! Commands: `PING`, `CLIENT` (SETINFO), `SELECT`, `INFO` (with a `run_id` that changes on every

@@ -1,6 +1,6 @@
 //! How the executors reach Redis: the byte streams ([`AsyncStream`]) and the connectors that open
 //! them ([`RedisConnector`]: TCP or a Unix socket in production, a simulated stream in the
-//! simulator), and the guard that ties a background task to its owner ([`AbortOnDrop`]).
+//! simulator), and the guard that ties a background task to its owner (`AbortOnDrop`).
 //!
 //! The single-node executor and the change feed both open their streams through a connector; the
 //! cluster executor's connections are managed by the `redis` crate.

@@ -82,7 +82,7 @@ impl Single {
 
 impl RedisRegistry {
     /// A registry on the single node of `url` (`redis://...` or `redis+unix://...`), connecting
-    /// over TCP or the Unix socket. Use [`open_redis`] to also accept cluster URLs.
+    /// over TCP or the Unix socket. Use [`open_redis`](super::open_redis) to also accept cluster URLs.
     ///
     /// Returns at once and connects in the background. Must be called inside a tokio runtime.
     pub fn from_url(url: &str, config: RedisConfig) -> Result<RedisRegistry, RedisUrlError> {
