@@ -272,20 +272,19 @@ impl PrivacyCache {
         let start = self.lock().epoch;
         let read = with_timeout(self.config.op_timeout, self.backend.read_users(users.clone())).await;
         let mut st = self.lock();
-        match read {
-            Ok(stored) if stored.len() == users.len() => {
-                let now = Instant::now();
-                for (u, s) in users.into_iter().zip(stored) {
-                    if st.fresh_since(start, &u) {
-                        self.fill(&mut st, u, s, now);
-                    } else if let Some(c) = st.users.get_mut(&u) {
-                        c.refreshing = false;
-                    }
+        // A failed or misshapen read answers no one: every entry then just leaves the refresh.
+        let mut stored = match read {
+            Ok(stored) if stored.len() == users.len() => Some(stored.into_iter()),
+            _ => None,
+        };
+        let now = Instant::now();
+        for u in users {
+            match stored.as_mut().and_then(Iterator::next) {
+                Some(s) if st.fresh_since(start, &u) => {
+                    self.fill(&mut st, u, s, now);
                 }
-            }
-            _ => {
-                for u in &users {
-                    if let Some(c) = st.users.get_mut(u) {
+                _ => {
+                    if let Some(c) = st.users.get_mut(&u) {
                         c.refreshing = false;
                     }
                 }
