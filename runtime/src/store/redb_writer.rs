@@ -1,11 +1,17 @@
 //! Group commit for the embedded durable store ([`super::RedbDurable`]): one thread owns every
-//! last_seen write to the redb file and commits all the writes that queued up during its previous
-//! commit in one write transaction.
+//! last_seen write to the redb file and commits, in one write transaction, the writes that arrive
+//! within [`LINGER`] of the batch's first one.
 //!
 //! Why: redb runs one write transaction at a time, and each commit is an fsync. With a transaction
 //! per session end, a burst of ends (short connections churning, a mass disconnect) parks a
 //! blocking-pool thread per end on redb's write lock and pays one fsync per end. Batched, the
 //! burst pays one fsync per batch.
+//!
+//! Why linger rather than take only what queued during the previous commit: a commit here takes
+//! a few hundred microseconds, so at 17,000 ends/s that rule made about 1,350 fsyncs a second
+//! (`perf stat -e syscalls:sys_enter_fdatasync` on the churn load). Each fsync is a virtual disk's
+//! doorbell (a VM exit) and a wake of this thread; together they cost the churn benchmark about a
+//! quarter of its rate (BENCHMARKS.md, churn). Lingering makes it about 80 a second.
 //!
 //! What does not change: each write is still a max-register, applied in the order the writes were
 //! queued, and each reports success only once the commit that holds it is durable. A batch that
@@ -14,6 +20,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use presence_core::time::UnixMillis;
 use presence_core::user::UserId;
@@ -23,6 +30,11 @@ use tokio::sync::oneshot;
 /// The most writes one transaction takes; more wait for the next one. Bounds a transaction's
 /// memory and how long one fsync holds back the writes queued behind it.
 const MAX_BATCH: usize = 1024;
+
+/// How long a batch waits, after its first write arrives, for more before it commits. It adds at
+/// most this much to a write's time to durable, and nothing to what readers see: the registry's
+/// record of a session end does not wait for the durable write.
+const LINGER: Duration = Duration::from_millis(10);
 
 /// The outcome of one write: whether it was applied (`false`: an equal or newer value was
 /// stored), or why its batch did not commit.
@@ -52,8 +64,10 @@ impl Writer {
         let thread = std::thread::Builder::new().name("redb-writer".into()).spawn(move || {
             while let Ok(first) = rx.recv() {
                 let mut batch = vec![first];
+                let until = Instant::now() + LINGER;
                 while batch.len() < MAX_BATCH {
-                    match rx.try_recv() {
+                    // Disconnected (the store dropped) ends the wait too: the batch commits now.
+                    match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
                         Ok(job) => batch.push(job),
                         Err(_) => break,
                     }
