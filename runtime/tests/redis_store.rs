@@ -24,10 +24,10 @@ use presence_core::store::{
 use presence_core::time::UnixMillis;
 use presence_core::user::{SessionId, UserId};
 use presence_runtime::store::redis::{
-    last_seen_key, lease_index_key, lease_name, pending_key, ws_key, ws_lease_key, LEASES_KEY,
+    last_seen_key, lease_index_key, lease_name, pending_key, read_view_key, ws_key, ws_lease_key, LEASES_KEY,
 };
 use presence_runtime::store::{
-    AsyncStream, ConnectFuture, Notice, RedisConfig, RedisConnector, RedisRegistry, RegistryStore,
+    AsyncStream, ConnectFuture, Notice, ReadFrom, RedisConfig, RedisConnector, RedisRegistry, RegistryStore,
 };
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncCommands, IntoConnectionInfo};
@@ -177,14 +177,17 @@ async fn set_last_seen_is_a_max_register() {
     assert_eq!(read1(&reg, &bob).await, vec![entry(0, Some(T0 + 10_000))]);
 
     // A value that is not a fixed-width timestamp reads as absent and is overwritten by the
-    // next write, even an old one (it would otherwise block the register forever).
+    // next write, even an old one (it would otherwise block the register forever). Written by
+    // hand, so the view is deleted with it, as docs/OPERATIONS.md says to: reads take the keys.
     let _: () = admin.set(&key, "zzz not a time").await.unwrap();
+    let _: () = admin.del(read_view_key(&bob)).await.unwrap();
     assert_eq!(read1(&reg, &bob).await, vec![entry(0, None)]);
     ok(&reg, set(&bob, 5)).await;
     let stored: String = admin.get(&key).await.unwrap();
     assert_eq!(stored, "1970-01-01T00:00:00.005Z");
+    assert_eq!(read1(&reg, &bob).await, vec![entry(0, Some(5))]);
 
-    let _: () = admin.del(&key).await.unwrap();
+    let _: () = admin.del(&[key, read_view_key(&bob)]).await.unwrap();
 }
 
 #[tokio::test]
@@ -253,6 +256,91 @@ async fn batch_read_answers_in_request_order() {
     let mut keys = vec![ws_key(&online), last_seen_key(&online), last_seen_key(&offline)];
     keys.extend(many.iter().map(last_seen_key));
     let _: () = admin.del(keys).await.unwrap();
+}
+
+/// After every kind of write, a read from the view equals a read from the keys and the expected
+/// entry, and `read_view:{u}` holds the documented string (docs/STORES.md, "Read view").
+#[tokio::test]
+#[ignore = "needs redis: run via scripts/test"]
+async fn the_read_view_follows_every_write() {
+    let _serial = SERIAL.lock().await;
+    let views = connected(config()).await;
+    let keys = connected(RedisConfig { read_from: ReadFrom::Keys, ..config() }).await;
+    let mut admin = admin().await;
+    let u = fresh_user("view");
+    let ts = |ms: i64| UnixMillis(ms).to_rfc3339();
+    let (a, b) = (SessionId::new("a"), SessionId::new("b"));
+    let steps: Vec<(RegistryOp, RegistryEntry, Option<String>)> = vec![
+        (register(&u, "a"), entry(1, None), Some("5||".into())),
+        (register(&u, "b"), entry(2, None), Some("5 5||".into())),
+        (
+            RegistryOp::RecordLastSeen { user: u.clone(), last_seen: UnixMillis(T0) },
+            RegistryEntry { pending: Some(UnixMillis(T0)), ..entry(2, None) },
+            Some(format!("5 5||{}", ts(T0))),
+        ),
+        (set(&u, T0 + 1), entry(2, Some(T0 + 1)), Some(format!("5 5|{}|", ts(T0 + 1)))),
+        (end(&u, "a", T0 + 2), entry(1, Some(T0 + 2)), Some(format!("5|{}|", ts(T0 + 2)))),
+        (
+            RegistryOp::MarkReaped {
+                token: TOKEN,
+                last_seen: UnixMillis(T0 + 3),
+                sessions: vec![(u.clone(), b.clone())],
+            },
+            entry(1, Some(T0 + 3)),
+            Some(format!("5|{}|", ts(T0 + 3))),
+        ),
+        (
+            RegistryOp::Reap {
+                lease: lease_name("srv-test", TOKEN),
+                token: TOKEN,
+                sessions: vec![(u.clone(), b, true)],
+            },
+            entry(0, Some(T0 + 3)),
+            Some(format!("|{}|", ts(T0 + 3))),
+        ),
+        // A session that is not held under the token is left alone, and so is the view.
+        (
+            RegistryOp::Reap {
+                lease: lease_name("srv-test", TOKEN),
+                token: TOKEN,
+                sessions: vec![(u.clone(), a, true)],
+            },
+            entry(0, Some(T0 + 3)),
+            Some(format!("|{}|", ts(T0 + 3))),
+        ),
+    ];
+    for (i, (op, want, view)) in steps.into_iter().enumerate() {
+        ok(&views, op).await;
+        assert_eq!(read1(&views, &u).await, vec![want.clone()], "step {i}: read from the view");
+        assert_eq!(read1(&keys, &u).await, vec![want], "step {i}: read from the keys");
+        let got: Option<String> = admin.get(read_view_key(&u)).await.unwrap();
+        assert_eq!(got, view, "step {i}: read_view");
+    }
+    let gone: Vec<String> =
+        vec![ws_key(&u), ws_lease_key(&u), last_seen_key(&u), pending_key(&u), read_view_key(&u)];
+    let _: () = admin.del(gone).await.unwrap();
+}
+
+/// A user whose keys were written without a view (by a server of an earlier version) is read from
+/// the keys: an absent view never hides a value. Reading does not create the view.
+#[tokio::test]
+#[ignore = "needs redis: run via scripts/test"]
+async fn a_user_without_a_read_view_is_read_from_its_keys() {
+    let _serial = SERIAL.lock().await;
+    let reg = connected(config()).await;
+    let mut admin = admin().await;
+    let (old, fresh) = (fresh_user("noview"), fresh_user("noview-fresh"));
+    let _: () = admin.hset(ws_lease_key(&old), "s1", TOKEN.0).await.unwrap();
+    let _: () = admin.set(last_seen_key(&old), UnixMillis(T0).to_rfc3339()).await.unwrap();
+    ok(&reg, set(&fresh, T0 + 9)).await;
+    assert_eq!(
+        read(&reg, &[old.clone(), fresh.clone()]).await,
+        vec![entry(1, Some(T0)), entry(0, Some(T0 + 9))]
+    );
+    let view: Option<String> = admin.get(read_view_key(&old)).await.unwrap();
+    assert_eq!(view, None);
+    let gone = vec![ws_lease_key(&old), last_seen_key(&old), last_seen_key(&fresh), read_view_key(&fresh)];
+    let _: () = admin.del(gone).await.unwrap();
 }
 
 #[tokio::test]

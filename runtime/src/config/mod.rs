@@ -100,6 +100,15 @@ pub struct WatchArgs {
     pub users: Vec<String>,
 }
 
+/// `--redis-read`: where presence reads take users' state from.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum RedisRead {
+    /// The read view, `read_view:{u}`: one value per user.
+    View,
+    /// The keys the view summarises (`ws_lease:{u}`, `last_seen:{u}`, `last_seen_pending:{u}`).
+    Keys,
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum LogFormat {
@@ -127,6 +136,11 @@ pub struct ServeArgs {
     /// `redis+cluster://host1:port,host2:port`. Default: in-process registry (one server only).
     #[arg(long, env = "PRESENCE_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+    /// Where presence reads take each user's state from in Redis: `view` (one `read_view:{u}` per
+    /// user, kept by every script) or `keys` (the three keys it summarises). Run `keys` while a
+    /// server of a version without read views still writes to the same Redis (docs/OPERATIONS.md).
+    #[arg(long, env = "PRESENCE_REDIS_READ", value_enum, default_value = "view")]
+    pub redis_read: RedisRead,
     /// DynamoDB table for durable last_seen. Default: embedded store in --data-dir.
     #[arg(long, env = "PRESENCE_DYNAMODB_TABLE")]
     pub dynamodb_table: Option<String>,

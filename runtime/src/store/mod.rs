@@ -42,8 +42,8 @@ pub mod redis;
 pub use self::dynamo::{DynamoConfig, DynamoDurable};
 pub use self::embedded::{MemoryRegistry, OpenError, RedbDurable};
 pub use self::redis::{
-    open_redis, AsyncStream, ConnectFuture, RedisClusterRegistry, RedisConfig, RedisConnector, RedisRegistry,
-    RedisTarget, RedisUrlError, TcpConnector,
+    open_redis, AsyncStream, ConnectFuture, ReadFrom, RedisClusterRegistry, RedisConfig, RedisConnector,
+    RedisRegistry, RedisTarget, RedisUrlError, TcpConnector,
 };
 
 /// What an executor's `execute` returns: a boxed, `Send` future, so the traits stay object safe

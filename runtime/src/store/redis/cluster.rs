@@ -137,8 +137,8 @@ impl RedisClusterRegistry {
 
 impl RegistryStore for RedisClusterRegistry {
     fn execute(&self, op: RegistryOp) -> StoreFuture {
-        let server_id = self.inner.config.server_id.clone();
-        self.run(move |conn| async move { run_op(conn, &server_id, op, Topology::Cluster).await })
+        let (server_id, read_from) = (self.inner.config.server_id.clone(), self.inner.config.read_from);
+        self.run(move |conn| async move { run_op(conn, &server_id, op, Topology::Cluster, read_from).await })
     }
 
     fn announce_privacy(&self, user: &UserId) -> StoreFuture {

@@ -26,6 +26,21 @@ pub struct RedisConfig {
     pub reconnect_backoff_max: Duration,
     /// How often an idle connection is checked (`INFO server`: liveness and run_id; default 5 s).
     pub health_check_interval: Duration,
+    /// Where a presence read takes each user's state from (default: the read view).
+    pub read_from: ReadFrom,
+}
+
+/// Where a presence read (`RegistryOp::Read`) takes each user's state from (`--redis-read`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReadFrom {
+    /// `read_view:{u}`, one value per user, which every script keeps equal to the keys (a user
+    /// without one is read from the keys). Needs every server that writes to this Redis to keep
+    /// the views (this version and later): see docs/OPERATIONS.md, "Upgrading to the read view".
+    #[default]
+    View,
+    /// `ws_lease:{u}`, `last_seen:{u}` and `last_seen_pending:{u}` themselves: what servers did
+    /// before the read view, and what to run while an older server still writes to this Redis.
+    Keys,
 }
 
 impl RedisConfig {
@@ -38,6 +53,7 @@ impl RedisConfig {
             reconnect_backoff_min: Duration::from_millis(50),
             reconnect_backoff_max: Duration::from_secs(2),
             health_check_interval: Duration::from_secs(5),
+            read_from: ReadFrom::View,
         }
     }
 

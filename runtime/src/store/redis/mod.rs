@@ -93,10 +93,10 @@ mod sharded;
 mod single;
 
 pub use self::cluster::RedisClusterRegistry;
-pub use self::config::{RedisConfig, RedisTarget, RedisUrlError, CLUSTER_SCHEME};
+pub use self::config::{ReadFrom, RedisConfig, RedisTarget, RedisUrlError, CLUSTER_SCHEME};
 pub use self::connect::{AsyncStream, ConnectFuture, RedisConnector, TcpConnector};
 pub use self::schema::{
-    last_seen_key, lease_index_key, lease_name, pending_key, ws_key, ws_lease_key, LEASES_KEY,
+    last_seen_key, lease_index_key, lease_name, pending_key, read_view_key, ws_key, ws_lease_key, LEASES_KEY,
     LEASE_CLAIMS_KEY, LEASE_RENEWED_KEY, LEASE_TOKEN_KEY,
 };
 pub use self::scripts::RegistryScript;

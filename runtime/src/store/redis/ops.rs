@@ -3,16 +3,17 @@
 
 use std::collections::BTreeSet;
 
-use presence_core::store::{LeaseToken, ReapBatch, RegistryOp, StoreOutput};
+use presence_core::store::{LeaseToken, ReapBatch, RegistryEntry, RegistryOp, StoreOutput};
 use presence_core::time::UnixMillis;
 use presence_core::user::{SessionId, UserId};
 use redis::aio::ConnectionLike;
 use redis::{ErrorKind, RedisError, RedisResult, Value};
 
-use super::reply::{parse_entry, parse_lease_view};
+use super::config::ReadFrom;
+use super::reply::{parse_entry, parse_lease_view, parse_view};
 use super::schema::{
-    index_member, last_seen_key, lease_index_key, lease_name, lease_token, parse_member, pending_key, ws_key,
-    ws_lease_key, LEASES_KEY, LEASE_CLAIMS_KEY, LEASE_RENEWED_KEY, LEASE_TOKEN_KEY,
+    index_member, last_seen_key, lease_index_key, lease_name, lease_token, parse_member, pending_key,
+    read_view_key, ws_key, ws_lease_key, LEASES_KEY, LEASE_CLAIMS_KEY, LEASE_RENEWED_KEY, LEASE_TOKEN_KEY,
 };
 use super::scripts::RegistryScript;
 use crate::store::{change_channel, PRIVACY_CHANNEL};
@@ -30,12 +31,13 @@ pub(super) trait Conn: ConnectionLike + Clone + Send + 'static {}
 
 impl<C: ConnectionLike + Clone + Send + 'static> Conn for C {}
 
-/// Runs one op on `conn`, as server `server_id`.
+/// Runs one op on `conn`, as server `server_id`; `Read` takes users' state from `read_from`.
 pub(super) async fn run_op<C: Conn>(
     mut conn: C,
     server_id: &str,
     op: RegistryOp,
     topology: Topology,
+    read_from: ReadFrom,
 ) -> RedisResult<StoreOutput> {
     let c = &mut conn;
     match op {
@@ -59,11 +61,15 @@ pub(super) async fn run_op<C: Conn>(
         RegistryOp::RecordLastSeen { user, last_seen } => {
             last_seen_script(c, RegistryScript::RecordLastSeen, &user, last_seen).await
         }
-        RegistryOp::Read { users } => read(c, topology, &users).await,
+        RegistryOp::Read { users } => match read_from {
+            ReadFrom::View => read_views(c, topology, &users).await,
+            ReadFrom::Keys => read(c, topology, &users).await,
+        },
     }
 }
 
-/// `Register`: the lease index, the lease hash, the server hash, then the change notice.
+/// `Register`: the lease index, then the lease hash, the server hash and the read view (one
+/// script), then the change notice.
 async fn register<C: Conn>(
     conn: &mut C,
     topology: Topology,
@@ -85,15 +91,18 @@ async fn register<C: Conn>(
         }
         Topology::Cluster => sadd.query_async::<()>(conn).await?,
     }
-    // The lease before the server id: readers look at `ws_lease` only.
-    pipe.cmd("HSET")
+    // Both hashes and the read view in one script. `EVAL` with the text, not `EVALSHA`: a
+    // `NOSCRIPT` inside a pipeline would fail the registration after the index was added.
+    pipe.cmd("EVAL")
+        .arg(RegistryScript::Register.source())
+        .arg(5)
         .arg(ws_lease_key(user))
+        .arg(ws_key(user))
+        .arg(last_seen_key(user))
+        .arg(pending_key(user))
+        .arg(read_view_key(user))
         .arg(session.as_str())
         .arg(token.0)
-        .ignore()
-        .cmd("HSET")
-        .arg(ws_key(user))
-        .arg(session.as_str())
         .arg(server_id)
         .ignore()
         .add_command(publish(topology, &change_channel(user), ""))
@@ -119,6 +128,7 @@ async fn end_session<C: Conn>(
         .key(last_seen_key(user))
         .key(ws_lease_key(user))
         .key(pending_key(user))
+        .key(read_view_key(user))
         .arg(session.as_str())
         .arg(last_seen.to_rfc3339())
         .invoke_async::<i64>(conn)
@@ -229,7 +239,7 @@ async fn mark_reaped<C: Conn>(
     let marks = sessions.iter().map(|(user, session)| {
         let mut conn = conn.clone();
         let mut call = RegistryScript::ReapMark.script().prepare_invoke();
-        call.key(ws_lease_key(user)).key(last_seen_key(user)).key(pending_key(user));
+        call.key(ws_lease_key(user)).key(last_seen_key(user)).key(pending_key(user)).key(read_view_key(user));
         call.arg(session.as_str()).arg(token.0).arg(&ts);
         async move { call.invoke_async::<i64>(&mut conn).await }
     });
@@ -249,6 +259,7 @@ async fn reap<C: Conn>(
         let mut conn = conn.clone();
         let mut call = RegistryScript::Reap.script().prepare_invoke();
         call.key(ws_key(user)).key(ws_lease_key(user));
+        call.key(last_seen_key(user)).key(pending_key(user)).key(read_view_key(user));
         call.arg(session.as_str()).arg(token.0);
         async move { call.invoke_async::<i64>(&mut conn).await }
     });
@@ -267,7 +278,7 @@ async fn reap<C: Conn>(
     Ok(StoreOutput::Done)
 }
 
-/// `SetLastSeen` or `RecordLastSeen`: the script on the user's two last_seen keys.
+/// `SetLastSeen` or `RecordLastSeen`: the script on the user's two last_seen keys (and its view).
 async fn last_seen_script<C: Conn>(
     conn: &mut C,
     script: RegistryScript,
@@ -278,17 +289,76 @@ async fn last_seen_script<C: Conn>(
         .script()
         .key(last_seen_key(user))
         .key(pending_key(user))
+        .key(ws_lease_key(user))
+        .key(read_view_key(user))
         .arg(last_seen.to_rfc3339())
         .invoke_async::<i64>(conn)
         .await?;
     Ok(StoreOutput::Done)
 }
 
-/// `Read`: per user the `HVALS ws_lease:{u}` and the two last_seen strings, as entries in the
-/// request's order.
-async fn read<C: Conn>(conn: &mut C, topology: Topology, users: &[UserId]) -> RedisResult<StoreOutput> {
+/// `Read` from the views: one `MGET` of every user's `read_view:{u}` on a single node (one
+/// command and one reply per user, where the keys cost 101 commands and three replies per user:
+/// BENCHMARKS.md); on a cluster one `GET` per user, in parallel. A user without a view (nothing
+/// recorded, or state written before the views existed) is read from the keys, as [`read`] does,
+/// so an absent view never hides a value. Entries in the request's order.
+async fn read_views<C: Conn>(conn: &mut C, topology: Topology, users: &[UserId]) -> RedisResult<StoreOutput> {
     if users.is_empty() {
         return Ok(StoreOutput::Registry(Vec::new()));
+    }
+    let views = match topology {
+        Topology::Single => {
+            let mut mget = redis::cmd("MGET");
+            for user in users {
+                mget.arg(read_view_key(user));
+            }
+            mget.query_async::<Vec<Value>>(conn).await?
+        }
+        Topology::Cluster => {
+            let gets = users.iter().map(|user| {
+                let mut conn = conn.clone();
+                let get = redis::cmd("GET").arg(read_view_key(user)).clone();
+                async move { get.query_async::<Value>(&mut conn).await }
+            });
+            futures_util::future::try_join_all(gets).await?
+        }
+    };
+    if views.len() != users.len() {
+        return Err(RedisError::from((
+            ErrorKind::UnexpectedReturnType,
+            "registry read: wrong number of views",
+            format!("expected {}, got {}", users.len(), views.len()),
+        )));
+    }
+    let mut entries = users
+        .iter()
+        .zip(&views)
+        .map(|(user, view)| parse_view(user, view))
+        .collect::<RedisResult<Vec<_>>>()?;
+    let absent: Vec<usize> = (0..users.len()).filter(|&i| entries[i].is_none()).collect();
+    if !absent.is_empty() {
+        let missing: Vec<UserId> = absent.iter().map(|&i| users[i].clone()).collect();
+        for (i, entry) in absent.into_iter().zip(read_entries(conn, topology, &missing).await?) {
+            entries[i] = Some(entry);
+        }
+    }
+    Ok(StoreOutput::Registry(entries.into_iter().flatten().collect()))
+}
+
+/// `Read` from the keys: per user the `HVALS ws_lease:{u}` and the two last_seen strings, as
+/// entries in the request's order.
+async fn read<C: Conn>(conn: &mut C, topology: Topology, users: &[UserId]) -> RedisResult<StoreOutput> {
+    Ok(StoreOutput::Registry(read_entries(conn, topology, users).await?))
+}
+
+/// [`read`]'s entries.
+async fn read_entries<C: Conn>(
+    conn: &mut C,
+    topology: Topology,
+    users: &[UserId],
+) -> RedisResult<Vec<RegistryEntry>> {
+    if users.is_empty() {
+        return Ok(Vec::new());
     }
     let values = match topology {
         Topology::Single => read_single(conn, users).await?,
@@ -301,12 +371,7 @@ async fn read<C: Conn>(conn: &mut C, topology: Topology, users: &[UserId]) -> Re
             format!("expected {}, got {}", users.len() * 3, values.len()),
         )));
     }
-    let entries = users
-        .iter()
-        .zip(values.chunks_exact(3))
-        .map(|(user, r)| parse_entry(user, &r[0], &r[1], &r[2]))
-        .collect::<RedisResult<Vec<_>>>()?;
-    Ok(StoreOutput::Registry(entries))
+    users.iter().zip(values.chunks_exact(3)).map(|(user, r)| parse_entry(user, &r[0], &r[1], &r[2])).collect()
 }
 
 /// One round trip and 101 commands for 100 users: each user's `HVALS`, then one `MGET` of every

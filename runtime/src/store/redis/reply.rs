@@ -7,7 +7,7 @@ use presence_core::user::UserId;
 use redis::aio::ConnectionLike;
 use redis::{ErrorKind, RedisError, RedisResult, Value};
 
-use super::schema::{last_seen_key, lease_token, pending_key, ws_lease_key};
+use super::schema::{last_seen_key, lease_token, pending_key, read_view_key, ws_lease_key};
 
 /// The renewal script's reply: `{token, live names, expired names}`.
 pub(super) fn parse_lease_view(
@@ -53,6 +53,46 @@ pub(super) fn parse_entry(
     let last_seen = parse_timestamp(|| last_seen_key(user), last_seen);
     let pending = parse_timestamp(|| pending_key(user), pending);
     Ok(RegistryEntry { leases, last_seen, pending })
+}
+
+/// Turns a `read_view:{u}` reply into an entry; `None` when the view is absent (the caller reads
+/// the keys). A view that is not `<tokens>|<timestamp or empty>|<timestamp or empty>` with numeric
+/// tokens is an error, as a wrong `ws_lease` reply is (something else wrote it: do not guess).
+pub(super) fn parse_view(user: &UserId, view: &Value) -> RedisResult<Option<RegistryEntry>> {
+    let wrong = |what: &dyn std::fmt::Debug| {
+        RedisError::from((
+            ErrorKind::UnexpectedReturnType,
+            "registry read: bad read view",
+            format!("{}: {what:?}", read_view_key(user)),
+        ))
+    };
+    let text = match view {
+        Value::Nil => return Ok(None),
+        Value::BulkString(bytes) => std::str::from_utf8(bytes).map_err(|_| wrong(view))?,
+        Value::SimpleString(s) => s.as_str(),
+        other => return Err(wrong(other)),
+    };
+    let mut parts = text.splitn(3, '|');
+    let (Some(tokens), Some(last_seen), Some(pending)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(wrong(&text));
+    };
+    let leases = tokens
+        .split(' ')
+        .filter(|t| !t.is_empty())
+        .map(|t| t.parse().map(LeaseToken).map_err(|_| wrong(&text)))
+        .collect::<RedisResult<Vec<_>>>()?;
+    // As from the keys: a timestamp of the right shape that is no date reads as absent (logged).
+    let stamp = |v: &str| {
+        if v.is_empty() {
+            return None;
+        }
+        let parsed = UnixMillis::parse_rfc3339(v);
+        if parsed.is_none() {
+            tracing::warn!(key = %read_view_key(user), value = v, "unparseable timestamp in redis: treated as absent");
+        }
+        parsed
+    };
+    Ok(Some(RegistryEntry { leases, last_seen: stamp(last_seen), pending: stamp(pending) }))
 }
 
 /// A `GET` of a timestamp key: `None` if absent, or (logged) if not a fixed-width timestamp.

@@ -11,6 +11,11 @@
 //! - `ws_lease:{<user>}`: a hash beside `ws:{<user>}`, field = session id, value = the fencing
 //!   token (decimal) of the server lease the session was registered under. Readers count a session
 //!   online only while that lease is live.
+//! - `read_view:{<user>}`: a string, what a reader needs of the three keys above in one value:
+//!   `<token> <token>...|<last_seen>|<pending>` (the `ws_lease` tokens, then the two timestamps,
+//!   each empty if absent or malformed), absent when all three are. Derived: every script that
+//!   changes `ws_lease`, `last_seen` or `last_seen_pending` rewrites it last, in the same script,
+//!   so it always equals their projection. Readers `MGET` it (docs/STORES.md, "Read view").
 //!
 //! Leases (docs/STORES.md, "Leases"; all under the `{presence}` hash tag, so one slot):
 //!
@@ -51,6 +56,12 @@ pub fn pending_key(user: &UserId) -> String {
 /// The lease hash of `user`: `ws_lease:{<user>}` (session id -> lease token).
 pub fn ws_lease_key(user: &UserId) -> String {
     format!("ws_lease:{{{user}}}")
+}
+
+/// The read view of `user`: `read_view:{<user>}` (derived from the lease hash and both last_seen
+/// keys; see the module docs).
+pub fn read_view_key(user: &UserId) -> String {
+    format!("read_view:{{{user}}}")
 }
 
 /// The sorted set of leases (name -> expiry by the Redis clock).

@@ -3,8 +3,8 @@
 //! (which runs these very sources in its embedded Lua) and the differential test.
 //!
 //! A script's text is the concatenation of a shared library file and its own file, exactly as
-//! Redis receives it: `last_seen_lib.lua` (the timestamp helpers) or `redis_now_lib.lua` (the
-//! Redis clock), then the body. No comments inside the sources: the text is what `EVALSHA` names
+//! Redis receives it: `last_seen_lib.lua` (the timestamp helpers) and `read_view_lib.lua` (the
+//! read view), or `redis_now_lib.lua` (the Redis clock), then the body. No comments inside the sources: the text is what `EVALSHA` names
 //! by its SHA-1, and these docs are where each script's contract lives.
 //!
 //! `last_seen_lib.lua` defines, as Lua locals: `wf(v)`, whether `v` is a well-formed fixed-width
@@ -15,6 +15,13 @@
 //! only ever created from a durable value). Redis compares the strings in Lua; both sides have the
 //! same fixed shape and differ only in digits, so the comparison is time order under any
 //! collation locale.
+//!
+//! `read_view_lib.lua` defines `sync_view(lease, cache, pending, view)`: rewrites the user's read
+//! view (`read_view:{u}`, docs/STORES.md) from the three keys it summarises: the lease tokens of
+//! `ws_lease:{u}`, then the cache and the pending value (each only if well formed), as
+//! `<tok> <tok>...|<cache>|<pending>`; deletes it when all three are empty. Every script that
+//! changes one of the three keys ends with it, so the view is always their projection (one script,
+//! one slot: atomic).
 //!
 //! `redis_now_lib.lua` defines `now`: the Redis clock (`TIME`) in Unix milliseconds.
 
@@ -29,6 +36,13 @@ macro_rules! last_seen_lib {
     };
 }
 
+/// The read view's writer (`sync_view`; uses `wf`).
+macro_rules! read_view_lib {
+    () => {
+        include_str!("scripts/read_view_lib.lua")
+    };
+}
+
 /// The Redis clock as a Lua local `now`.
 macro_rules! redis_now_lib {
     () => {
@@ -36,34 +50,44 @@ macro_rules! redis_now_lib {
     };
 }
 
-const SET_LAST_SEEN: &str = concat!(last_seen_lib!(), include_str!("scripts/set_last_seen.lua"));
-const RECORD_LAST_SEEN: &str = concat!(last_seen_lib!(), include_str!("scripts/record_last_seen.lua"));
-const END_SESSION: &str = concat!(last_seen_lib!(), include_str!("scripts/end_session.lua"));
-const REAP_MARK: &str = concat!(last_seen_lib!(), include_str!("scripts/reap_mark.lua"));
+const SET_LAST_SEEN: &str =
+    concat!(last_seen_lib!(), read_view_lib!(), include_str!("scripts/set_last_seen.lua"));
+const RECORD_LAST_SEEN: &str =
+    concat!(last_seen_lib!(), read_view_lib!(), include_str!("scripts/record_last_seen.lua"));
+const END_SESSION: &str =
+    concat!(last_seen_lib!(), read_view_lib!(), include_str!("scripts/end_session.lua"));
+const REAP_MARK: &str = concat!(last_seen_lib!(), read_view_lib!(), include_str!("scripts/reap_mark.lua"));
 const RENEW_LEASE: &str = concat!(redis_now_lib!(), include_str!("scripts/renew_lease.lua"));
 const CLAIM_REAP: &str = concat!(redis_now_lib!(), include_str!("scripts/claim_reap.lua"));
 const DROP_LEASE: &str = concat!(redis_now_lib!(), include_str!("scripts/drop_lease.lua"));
-const REAP: &str = include_str!("scripts/reap.lua");
+const REAP: &str = concat!(last_seen_lib!(), read_view_lib!(), include_str!("scripts/reap.lua"));
+const REGISTER: &str = concat!(last_seen_lib!(), read_view_lib!(), include_str!("scripts/register.lua"));
 
 /// A registry script. Keys and arguments are listed per variant; every script touches one slot.
+/// `view` is `read_view:{u}`: each script that changes a user's sessions or last_seen values ends
+/// with `sync_view` on it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum RegistryScript {
     /// `SetLastSeen`: `KEYS[1]` = `last_seen:{u}`, `KEYS[2]` = `last_seen_pending:{u}`,
-    /// `ARGV[1]` = the fixed-width timestamp (a durable value). Max-register of the cache,
+    /// `KEYS[3]` = `ws_lease:{u}`, `KEYS[4]` = view, `ARGV[1]` = the fixed-width timestamp (a
+    /// durable value). Max-register of the cache,
     /// creating it; then the pending value is dropped if the cache covers it. Returns 1 if the
     /// cache was written.
     SetLastSeen,
     /// `RecordLastSeen`: `KEYS[1]` = `last_seen:{u}`, `KEYS[2]` = `last_seen_pending:{u}`,
-    /// `ARGV[1]` = the fixed-width timestamp (a value not yet durable). `record_end` alone: the
+    /// `KEYS[3]` = `ws_lease:{u}`, `KEYS[4]` = view, `ARGV[1]` = the fixed-width timestamp (a value
+    /// not yet durable). `record_end` alone: the
     /// cache if present, else the pending key. Returns 1 if it wrote.
     RecordLastSeen,
     /// `EndSession`: `KEYS[1]` = `ws:{u}`, `KEYS[2]` = `last_seen:{u}`, `KEYS[3]` =
-    /// `ws_lease:{u}`, `KEYS[4]` = `last_seen_pending:{u}`, `ARGV[1]` = session id, `ARGV[2]` = the
+    /// `ws_lease:{u}`, `KEYS[4]` = `last_seen_pending:{u}`, `KEYS[5]` = view, `ARGV[1]` = session
+    /// id, `ARGV[2]` = the
     /// fixed-width timestamp. `HDEL` of this session's fields only, then `record_end`, atomically
     /// (one script, one slot; docs/STORES.md, "Cache fill").
     EndSession,
     /// `MarkReaped`, per session: `KEYS[1]` = `ws_lease:{u}`, `KEYS[2]` = `last_seen:{u}`,
-    /// `KEYS[3]` = `last_seen_pending:{u}`; `ARGV[1]` = session, `ARGV[2]` = the dead lease's
+    /// `KEYS[3]` = `last_seen_pending:{u}`, `KEYS[4]` = view; `ARGV[1]` = session, `ARGV[2]` = the
+    /// dead lease's
     /// token, `ARGV[3]` = the fixed-width timestamp of its last renewal. If the session is still
     /// held under that lease, `record_end` its value and return 1; else 0.
     ReapMark,
@@ -81,14 +105,21 @@ pub enum RegistryScript {
     /// the lease. Forgets it if it is still expired (an expired lease is never renewed, so this is
     /// only a guard against a clock step).
     DropLease,
-    /// `Reap`, per held session: `KEYS[1]` = `ws:{u}`, `KEYS[2]` = `ws_lease:{u}`; `ARGV[1]` =
+    /// `Reap`, per held session: `KEYS[1]` = `ws:{u}`, `KEYS[2]` = `ws_lease:{u}`, `KEYS[3]` =
+    /// `last_seen:{u}`, `KEYS[4]` = `last_seen_pending:{u}`, `KEYS[5]` = view; `ARGV[1]` =
     /// session, `ARGV[2]` = the dead lease's token. Compare-and-delete on the fencing token.
     Reap,
+    /// `Register`'s user part: `KEYS[1]` = `ws_lease:{u}`, `KEYS[2]` = `ws:{u}`, `KEYS[3]` =
+    /// `last_seen:{u}`, `KEYS[4]` = `last_seen_pending:{u}`, `KEYS[5]` = view; `ARGV[1]` = session,
+    /// `ARGV[2]` = the lease token, `ARGV[3]` = the server id. Sets both hash fields, then the
+    /// view. Sent with `EVAL` (its text) inside the registration's pipeline, so a `NOSCRIPT` can
+    /// never split the pipeline.
+    Register,
 }
 
 impl RegistryScript {
     /// Every script.
-    pub const ALL: [RegistryScript; 8] = [
+    pub const ALL: [RegistryScript; 9] = [
         RegistryScript::SetLastSeen,
         RegistryScript::RecordLastSeen,
         RegistryScript::EndSession,
@@ -97,6 +128,7 @@ impl RegistryScript {
         RegistryScript::ClaimReap,
         RegistryScript::DropLease,
         RegistryScript::Reap,
+        RegistryScript::Register,
     ];
 
     /// The script's name: the stem of its `.lua` file.
@@ -110,6 +142,7 @@ impl RegistryScript {
             RegistryScript::ClaimReap => "claim_reap",
             RegistryScript::DropLease => "drop_lease",
             RegistryScript::Reap => "reap",
+            RegistryScript::Register => "register",
         }
     }
 
@@ -124,6 +157,7 @@ impl RegistryScript {
             RegistryScript::ClaimReap => CLAIM_REAP,
             RegistryScript::DropLease => DROP_LEASE,
             RegistryScript::Reap => REAP,
+            RegistryScript::Register => REGISTER,
         }
     }
 
@@ -159,33 +193,50 @@ mod tests {
     fn scripts_are_what_we_think() {
         let end = RegistryScript::EndSession.source();
         assert!(end.contains("redis.call('HDEL', KEYS[1], ARGV[1])\nredis.call('HDEL', KEYS[3], ARGV[1])\n"));
-        assert!(end.ends_with("return record_end(KEYS[2], KEYS[4], ARGV[2])\n"));
+        assert!(end.ends_with(
+            "local wrote = record_end(KEYS[2], KEYS[4], ARGV[2])\nsync_view(KEYS[3], KEYS[2], KEYS[4], KEYS[5])\nreturn wrote\n"
+        ));
         assert!(RegistryScript::RecordLastSeen
             .source()
-            .ends_with("end\nreturn record_end(KEYS[1], KEYS[2], ARGV[1])\n"));
+            .ends_with("end\nlocal wrote = record_end(KEYS[1], KEYS[2], ARGV[1])\nsync_view(KEYS[3], KEYS[1], KEYS[2], KEYS[4])\nreturn wrote\n"));
         assert!(RegistryScript::SetLastSeen.source().contains("local wrote = max_into(KEYS[1], ARGV[1])"));
         assert!(RegistryScript::Reap
             .source()
-            .starts_with("if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end"));
+            .contains("end\nif redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end"));
+        // Every script that writes a user's keys rewrites the view last.
+        for s in [
+            RegistryScript::SetLastSeen,
+            RegistryScript::RecordLastSeen,
+            RegistryScript::EndSession,
+            RegistryScript::ReapMark,
+            RegistryScript::Reap,
+            RegistryScript::Register,
+        ] {
+            assert!(s.source().contains("\nsync_view(KEYS["), "{}", s.name());
+        }
     }
 
     /// The digests every deployed server has been sending with `EVALSHA`: a script's text is part
     /// of the contract with Redis (a rolling upgrade runs old and new servers side by side), so a
-    /// change to one is deliberate and updates this list.
+    /// change to one is deliberate and updates this list. Changed with the read view: the five
+    /// scripts that write a user's keys end with `sync_view`, and `register` is new; servers of
+    /// the earlier version do not keep the views (docs/OPERATIONS.md, "Upgrading to the read
+    /// view").
     #[test]
     fn digests_are_the_deployed_ones() {
         let got: Vec<(&str, &str)> = RegistryScript::ALL.iter().map(|s| (s.name(), s.sha1())).collect();
         assert_eq!(
             got,
             [
-                ("set_last_seen", "40b5d851f6776b52eb0a6f75add8c2c375a099b5"),
-                ("record_last_seen", "7600354dda1ded19a6e426e3cda359be8a083732"),
-                ("end_session", "9c0aef7c4e97e20789dde209446152396da0eefe"),
-                ("reap_mark", "bdeee0560607e02146dfa659740e2b795a1e0083"),
+                ("set_last_seen", "556e24fce2edd674ae79000465346f7ae1f275bc"),
+                ("record_last_seen", "3d908a66ed3b122b0e852cb5c615177e46ca815e"),
+                ("end_session", "a2216b8cf63be553201714c0c58f16995afdb420"),
+                ("reap_mark", "818d5d7727726707d91cd575e14e1c4dbc3c3759"),
                 ("renew_lease", "ddacf2ca597116255b7470e55d8f6da97778e94c"),
                 ("claim_reap", "f37e0f615e7910c2b952387b34665104737564f9"),
                 ("drop_lease", "1f5b70523d20d3f365803ac19a185fa70282f0cb"),
-                ("reap", "28172215383462b922d30bd64cf91c45cfd1afe3"),
+                ("reap", "9e7a61a4701258ff00350bd8bf0ec05ed19c8578"),
+                ("register", "5892c2c1f75e83bf6dad2b4a941b70fa7628ec56"),
             ]
         );
         for s in RegistryScript::ALL {
