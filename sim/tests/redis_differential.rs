@@ -133,6 +133,8 @@ enum K {
     WsLease(u8),
     LastSeen(u8),
     Pending(u8),
+    /// `read_view:{u}`.
+    View(u8),
     /// `sessions:{<server>#<token>}`.
     Index(u8, Tok),
     Leases,
@@ -342,6 +344,7 @@ fn key() -> BoxedStrategy<K> {
         (0..USERS).prop_map(K::WsLease),
         (0..USERS).prop_map(K::LastSeen),
         (0..USERS).prop_map(K::Pending),
+        (0..USERS).prop_map(K::View),
         (0..SERVERS, tok()).prop_map(|(s, t)| K::Index(s, t)),
         Just(K::Leases),
         Just(K::Renewed),
@@ -719,6 +722,7 @@ impl Case<'_> {
             K::WsLease(u) => format!("ws_lease:{{{}}}", n.user(u)),
             K::LastSeen(u) => format!("last_seen:{{{}}}", n.user(u)),
             K::Pending(u) => format!("last_seen_pending:{{{}}}", n.user(u)),
+            K::View(u) => format!("read_view:{{{}}}", n.user(u)),
             K::Index(s, t) => format!("sessions:{{{}}}", self.lease(s, t)),
             K::Leases => format!("{}-leases:{{presence}}", n.run),
             K::Renewed => format!("{}-lease_renewed:{{presence}}", n.run),
@@ -883,6 +887,12 @@ impl Case<'_> {
         }
     }
 
+    /// The keys of `SetLastSeen` and `RecordLastSeen`: the cache, the pending value, the lease
+    /// hash and the view.
+    fn last_seen_keys(&self, u: u8) -> Vec<String> {
+        vec![self.key(K::LastSeen(u)), self.key(K::Pending(u)), self.key(K::WsLease(u)), self.key(K::View(u))]
+    }
+
     /// The change notice the runtime publishes after a registry change (`PUBLISH presence:{u}`;
     /// nobody subscribes to the run's channels, so real Redis answers 0 too).
     fn publish(&mut self, u: u8) -> Result<Value, TestCaseError> {
@@ -897,9 +907,22 @@ impl Case<'_> {
         match *op {
             Op::Register { u, s, srv, tok } => {
                 let (t, server) = (self.tok(tok), n.server(srv));
+                // One pipeline: the index, the script (always `EVAL` of its text), the notice.
                 self.plain(vec!["SADD".into(), self.key(K::Index(srv, tok)), self.member(u, s)], Cmp::Exact)?;
-                self.plain(vec!["HSET".into(), self.key(K::WsLease(u)), n.session(s), t], Cmp::Exact)?;
-                self.plain(vec!["HSET".into(), self.key(K::Ws(u)), n.session(s), server], Cmp::Exact)?;
+                let keys = vec![
+                    self.key(K::WsLease(u)),
+                    self.key(K::Ws(u)),
+                    self.key(K::LastSeen(u)),
+                    self.key(K::Pending(u)),
+                    self.key(K::View(u)),
+                ];
+                self.script(
+                    &server,
+                    Script::Register,
+                    How::Eval,
+                    keys,
+                    vec![n.session(s), t, server.clone()],
+                )?;
                 self.publish(u)?;
             }
             Op::EndSession { u, s, ts, srv, tok, how } => {
@@ -908,6 +931,7 @@ impl Case<'_> {
                     self.key(K::LastSeen(u)),
                     self.key(K::WsLease(u)),
                     self.key(K::Pending(u)),
+                    self.key(K::View(u)),
                 ];
                 let server = n.server(srv);
                 let reply =
@@ -925,18 +949,30 @@ impl Case<'_> {
                 self.publish(u)?;
             }
             Op::SetLastSeen { u, ts, how } => {
-                let keys = vec![self.key(K::LastSeen(u)), self.key(K::Pending(u))];
+                let keys = self.last_seen_keys(u);
                 self.script("diff", Script::SetLastSeen, how, keys, vec![self.val(ts)])?;
             }
             Op::RecordLastSeen { u, ts, how } => {
-                let keys = vec![self.key(K::LastSeen(u)), self.key(K::Pending(u))];
+                let keys = self.last_seen_keys(u);
                 self.script("diff", Script::RecordLastSeen, how, keys, vec![self.val(ts)])?;
             }
             Op::Read { ref users } => {
-                // As the runtime reads a single node: each user's HVALS, then one MGET of every
-                // last_seen and pending key, pipelined (a pipeline is the commands back to back).
+                // As the runtime reads a single node: one MGET of the users' views; for those
+                // without one, each user's HVALS, then one MGET of every last_seen and pending
+                // key, pipelined (a pipeline is the commands back to back).
+                let mut views = vec!["MGET".to_owned()];
+                views.extend(users.iter().map(|&u| self.key(K::View(u))));
+                let absent: Vec<u8> = match self.plain(views, Cmp::Exact)? {
+                    Value::Array(items) => {
+                        users.iter().zip(&items).filter(|(_, v)| **v == Value::Nil).map(|(&u, _)| u).collect()
+                    }
+                    _ => return Ok(()),
+                };
+                if absent.is_empty() {
+                    return Ok(());
+                }
                 let mut mget = vec!["MGET".to_owned()];
-                for &u in users {
+                for &u in &absent {
                     self.plain(vec!["HVALS".into(), self.key(K::WsLease(u))], Cmp::Unordered)?;
                     mget.push(self.key(K::LastSeen(u)));
                     mget.push(self.key(K::Pending(u)));
@@ -1003,12 +1039,23 @@ impl Case<'_> {
                 self.script(&n.server(srv), Script::DropLease, how, keys, vec![lease])?;
             }
             Op::MarkReaped { u, s, tok, ts, how } => {
-                let keys = vec![self.key(K::WsLease(u)), self.key(K::LastSeen(u)), self.key(K::Pending(u))];
+                let keys = vec![
+                    self.key(K::WsLease(u)),
+                    self.key(K::LastSeen(u)),
+                    self.key(K::Pending(u)),
+                    self.key(K::View(u)),
+                ];
                 let argv = vec![n.session(s), self.tok(tok), self.val(ts)];
                 self.script("diff", Script::ReapMark, how, keys, argv)?;
             }
             Op::Reap { u, s, srv, tok, how } => {
-                let keys = vec![self.key(K::Ws(u)), self.key(K::WsLease(u))];
+                let keys = vec![
+                    self.key(K::Ws(u)),
+                    self.key(K::WsLease(u)),
+                    self.key(K::LastSeen(u)),
+                    self.key(K::Pending(u)),
+                    self.key(K::View(u)),
+                ];
                 let argv = vec![n.session(s), self.tok(tok)];
                 let reply = self.script("diff", Script::Reap, how, keys, argv)?;
                 if let Value::Int(_) = reply {
@@ -1246,6 +1293,7 @@ struct Keys {
     ws_lease: String,
     last_seen: String,
     pending: String,
+    view: String,
     leases: String,
     renewed: String,
     claims: String,
@@ -1259,6 +1307,7 @@ fn keys(p: &str, u: u8) -> Keys {
         ws_lease: format!("ws_lease:{{{p}-u{u}}}"),
         last_seen: format!("last_seen:{{{p}-u{u}}}"),
         pending: format!("last_seen_pending:{{{p}-u{u}}}"),
+        view: format!("read_view:{{{p}-u{u}}}"),
         leases: format!("{p}-leases:{{presence}}"),
         renewed: format!("{p}-lease_renewed:{{presence}}"),
         claims: format!("{p}-lease_claims:{{presence}}"),
@@ -1277,7 +1326,11 @@ const WRONGTYPE_IN_SCRIPT: Regression = Regression {
     cmds: |p| {
         let k = keys(p, 1);
         let end = |ts: &str| {
-            eval(Script::EndSession.source(), &[&k.ws, &k.last_seen, &k.ws_lease, &k.pending], &["sess0", ts])
+            eval(
+                Script::EndSession.source(),
+                &[&k.ws, &k.last_seen, &k.ws_lease, &k.pending, &k.view],
+                &["sess0", ts],
+            )
         };
         vec![
             // `ws:{u}` a set: the first HDEL fails.
@@ -1293,11 +1346,11 @@ const WRONGTYPE_IN_SCRIPT: Regression = Regression {
             // The cache a hash: `record_end`'s GET fails.
             c(&["HSET", &k.last_seen, "f", TS0]),
             end(TS0),
-            eval(Script::SetLastSeen.source(), &[&k.last_seen, &k.pending], &[TS0]),
+            eval(Script::SetLastSeen.source(), &[&k.last_seen, &k.pending, &k.ws_lease, &k.view], &[TS0]),
             c(&["DEL", &k.last_seen]),
             // The pending key a set: SetLastSeen fails after writing the cache.
             c(&["SADD", &k.pending, TS0]),
-            eval(Script::SetLastSeen.source(), &[&k.last_seen, &k.pending], &[TS1]),
+            eval(Script::SetLastSeen.source(), &[&k.last_seen, &k.pending, &k.ws_lease, &k.view], &[TS1]),
             c(&["GET", &k.last_seen]),
             // A lease expired at once (the counter set far ahead, so the token is fixed), and
             // DropLease meeting `lease_renewed` of the wrong type after its ZREM.

@@ -18,7 +18,8 @@
 //!
 //! `read_view_lib.lua` defines `sync_view(lease, cache, pending, view)`: rewrites the user's read
 //! view (`read_view:{u}`, docs/STORES.md) from the three keys it summarises: the lease tokens of
-//! `ws_lease:{u}`, then the cache and the pending value (each only if well formed), as
+//! `ws_lease:{u}` (sorted as strings, so the text does not depend on the hash's order, which Redis
+//! does not fix), then the cache and the pending value (each only if well formed), as
 //! `<tok> <tok>...|<cache>|<pending>`; deletes it when all three are empty. Every script that
 //! changes one of the three keys ends with it, so the view is always their projection (one script,
 //! one slot: atomic).
@@ -228,15 +229,15 @@ mod tests {
         assert_eq!(
             got,
             [
-                ("set_last_seen", "556e24fce2edd674ae79000465346f7ae1f275bc"),
-                ("record_last_seen", "3d908a66ed3b122b0e852cb5c615177e46ca815e"),
-                ("end_session", "a2216b8cf63be553201714c0c58f16995afdb420"),
-                ("reap_mark", "818d5d7727726707d91cd575e14e1c4dbc3c3759"),
+                ("set_last_seen", "3915ab874cfccd45785b00fb5019a60fd550299c"),
+                ("record_last_seen", "71e6d070dfb1d4c4f837e9bcd7c1f8ece675458e"),
+                ("end_session", "3b101c240e2667b8e1865a2687b5debbbaca90e8"),
+                ("reap_mark", "d3e34ec0bc8aad01d266324b01f3b2444ccd822b"),
                 ("renew_lease", "ddacf2ca597116255b7470e55d8f6da97778e94c"),
                 ("claim_reap", "f37e0f615e7910c2b952387b34665104737564f9"),
                 ("drop_lease", "1f5b70523d20d3f365803ac19a185fa70282f0cb"),
-                ("reap", "9e7a61a4701258ff00350bd8bf0ec05ed19c8578"),
-                ("register", "5892c2c1f75e83bf6dad2b4a941b70fa7628ec56"),
+                ("reap", "8085a7920298f8733fd256f84865e66e54ca5568"),
+                ("register", "2caff95d590b7936757997306f02f4180aacf08a"),
             ]
         );
         for s in RegistryScript::ALL {

@@ -1,5 +1,6 @@
 local function sync_view(lease, cache, pending, view)
   local t = redis.call('HVALS', lease)
+  table.sort(t)
   local c = redis.call('GET', cache)
   local p = redis.call('GET', pending)
   if not wf(c) then c = '' end
