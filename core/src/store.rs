@@ -77,9 +77,10 @@ pub enum RegistryOp {
         /// The value (not yet acknowledged by the durable store).
         last_seen: UnixMillis,
     },
-    /// For each user, in one round trip: the lease tokens of `ws_lease:{user}` (`HVALS`),
-    /// `last_seen:{user}` and `last_seen_pending:{user}`. Answered with [`StoreOutput::Registry`],
-    /// one entry per user, same order.
+    /// For each user: the lease tokens of `ws_lease:{user}`, `last_seen:{user}` and
+    /// `last_seen_pending:{user}` (on Redis, read from the summary `read_view:{user}` that the
+    /// writes keep; docs/STORES.md). Answered with [`StoreOutput::Registry`], one entry per user,
+    /// same order.
     Read {
         /// The users, at most `Config::max_query_users`.
         users: Vec<UserId>,

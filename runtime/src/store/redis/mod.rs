@@ -17,12 +17,12 @@
 //!
 //! | op                        | Redis                                                             |
 //! |---------------------------|-------------------------------------------------------------------|
-//! | `Register`                | one pipeline `SADD sessions:{lease}`, `HSET ws_lease:{u}`, `HSET ws:{u}`, `PUBLISH presence:{u}` (cluster: the `SADD` first, on its own, then `SPUBLISH`) |
+//! | `Register`                | one pipeline `SADD sessions:{lease}`, `EVAL` of [`RegistryScript::Register`] (`HSET ws_lease:{u}`, `HSET ws:{u}`, the read view), `PUBLISH presence:{u}` (cluster: the `SADD` first, on its own, then `SPUBLISH`) |
 //! | `EndSession`              | script [`RegistryScript::EndSession`]: `HDEL` both hashes + record the end, then `SREM sessions:{lease}` |
 //! | `SetLastSeen`             | script [`RegistryScript::SetLastSeen`]                                 |
 //! | `RecordLastSeen`          | script [`RegistryScript::RecordLastSeen`]                                 |
-//! | `Read` (single node)      | one pipeline: `HVALS ws_lease:{u}` per user, then one `MGET` of every `last_seen:{u}` and `last_seen_pending:{u}` |
-//! | `Read` (cluster)          | one such pipeline per user (same slot), all in parallel           |
+//! | `Read` (single node)      | one `MGET` of every `read_view:{u}`; for users without one, one pipeline: `HVALS ws_lease:{u}` per user, then one `MGET` of every `last_seen:{u}` and `last_seen_pending:{u}` (only that with `ReadFrom::Keys`) |
+//! | `Read` (cluster)          | one `GET read_view:{u}` per user; for users without one, a pipeline of the three per user (same slot); all in parallel |
 //! | `RenewLease`              | script [`RegistryScript::RenewLease`]                                 |
 //! | `ClaimReap`               | script [`RegistryScript::ClaimReap`], `SRANDMEMBER sessions:{lease}`, `HGET ws_lease:{u}` per session; or [`RegistryScript::DropLease`] when the index is empty |
 //! | `MarkReaped`              | script [`RegistryScript::ReapMark`] per session (in parallel)                |
