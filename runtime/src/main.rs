@@ -13,14 +13,14 @@ use presence_core::user::UserId;
 use presence_runtime::auth::{self, Auth};
 use presence_runtime::client::{self, Client, ClientError, TokenSource, WatchEvent};
 use presence_runtime::clock::{SystemClock, WallClock};
-use presence_runtime::config::{Cli, ClientArgs, Command, LogFormat, RedisRead, ServeArgs, TokenArgs};
+use presence_runtime::config::{Cli, ClientArgs, Command, LogFormat, ServeArgs, TokenArgs};
 use presence_runtime::driver::{DriverConfig, Stores};
 use presence_runtime::edge::EdgeLimits;
 use presence_runtime::privacy::{PrivacyBackend, PrivacyCache, PrivacyCacheConfig};
 use presence_runtime::server::{serve_with_admin, ServerConfig};
 use presence_runtime::store::{
-    open_redis, DurableStore, DynamoConfig, DynamoDurable, MemoryRegistry, ReadFrom, RedbDurable,
-    RedisConfig, RegistryStore,
+    open_redis, DurableStore, DynamoConfig, DynamoDurable, MemoryRegistry, RedbDurable, RedisConfig,
+    RegistryStore,
 };
 use presence_runtime::ws::WsLimits;
 use tracing::{error, info, warn};
@@ -281,12 +281,11 @@ async fn run(args: ServeArgs) -> Result<bool, String> {
 async fn open_stores(args: &ServeArgs, server_id: &str) -> Result<Stores, String> {
     let registry: Arc<dyn RegistryStore> = match &args.redis_url {
         Some(url) => {
-            let read_from = match args.redis_read {
-                RedisRead::View => ReadFrom::View,
-                RedisRead::Keys => ReadFrom::Keys,
+            let config = RedisConfig {
+                op_timeout: args.store_timeout,
+                read_from: args.redis_read,
+                ..RedisConfig::new(server_id)
             };
-            let config =
-                RedisConfig { op_timeout: args.store_timeout, read_from, ..RedisConfig::new(server_id) };
             open_redis(url, config).map_err(|e| format!("--redis-url: {e}"))?
         }
         None => {

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::store::ReadFrom;
+
 /// The presence server: "is Bob online, and if not, when was he last seen?"
 #[derive(Debug, Parser)]
 #[command(name = "presence-server", version, about, args_conflicts_with_subcommands = true)]
@@ -100,15 +102,6 @@ pub struct WatchArgs {
     pub users: Vec<String>,
 }
 
-/// `--redis-read`: where presence reads take users' state from.
-#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
-pub enum RedisRead {
-    /// The read view, `read_view:{u}`: one value per user.
-    View,
-    /// The keys the view summarises (`ws_lease:{u}`, `last_seen:{u}`, `last_seen_pending:{u}`).
-    Keys,
-}
-
 /// Log output format.
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum LogFormat {
@@ -140,7 +133,7 @@ pub struct ServeArgs {
     /// user, kept by every script) or `keys` (the three keys it summarises). Run `keys` while a
     /// server of a version without read views still writes to the same Redis (docs/OPERATIONS.md).
     #[arg(long, env = "PRESENCE_REDIS_READ", value_enum, default_value = "view")]
-    pub redis_read: RedisRead,
+    pub redis_read: ReadFrom,
     /// DynamoDB table for durable last_seen. Default: embedded store in --data-dir.
     #[arg(long, env = "PRESENCE_DYNAMODB_TABLE")]
     pub dynamodb_table: Option<String>,

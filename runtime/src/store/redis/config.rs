@@ -30,8 +30,9 @@ pub struct RedisConfig {
     pub read_from: ReadFrom,
 }
 
-/// Where a presence read (`RegistryOp::Read`) takes each user's state from (`--redis-read`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Where a presence read (`RegistryOp::Read`) takes each user's state from: the values of
+/// `--redis-read` (`view`, `keys`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum ReadFrom {
     /// `read_view:{u}`, one value per user, which every script keeps equal to the keys (a user
     /// without one is read from the keys). Needs every server that writes to this Redis to keep

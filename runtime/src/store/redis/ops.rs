@@ -61,10 +61,10 @@ pub(super) async fn run_op<C: Conn>(
         RegistryOp::RecordLastSeen { user, last_seen } => {
             last_seen_script(c, RegistryScript::RecordLastSeen, &user, last_seen).await
         }
-        RegistryOp::Read { users } => match read_from {
-            ReadFrom::View => read_views(c, topology, &users).await,
-            ReadFrom::Keys => read(c, topology, &users).await,
-        },
+        RegistryOp::Read { users } => Ok(StoreOutput::Registry(match read_from {
+            ReadFrom::View => read_views(c, topology, &users).await?,
+            ReadFrom::Keys => read_keys(c, topology, &users).await?,
+        })),
     }
 }
 
@@ -300,11 +300,15 @@ async fn last_seen_script<C: Conn>(
 /// `Read` from the views: one `MGET` of every user's `read_view:{u}` on a single node (one
 /// command and one reply per user, where the keys cost 101 commands and three replies per user:
 /// BENCHMARKS.md); on a cluster one `GET` per user, in parallel. A user without a view (nothing
-/// recorded, or state written before the views existed) is read from the keys, as [`read`] does,
-/// so an absent view never hides a value. Entries in the request's order.
-async fn read_views<C: Conn>(conn: &mut C, topology: Topology, users: &[UserId]) -> RedisResult<StoreOutput> {
+/// recorded, or state written before the views existed) is read from the keys
+/// ([`read_keys`]), so an absent view never hides a value. Entries in the request's order.
+async fn read_views<C: Conn>(
+    conn: &mut C,
+    topology: Topology,
+    users: &[UserId],
+) -> RedisResult<Vec<RegistryEntry>> {
     if users.is_empty() {
-        return Ok(StoreOutput::Registry(Vec::new()));
+        return Ok(Vec::new());
     }
     let views = match topology {
         Topology::Single => {
@@ -338,21 +342,16 @@ async fn read_views<C: Conn>(conn: &mut C, topology: Topology, users: &[UserId])
     let absent: Vec<usize> = (0..users.len()).filter(|&i| entries[i].is_none()).collect();
     if !absent.is_empty() {
         let missing: Vec<UserId> = absent.iter().map(|&i| users[i].clone()).collect();
-        for (i, entry) in absent.into_iter().zip(read_entries(conn, topology, &missing).await?) {
+        for (i, entry) in absent.into_iter().zip(read_keys(conn, topology, &missing).await?) {
             entries[i] = Some(entry);
         }
     }
-    Ok(StoreOutput::Registry(entries.into_iter().flatten().collect()))
+    Ok(entries.into_iter().flatten().collect())
 }
 
 /// `Read` from the keys: per user the `HVALS ws_lease:{u}` and the two last_seen strings, as
 /// entries in the request's order.
-async fn read<C: Conn>(conn: &mut C, topology: Topology, users: &[UserId]) -> RedisResult<StoreOutput> {
-    Ok(StoreOutput::Registry(read_entries(conn, topology, users).await?))
-}
-
-/// [`read`]'s entries.
-async fn read_entries<C: Conn>(
+async fn read_keys<C: Conn>(
     conn: &mut C,
     topology: Topology,
     users: &[UserId],

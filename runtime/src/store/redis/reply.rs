@@ -88,7 +88,7 @@ pub(super) fn parse_view(user: &UserId, view: &Value) -> RedisResult<Option<Regi
         }
         let parsed = UnixMillis::parse_rfc3339(v);
         if parsed.is_none() {
-            tracing::warn!(key = %read_view_key(user), value = v, "unparseable timestamp in redis: treated as absent");
+            warn_unparseable(&read_view_key(user), &v);
         }
         parsed
     };
@@ -105,9 +105,13 @@ fn parse_timestamp(key: impl FnOnce() -> String, v: &Value) -> Option<UnixMillis
         _ => None,
     };
     if parsed.is_none() {
-        tracing::warn!(key = %key(), value = ?v, "unparseable timestamp in redis: treated as absent");
+        warn_unparseable(&key(), v);
     }
     parsed
+}
+
+fn warn_unparseable(key: &str, value: &dyn std::fmt::Debug) {
+    tracing::warn!(key, value = ?value, "unparseable timestamp in redis: treated as absent");
 }
 
 /// How a failed command maps to the core's error, and whether the connection is now suspect.
